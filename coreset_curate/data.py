@@ -1,0 +1,442 @@
+"""Datasets as decoded uint8 tensors in memory, with sample ids, a fingerprint and batched
+transforms.
+
+``load_data(source, split)`` accepts
+
+* a Hugging Face ``datasets.Dataset`` or ``DatasetDict``;
+* a folder, a file or a glob of Hugging Face-layout Parquet files (for example
+  ``../shared/data/cifar10``, whose files are named ``train-*.parquet`` / ``test-*.parquet``);
+* ``"torchvision:NAME"`` (``CIFAR10``, ``CIFAR100``, ``MNIST``, ``FashionMNIST``, ...) read
+  from ``root``, downloading only with ``download=True``;
+* ``"digits"``: scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn;
+  split ``train`` = rows whose index is not a multiple of 5, ``test`` = the others,
+  ``all`` = every row).
+
+Every image is decoded once into an ``(N, C, H, W)`` uint8 tensor (CIFAR-10 train is
+150 MB), so training and scoring never wait on per-sample decoding; transforms work on
+whole batches.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .progress import progress
+
+__all__ = [
+    "ImageData",
+    "load_data",
+    "EvalTransform",
+    "TrainTransform",
+    "default_transforms",
+    "fingerprint",
+    "check_fingerprint",
+    "FingerprintMismatch",
+]
+
+log = logging.getLogger(__name__)
+
+DIGITS_SPLITS = ("train", "test", "all")
+
+
+class FingerprintMismatch(ValueError):
+    """A table was made from another dataset than the one it is joined to."""
+
+
+def fingerprint(labels: np.ndarray, split: str, sample_ids: np.ndarray | None = None) -> dict:
+    """Split name, length and sha256 of the labels (int64, in row order) and of the ids."""
+    labels = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
+    fp = {
+        "split": str(split),
+        "length": int(labels.shape[0]),
+        "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+    }
+    if sample_ids is not None:
+        ids = np.ascontiguousarray(np.asarray(sample_ids, dtype=np.int64))
+        fp["ids_sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
+    return fp
+
+
+def check_fingerprint(expected: dict, actual: dict, what: str = "table") -> None:
+    """Raise ``FingerprintMismatch`` unless two fingerprints describe the same samples.
+
+    Length, labels and (when both carry them) ids must agree; the split name is only
+    informative, since one dataset may be loaded under several names.
+    """
+    for key in ("length", "labels_sha256", "ids_sha256"):
+        if key in expected and key in actual and expected[key] != actual[key]:
+            raise FingerprintMismatch(
+                f"{what} was made from another dataset: its {key} is {expected[key]!r} but the "
+                f"dataset's is {actual[key]!r} (table split {expected.get('split')!r}, "
+                f"dataset split {actual.get('split')!r})"
+            )
+
+
+@dataclass
+class ImageData:
+    """A split decoded into memory.
+
+    images: (N, C, H, W) uint8; labels: (N,) int64; sample_ids: (N,) int64 numpy array
+    (the row position unless an id column was named); class_names: one per class.
+    ``hf_dataset`` is the source ``datasets.Dataset`` when there is one.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sample_ids: np.ndarray
+    class_names: list[str]
+    split: str
+    name: str
+    hf_dataset: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("images must be a (N, C, H, W) uint8 tensor")
+        n = self.images.shape[0]
+        if n == 0:
+            raise ValueError(f"dataset {self.name!r} split {self.split!r} is empty")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64)
+        if self.labels.shape != (n,) or self.sample_ids.shape != (n,):
+            raise ValueError("images, labels and sample_ids must have the same length")
+        if len(np.unique(self.sample_ids)) != n:
+            raise ValueError("sample ids must be unique")
+        k = len(self.class_names)
+        lo, hi = int(self.labels.min()), int(self.labels.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"labels must lie in 0..{k - 1} ({k} classes); found {lo}..{hi}")
+        self._fingerprint = fingerprint(self.labels.numpy(), self.split, self.sample_ids)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._fingerprint)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def positions(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``sample_ids``; raises if an id is not in the dataset."""
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        order = np.argsort(self.sample_ids, kind="stable")
+        sorted_ids = self.sample_ids[order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.clip(pos, 0, len(sorted_ids) - 1)
+        missing = sorted_ids[pos] != ids
+        if missing.any():
+            raise KeyError(f"{int(missing.sum())} sample ids are not in the dataset, e.g. "
+                           f"{ids[missing][:5].tolist()}")
+        return order[pos]
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Exact per-channel mean and std of the pixels, scaled to [0, 1]."""
+        x = self.images
+        n = x.numel() // x.shape[1]
+        s = x.sum(dim=(0, 2, 3), dtype=torch.int64).double()
+        ss = _sumsq(x)
+        mean = s / n
+        std = (ss / n - mean**2).clamp_min(0).sqrt()
+        return tuple((mean / 255).tolist()), tuple((std / 255).clamp_min(1e-3).tolist())
+
+    def subset(self, positions: np.ndarray, split: str | None = None) -> ImageData:
+        """A new ImageData with the rows at ``positions`` (ids kept)."""
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        return ImageData(self.images[pos], self.labels[pos], self.sample_ids[pos.numpy()],
+                         list(self.class_names), split or self.split, self.name)
+
+    def with_labels(self, labels: np.ndarray | torch.Tensor) -> ImageData:
+        """The same images with other labels (for example with injected noise)."""
+        return ImageData(self.images, torch.as_tensor(np.asarray(labels), dtype=torch.int64),
+                         self.sample_ids.copy(), list(self.class_names), self.split, self.name)
+
+
+def _sumsq(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, x.shape[0], 4096):
+        out += x[i : i + 4096].to(torch.int64).pow(2).sum(dim=(0, 2, 3)).double()
+    return out
+
+
+# ------------------------------------------------------------------ transforms
+@dataclass(frozen=True)
+class EvalTransform:
+    """uint8 (N, C, H, W) -> float, scaled to [0, 1] and normalised per channel.
+
+    Deterministic: the same batch always gives the same tensor.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"transforms take uint8 image batches; got {x.dtype}")
+        return self.normalize(x)
+
+    def to_dict(self) -> dict:
+        return {"kind": type(self).__name__, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+@dataclass(frozen=True)
+class TrainTransform(EvalTransform):
+    """Random crop with zero padding and (optionally) horizontal flip on a whole batch,
+    then the same normalisation as ``EvalTransform``."""
+
+    padding: int = 4
+    flip: bool = True
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"transforms take uint8 image batches; got {x.dtype}")
+        n, c, h, w = x.shape
+        if self.padding > 0:
+            p = self.padding
+            padded = F.pad(x, (p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+            ox = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            chan = torch.arange(c, device=x.device)[None, :, None, None]
+            x = padded[batch, chan, rows, cols]
+        if self.flip:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return self.normalize(x)
+
+
+def default_transforms(train: ImageData, *, flip: bool | None = None,
+                       padding: int | None = None) -> tuple[TrainTransform, EvalTransform]:
+    """Train and eval transforms normalised with the statistics of ``train``.
+
+    Padding defaults to 1/8 of the image side (4 for 32x32); flipping defaults to on,
+    except for digit datasets where a mirrored digit is another symbol.
+    """
+    mean, std = train.channel_stats()
+    if padding is None:
+        padding = max(1, train.image_shape[-1] // 8)
+    if flip is None:
+        flip = train.name not in ("digits", "torchvision:MNIST")
+    return TrainTransform(mean, std, padding=padding, flip=flip), EvalTransform(mean, std)
+
+
+# ------------------------------------------------------------------ loading
+def load_data(
+    source: Any,
+    split: str = "train",
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    num_threads: int | None = None,
+) -> ImageData:
+    """Load one split of an image-classification dataset into memory (see module doc)."""
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a non-empty string; got {split!r}")
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise ValueError(f"split {split!r} not in the DatasetDict; it has {list(source)}")
+        source = source[split]
+    if datasets is not None and isinstance(source, datasets.Dataset):
+        return _from_hf(source, split, "hf:" + (source.info.dataset_name or "dataset"),
+                        image_column, label_column, id_column, num_threads)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
+                        f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
+    text = os.fspath(source)
+    if text == "digits":
+        return _digits(split)
+    if text.startswith("torchvision:"):
+        return _torchvision(text.split(":", 1)[1], split, root, download)
+    files = _parquet_files(text, split)
+    ds = datasets.Dataset.from_parquet(files, split=split)
+    return _from_hf(ds, split, text, image_column, label_column, id_column, num_threads)
+
+
+def _parquet_files(text: str, split: str) -> list[str]:
+    path = Path(text)
+    if any(ch in text for ch in "*?["):
+        files = sorted(glob.glob(text))
+    elif path.is_file():
+        files = [str(path)]
+    elif path.is_dir():
+        files = []
+        for pattern in (f"{split}-*.parquet", f"{split}.parquet", f"{split}/*.parquet",
+                        f"*/{split}-*.parquet", f"*/{split}/*.parquet"):
+            files = sorted(glob.glob(str(path / pattern)))
+            if files:
+                break
+        if not files:
+            present = sorted(p.name for p in path.glob("**/*.parquet"))[:10]
+            raise FileNotFoundError(f"no Parquet file for split {split!r} in {text} (looked for "
+                                    f"{split}-*.parquet, {split}.parquet, {split}/*.parquet); "
+                                    f"found {present or 'no Parquet files'}")
+    else:
+        raise FileNotFoundError(f"data source {text!r} is not a file, a folder, a glob, "
+                                "'torchvision:NAME' or 'digits'")
+    if not files:
+        raise FileNotFoundError(f"no file matches {text!r}")
+    return files
+
+
+def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads) -> ImageData:
+    import datasets
+
+    feats = ds.features
+    if image_column is None:
+        image_column = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+        image_column = image_column or next((k for k in ("img", "image") if k in feats), None)
+    if label_column is None:
+        label_column = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)),
+                            None)
+        label_column = label_column or next((k for k in ("label", "labels") if k in feats), None)
+    for what, col in (("image", image_column), ("label", label_column), ("id", id_column)):
+        if (what != "id" and col is None) or (col is not None and col not in feats):
+            raise ValueError(f"{what} column {col!r} not found; the dataset has columns "
+                             f"{list(feats)} (name it with {what}_column=)")
+    labels = np.asarray(ds.with_format("numpy")[label_column], dtype=np.int64)
+    feat = feats[label_column]
+    if isinstance(feat, datasets.ClassLabel):
+        class_names = list(feat.names)
+    else:
+        class_names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    ids = (np.asarray(ds.with_format("numpy")[id_column], dtype=np.int64) if id_column
+           else np.arange(len(ds), dtype=np.int64))
+    if len(ds) == 0:
+        raise ValueError(f"dataset {name!r} split {split!r} is empty")
+    if isinstance(feats[image_column], datasets.Image):
+        images = _decode_image_column(ds, image_column, num_threads)
+    else:
+        arr = np.asarray(ds.with_format("numpy")[image_column])
+        images = _to_nchw_uint8(arr)
+    return ImageData(images, torch.from_numpy(labels), ids, class_names, split, name, hf_dataset=ds)
+
+
+def _decode_image_column(ds, column: str, num_threads: int | None) -> torch.Tensor:
+    import datasets
+    from PIL import Image
+
+    table = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    table = table.with_format("arrow")[:]
+    structs = table.column(column).combine_chunks()
+    blobs = structs.field("bytes").to_pylist()
+    paths = structs.field("path").to_pylist()
+
+    def decode(i: int) -> np.ndarray:
+        raw = blobs[i]
+        img = Image.open(io.BytesIO(raw)) if raw is not None else Image.open(paths[i])
+        return np.asarray(img)
+
+    n = len(blobs)
+    first = decode(0)
+    out = np.empty((n, *first.shape), dtype=np.uint8)
+    workers = num_threads or min(4, os.cpu_count() or 1)
+    chunk = 2048
+    with ThreadPoolExecutor(workers) as pool, progress(total=n, desc="decode", unit="img") as bar:
+        def run(start: int) -> int:
+            for i in range(start, min(start + chunk, n)):
+                a = decode(i)
+                if a.shape != first.shape or a.dtype != np.uint8:
+                    raise ValueError(
+                        f"image {i} has shape {a.shape} ({a.dtype}), image 0 has {first.shape} "
+                        "(uint8): in-memory loading needs images of one size and mode")
+                out[i] = a
+            return min(start + chunk, n) - start
+
+        for done in pool.map(run, range(0, n, chunk)):
+            bar.update(done)
+    return _to_nchw_uint8(out)
+
+
+def _to_nchw_uint8(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8; got {arr.dtype}")
+    if arr.ndim == 3:  # (N, H, W) grayscale
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    else:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, C); got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _digits(split: str) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"digits has splits {DIGITS_SPLITS}; got {split!r}")
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = d.target.astype(np.int64)
+    rows = np.arange(len(labels))
+    keep = {"train": rows % 5 != 0, "test": rows % 5 == 0, "all": rows >= 0}[split]
+    return ImageData(_to_nchw_uint8(images[keep]), torch.from_numpy(labels[keep]),
+                     np.arange(int(keep.sum()), dtype=np.int64),
+                     [str(c) for c in d.target_names], split, "digits")
+
+
+def _torchvision(name: str, split: str, root, download: bool) -> ImageData:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise ValueError(f"torchvision has no dataset {name!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"torchvision datasets here have splits 'train' and 'test'; got {split!r}")
+    if root is None:
+        raise ValueError("torchvision datasets need root= (a folder to read from or download to)")
+    try:
+        ds = cls(root=os.fspath(root), train=(split == "train"), download=download)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{name} not found under {root} ({err}); pass download=True "
+                                "on a machine with internet") from err
+    arr = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    classes = [str(c) for c in getattr(ds, "classes", range(int(labels.max()) + 1))]
+    return ImageData(_to_nchw_uint8(arr.astype(np.uint8)), torch.from_numpy(labels),
+                     np.arange(len(labels), dtype=np.int64), classes, split,
+                     f"torchvision:{name}")
+
+
+def iter_batches(data: ImageData, batch_size: int, positions: np.ndarray | None = None, *,
+                 shuffle: bool = False, generator: torch.Generator | None = None):
+    """Yield ``(positions, uint8 images, labels)`` over ``positions`` (default: all rows)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    pos = torch.arange(len(data)) if positions is None else torch.as_tensor(
+        np.asarray(positions, dtype=np.int64))
+    if shuffle:
+        pos = pos[torch.randperm(len(pos), generator=generator)]
+    for i in range(0, len(pos), batch_size):
+        p = pos[i : i + batch_size]
+        yield p, data.images[p], data.labels[p]

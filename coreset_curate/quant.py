@@ -1,0 +1,416 @@
+"""LSQ fake quantization (Esser et al., "Learned Step Size Quantization", ICLR 2020).
+
+``quantize_model(model, w_bits=4, a_bits=4)`` swaps every ``nn.Conv2d`` and ``nn.Linear``
+of a CNN for a fake-quantized twin in place (the weights are shared, so the state-dict keys
+of the float model stay valid) and returns the model.
+
+Each wrapped layer quantizes its weight (signed, per output channel by default) and its
+input activation (per tensor; unsigned when calibration saw no negative value, as after a
+ReLU; signed otherwise). A quantizer computes ``round(clamp(v / s, Qn, Qp)) * s`` with a
+straight-through estimator for the rounding and a learned step ``s`` whose gradient is
+scaled by ``1 / sqrt(N * Qp)``, where N is the number of values that share the step (the
+weights of one output channel, or the features of one sample).
+
+Step sizes are initialised from data and never silently left unset: weight steps from the
+weights when the layer is wrapped, activation steps by ``calibrate_`` (or by passing
+``calibration=`` to ``quantize_model``). A forward through an uninitialised quantizer
+raises an error that says what to call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "QuantConfig",
+    "LsqQuantizer",
+    "QuantConv2d",
+    "QuantLinear",
+    "quantize_model",
+    "calibrate_",
+    "is_quantized",
+    "quant_config",
+    "FLOAT_BITS",
+]
+
+log = logging.getLogger(__name__)
+
+FLOAT_BITS = 32
+_VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
+_FIRST_LAST = ("int8", "float", "same")
+_INITS = ("mse", "lsq")
+_MAX_CALIB_VALUES = 1 << 18  # values kept per activation quantizer for the MSE search
+
+
+def _check_bits(name: str, bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in _VALID_BITS:
+        raise ValueError(f"{name} must be an integer in 2..8, or 32 for float; got {bits!r}")
+    return bits
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How ``quantize_model`` quantizes a model.
+
+    w_bits, a_bits: 2..8, or 32 to leave weights / activations in float.
+    per_channel: one weight step per output channel (True) or one per layer (False).
+    first_last: ``"int8"`` keeps the first conv and the last linear at 8 bits (the LSQ
+        paper's choice), ``"float"`` leaves them in float, ``"same"`` quantizes them like
+        every other layer.
+    init: step-size initialisation, ``"mse"`` (grid search for the step that minimises
+        the quantization error; default) or ``"lsq"`` (the paper's 2 * mean|v| / sqrt(Qp)).
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    per_channel: bool = True
+    first_last: str = "int8"
+    init: str = "mse"
+
+    def __post_init__(self) -> None:
+        _check_bits("w_bits", self.w_bits)
+        _check_bits("a_bits", self.a_bits)
+        if not isinstance(self.per_channel, bool):
+            raise ValueError(f"per_channel must be True or False; got {self.per_channel!r}")
+        if self.first_last not in _FIRST_LAST:
+            raise ValueError(f"first_last must be one of {_FIRST_LAST}; got {self.first_last!r}")
+        if self.init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}; got {self.init!r}")
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity in the forward pass, gradient multiplied by ``scale`` in the backward pass."""
+    y = x * scale
+    return (x - y).detach() + y
+
+
+def _bounds(bits: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _mse_step(values: torch.Tensor, qn: int, qp: int, grid: int = 100) -> torch.Tensor:
+    """Per-row step that minimises the squared quantization error of ``values`` (rows, n)."""
+    v = values.float()
+    max_abs = v.abs().amax(dim=1).clamp_min(1e-8)
+    # largest magnitude representable is qp * s on the positive side, |qn| * s on the negative
+    top = float(max(qp, -qn)) if qn < 0 else float(qp)
+    best_err = torch.full_like(max_abs, float("inf"))
+    best_step = max_abs / top
+    for k in range(1, grid + 1):
+        step = max_abs * (k / grid) / top
+        q = torch.clamp(torch.round(v / step[:, None]), qn, qp) * step[:, None]
+        err = (q - v).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_step = torch.where(better, step, best_step)
+    return best_step
+
+
+def _lsq_step(values: torch.Tensor, qp: int) -> torch.Tensor:
+    return (2.0 * values.float().abs().mean(dim=1) / math.sqrt(qp)).clamp_min(1e-8)
+
+
+class LsqQuantizer(nn.Module):
+    """Fake quantizer with a learned step size.
+
+    ``num_channels`` > 0 gives one step per slice along dim 0 (weights, per output channel);
+    0 gives one step for the whole tensor. ``signed=None`` decides the sign from the data
+    seen at calibration (activations).
+    """
+
+    def __init__(
+        self, bits: int, *, num_channels: int = 0, signed: bool | None = None, init: str = "mse"
+    ) -> None:
+        super().__init__()
+        _check_bits("bits", bits)
+        if bits == FLOAT_BITS:
+            raise ValueError("a quantizer needs 2..8 bits; use no quantizer for float")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}; got {init!r}")
+        self.bits = bits
+        self.num_channels = int(num_channels)
+        self.signed = signed
+        self.init = init
+        self.step = nn.Parameter(torch.ones(max(self.num_channels, 1)))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._observing = False
+        self._observed: list[torch.Tensor] = []
+        self._observed_min = math.inf
+
+    # -- persistence: bits and sign travel with the state dict and are checked on load --
+    def get_extra_state(self) -> dict:
+        return {"bits": self.bits, "signed": self.signed, "num_channels": self.num_channels}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or "bits" not in state:
+            raise ValueError("quantizer state in the checkpoint is malformed")
+        if state["bits"] != self.bits or state.get("num_channels", 0) != self.num_channels:
+            raise ValueError(
+                f"checkpoint quantizer has {state['bits']} bits and "
+                f"{state.get('num_channels', 0)} channel steps; this model's has {self.bits} "
+                f"bits and {self.num_channels}: quantize the model with the checkpoint's settings"
+            )
+        self.signed = state["signed"]
+
+    def extra_repr(self) -> str:
+        kind = f"per_channel={self.num_channels}" if self.num_channels else "per_tensor"
+        return f"bits={self.bits}, signed={self.signed}, {kind}"
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        if self.signed is None:
+            raise RuntimeError("the sign of this quantizer is not known before calibration")
+        return _bounds(self.bits, self.signed)
+
+    # -- initialisation --
+    def _rows(self, v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(self.num_channels, -1) if self.num_channels else v.reshape(1, -1)
+
+    @torch.no_grad()
+    def init_from(self, v: torch.Tensor) -> None:
+        """Set the step (and, if still unknown, the sign) from a tensor of values."""
+        v = v.detach()
+        if self.signed is None:
+            self.signed = bool(v.min().item() < 0)
+        qn, qp = self.bounds
+        rows = self._rows(v)
+        step = _mse_step(rows, qn, qp) if self.init == "mse" else _lsq_step(rows, qp)
+        self.step.copy_(step.to(self.step))
+        self.initialized.fill_(True)
+
+    def start_observing(self) -> None:
+        self._observing, self._observed, self._observed_min = True, [], math.inf
+
+    @torch.no_grad()
+    def finish_observing(self) -> None:
+        self._observing = False
+        if not self._observed:
+            raise RuntimeError("calibration ran no data through this quantizer")
+        values = torch.cat(self._observed)
+        if self.signed is None:
+            self.signed = bool(self._observed_min < 0)
+        self._observed = []
+        self.init_from(values)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1).float()
+        self._observed_min = min(self._observed_min, flat.min().item())
+        budget = _MAX_CALIB_VALUES - sum(t.numel() for t in self._observed)
+        if budget <= 0:
+            return
+        if flat.numel() > budget:
+            # deterministic, evenly spread subsample
+            idx = torch.linspace(0, flat.numel() - 1, budget, device=flat.device).long()
+            flat = flat[idx]
+        self._observed.append(flat.cpu())
+
+    # -- forward --
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._observing:
+            self._observe(x)
+            return x
+        if not bool(self.initialized):
+            raise RuntimeError(
+                "LSQ step size is not initialised: run coreset_curate.quant.calibrate_(model, "
+                "batches) on a few batches of data (or pass calibration= to quantize_model) "
+                "before the first forward"
+            )
+        qn, qp = self.bounds
+        per_step = x[0].numel() if not self.num_channels else x.numel() // self.num_channels
+        s = grad_scale(self.step, 1.0 / math.sqrt(per_step * qp))
+        if self.num_channels:
+            s = s.view(-1, *([1] * (x.dim() - 1)))
+        else:
+            s = s.reshape(())
+        return round_ste(torch.clamp(x / s, qn, qp)) * s
+
+
+class _QuantMixin:
+    """Shared parts of the quantized Conv2d and Linear."""
+
+    w_quant: LsqQuantizer | None
+    a_quant: LsqQuantizer | None
+
+    def _setup_quant(self, w_bits: int, a_bits: int, per_channel: bool, init: str) -> None:
+        out_ch = self.weight.shape[0]
+        self.w_quant = (
+            LsqQuantizer(w_bits, num_channels=out_ch if per_channel else 0, signed=True, init=init)
+            if w_bits != FLOAT_BITS
+            else None
+        )
+        self.a_quant = LsqQuantizer(a_bits, init=init) if a_bits != FLOAT_BITS else None
+        if self.w_quant is not None:
+            self.w_quant.init_from(self.weight)
+        self._wq_cache: tuple | None = None
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.w_quant is None:
+            return self.weight
+        if self.training or torch.is_grad_enabled():
+            self._wq_cache = None
+            return self.w_quant(self.weight)
+        # eval mode without autograd: quantize the weights once and reuse them
+        key = (self.weight._version, self.w_quant.step._version, self.weight.data_ptr(),
+               self.w_quant.step.data_ptr(), self.weight.device)
+        if self._wq_cache is None or self._wq_cache[0] != key:
+            self._wq_cache = (key, self.w_quant(self.weight))
+        return self._wq_cache[1]
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.a_quant is None else self.a_quant(x)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` with LSQ fake quantization of its weight and input."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, per_channel: bool = True,
+                   init: str = "mse") -> QuantConv2d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                  conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        new._setup_quant(w_bits, a_bits, per_channel, init)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` with LSQ fake quantization of its weight and input."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int, per_channel: bool = True,
+                   init: str = "mse") -> QuantLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  device=linear.weight.device, dtype=linear.weight.dtype)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        new._setup_quant(w_bits, a_bits, per_channel, init)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, LsqQuantizer) for m in model.modules())
+
+
+def quant_config(model: nn.Module) -> QuantConfig | None:
+    """The ``QuantConfig`` that ``quantize_model`` applied to ``model``, or None."""
+    return getattr(model, "_coreset_quant_config", None)
+
+
+def quantize_model(
+    model: nn.Module,
+    w_bits: int = 4,
+    a_bits: int = 4,
+    *,
+    per_channel: bool = True,
+    first_last: str = "int8",
+    init: str = "mse",
+    calibration: Iterable | None = None,
+) -> nn.Module:
+    """Fake-quantize every Conv2d and Linear of ``model`` in place and return it.
+
+    ``calibration``: optional iterable of input batches (tensors, or tuples whose first
+    item is the input) used to initialise the activation step sizes right away; without
+    it, call ``calibrate_`` before the first forward (or load a quantized checkpoint).
+    """
+    config = QuantConfig(w_bits, a_bits, per_channel, first_last, init)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if is_quantized(model):
+        raise ValueError("model is already quantized")
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if not layers:
+        raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
+    first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
+    last_linear = next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    for name, module in layers:
+        wb, ab = config.w_bits, config.a_bits
+        if name in (first_conv, last_linear):
+            if config.first_last == "float":
+                continue
+            if config.first_last == "int8":
+                wb = wb if wb == FLOAT_BITS else max(wb, 8)
+                ab = ab if ab == FLOAT_BITS else max(ab, 8)
+        if wb == FLOAT_BITS and ab == FLOAT_BITS:
+            continue
+        cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        _set_submodule(model, name, cls.from_float(module, wb, ab, config.per_channel, config.init))
+    model._coreset_quant_config = config
+    if calibration is not None:
+        calibrate_(model, calibration)
+    return model
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, batches: Iterable, max_batches: int | None = 8) -> nn.Module:
+    """Initialise every LSQ step of ``model`` from data, in place.
+
+    Weight steps are set from the current weights; activation steps (and signs) from the
+    activations that reach each layer on ``batches``, with weights already quantized and
+    activations passed through unquantized, in eval mode (so batch-norm uses its running
+    statistics). Returns the model.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _QuantMixin)]
+    if not layers:
+        raise ValueError("model has no LSQ quantizer: call quantize_model first")
+    for layer in layers:
+        if layer.w_quant is not None:
+            layer.w_quant.init_from(layer.weight)
+    quantizers = [layer.a_quant for layer in layers if layer.a_quant is not None]
+    was_training = model.training
+    model.eval()
+    for q in quantizers:
+        q.start_observing()
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x)
+            seen += 1
+            if max_batches is not None and seen >= max_batches:
+                break
+        if seen == 0:
+            raise ValueError("calibration got no batch of data")
+        for q in quantizers:
+            q.finish_observing()
+    finally:
+        for q in quantizers:
+            q._observing, q._observed = False, []
+        model.train(was_training)
+    log.debug("calibrated %d quantizers on %d batches", len(quantizers), seen)
+    return model
+
+
+def config_dict(model: nn.Module) -> dict:
+    cfg = quant_config(model)
+    return asdict(cfg) if cfg is not None else {"w_bits": FLOAT_BITS, "a_bits": FLOAT_BITS}

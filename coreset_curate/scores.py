@@ -1,0 +1,234 @@
+"""Per-sample scores from the logits of a (quantized) student and an optional reference.
+
+``score_dataset(student, data, reference=fp_model, epoch=t)`` runs one forward pass per
+model per batch under ``torch.inference_mode()`` with the eval transform and returns a
+``pyarrow.Table`` that follows the score-table contract (``tables.SCORE_SCHEMA``).
+
+Scores are registered by name; a new score is one small function of the batch outputs::
+
+    @register_score("my_score", pa.float32())
+    def my_score(out: BatchOutputs) -> torch.Tensor: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import EvalTransform, ImageData, iter_batches
+from .progress import progress
+from .quant import config_dict
+from .tables import SCORE_SCHEMA, make_metadata, with_metadata
+
+__all__ = ["BatchOutputs", "SCORES", "register_score", "score_dataset", "compute_scores"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutputs:
+    """Logits of one batch and the quantities the scores share (computed once, lazily)."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    ref_logits: torch.Tensor | None = None
+
+    @cached_property
+    def log_probs(self) -> torch.Tensor:
+        return F.log_softmax(self.logits.float(), dim=1)
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        return self.log_probs.exp()
+
+    @cached_property
+    def onehot(self) -> torch.Tensor:
+        return F.one_hot(self.labels, self.logits.shape[1]).to(self.probs.dtype)
+
+    @cached_property
+    def ref_probs(self) -> torch.Tensor | None:
+        return None if self.ref_logits is None else F.softmax(self.ref_logits.float(), dim=1)
+
+    def at_label(self, t: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, self.labels[:, None]).squeeze(1)
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    fn: Callable[[BatchOutputs], torch.Tensor | None]
+    dtype: pa.DataType
+    needs_reference: bool
+
+
+SCORES: dict[str, ScoreSpec] = {}
+
+
+def register_score(name: str, dtype: pa.DataType, needs_reference: bool = False) -> Callable:
+    def add(fn):
+        if name in SCORES:
+            raise ValueError(f"score {name!r} is already registered")
+        SCORES[name] = ScoreSpec(fn, dtype, needs_reference)
+        return fn
+
+    return add
+
+
+@register_score("evs", pa.float32())
+def _evs(o: BatchOutputs) -> torch.Tensor:
+    """Error vector score: || softmax(student) - onehot(label) ||_2."""
+    return (o.probs - o.onehot).norm(dim=1)
+
+
+@register_score("ds", pa.float32(), needs_reference=True)
+def _ds(o: BatchOutputs) -> torch.Tensor:
+    """Disagreement score: || softmax(student) - softmax(reference) ||_2."""
+    return (o.probs - o.ref_probs).norm(dim=1)
+
+
+@register_score("loss", pa.float32())
+def _loss(o: BatchOutputs) -> torch.Tensor:
+    return -o.at_label(o.log_probs)
+
+
+@register_score("margin", pa.float32())
+def _margin(o: BatchOutputs) -> torch.Tensor:
+    """Logit of the label minus the largest other logit (negative when misclassified)."""
+    logits = o.logits.float()
+    other = logits.scatter(1, o.labels[:, None], float("-inf")).amax(dim=1)
+    return o.at_label(logits) - other
+
+
+@register_score("entropy", pa.float32())
+def _entropy(o: BatchOutputs) -> torch.Tensor:
+    return -(o.probs * o.log_probs).sum(dim=1)
+
+
+@register_score("pred", pa.int64())
+def _pred(o: BatchOutputs) -> torch.Tensor:
+    return o.logits.argmax(dim=1)
+
+
+@register_score("prob_label", pa.float32())
+def _prob_label(o: BatchOutputs) -> torch.Tensor:
+    return o.at_label(o.probs)
+
+
+@register_score("ref_pred", pa.int64(), needs_reference=True)
+def _ref_pred(o: BatchOutputs) -> torch.Tensor:
+    return o.ref_logits.argmax(dim=1)
+
+
+@register_score("ref_prob_label", pa.float32(), needs_reference=True)
+def _ref_prob_label(o: BatchOutputs) -> torch.Tensor:
+    return o.at_label(o.ref_probs)
+
+
+CONTRACT_SCORES = [f.name for f in SCORE_SCHEMA if f.name not in ("sample_id", "label", "epoch")]
+
+
+def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tensor | None]:
+    """Every score in ``names`` for one batch; scores that need a missing reference are None."""
+    result = {}
+    for name in names:
+        spec = SCORES[name]
+        result[name] = None if (spec.needs_reference and out.ref_logits is None) else spec.fn(out)
+    return result
+
+
+def _check_model(model: nn.Module, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} must be a torch.nn.Module; got {type(model).__name__}")
+
+
+def score_dataset(
+    student: nn.Module,
+    data: ImageData,
+    reference: nn.Module | None = None,
+    *,
+    transform: EvalTransform,
+    epoch: int = 0,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    scores: list[str] | None = None,
+    metadata: dict | None = None,
+) -> pa.Table:
+    """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
+
+    Both models run in eval mode with the eval ``transform``; the table has one row per
+    sample, sorted by position in ``data``, with the contract's columns plus any extra
+    registered ``scores`` asked for. ``metadata`` (for example the architecture name) is
+    merged into the table's ``coreset_curate`` metadata.
+    """
+    _check_model(student, "student")
+    if reference is not None:
+        _check_model(reference, "reference")
+    if type(transform) is not EvalTransform:
+        raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
+    names = list(CONTRACT_SCORES)
+    for extra in scores or []:
+        if extra not in SCORES:
+            raise ValueError(f"unknown score {extra!r}; registered scores: {sorted(SCORES)}")
+        if extra not in names:
+            names.append(extra)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    models = [m for m in (student, reference) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval().to(device)
+    columns: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), progress(total=len(data), desc="score", unit="img") as bar:
+            for _, images, labels in iter_batches(data, batch_size):
+                x = transform(images.to(device, non_blocking=True))
+                y = labels.to(device, non_blocking=True)
+                out = BatchOutputs(student(x).float(), y,
+                                   None if reference is None else reference(x).float())
+                for name, value in compute_scores(out, names).items():
+                    if value is not None:
+                        columns[name].append(value.cpu())
+                bar.update(len(labels))
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    seconds = time.perf_counter() - start
+    n = len(data)
+    arrays = {
+        "sample_id": pa.array(data.sample_ids, pa.int64()),
+        "label": pa.array(data.labels.numpy(), pa.int64()),
+        "epoch": pa.array(np.full(n, epoch, dtype=np.int32), pa.int32()),
+    }
+    for name in names:
+        dtype = SCORES[name].dtype
+        if columns[name]:
+            values = torch.cat(columns[name]).numpy()
+            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype()), dtype)
+        else:
+            arrays[name] = pa.nulls(n, dtype)
+    schema = pa.schema(list(SCORE_SCHEMA) + [pa.field(n, SCORES[n].dtype) for n in names
+                                             if n not in SCORE_SCHEMA.names])
+    table = pa.table(arrays, schema=schema)
+    meta = make_metadata(
+        **config_dict(student),
+        fingerprint=data.fingerprint,
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        transform=transform.to_dict(),
+        epoch=epoch,
+        has_reference=reference is not None,
+        **(metadata or {}),
+    )
+    log.info("scored %d samples at epoch %d in %.1f s (%.0f img/s)", n, epoch, seconds,
+             n / max(seconds, 1e-9))
+    return with_metadata(table, meta)

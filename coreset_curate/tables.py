@@ -1,0 +1,173 @@
+"""The Parquet contracts between the parts: score tables and indexes.
+
+Both are plain Parquet files with explicit Arrow schemas and JSON metadata under the
+schema key ``coreset_curate``; pandas, pyarrow, DuckDB and ``datasets`` open them as they
+are. Every write goes to a temporary file in the target folder and is renamed into place,
+so a failed or killed write leaves the old file as it was and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+
+__all__ = [
+    "META_KEY",
+    "SCORE_SCHEMA",
+    "INDEX_SCHEMA",
+    "TableError",
+    "make_metadata",
+    "table_metadata",
+    "with_metadata",
+    "write_table",
+    "read_table",
+    "validate_scores",
+    "validate_index",
+]
+
+META_KEY = b"coreset_curate"
+
+SCORE_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.int64(), nullable=False),
+    pa.field("label", pa.int64(), nullable=False),
+    pa.field("epoch", pa.int32(), nullable=False),
+    pa.field("evs", pa.float32(), nullable=False),
+    pa.field("ds", pa.float32()),
+    pa.field("loss", pa.float32(), nullable=False),
+    pa.field("margin", pa.float32(), nullable=False),
+    pa.field("entropy", pa.float32(), nullable=False),
+    pa.field("pred", pa.int64(), nullable=False),
+    pa.field("prob_label", pa.float32(), nullable=False),
+    pa.field("ref_pred", pa.int64()),
+    pa.field("ref_prob_label", pa.float32()),
+])
+
+INDEX_SCHEMA = pa.schema([
+    pa.field("epoch", pa.int32(), nullable=False),
+    pa.field("sample_id", pa.int64(), nullable=False),
+    pa.field("weight", pa.float32(), nullable=False),
+])
+
+
+class TableError(ValueError):
+    """A file is not a valid score table or index."""
+
+
+def make_metadata(**fields) -> dict:
+    """Metadata dict with the package version and creation time added."""
+    return {"package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+
+
+def table_metadata(table: pa.Table | pa.Schema) -> dict:
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise TableError(f"the {META_KEY.decode()} metadata is not valid JSON: {err}") from err
+
+
+def with_metadata(table: pa.Table, meta: dict) -> pa.Table:
+    existing = dict(table.schema.metadata or {})
+    existing[META_KEY] = json.dumps(meta, sort_keys=True, default=str).encode()
+    return table.replace_schema_metadata(existing)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``table`` to ``path`` as Parquet atomically (temporary file, then rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name ending in .parquet")
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+
+
+def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Check required columns, cast compatible types to the contract's, keep extra columns."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise TableError(f"{what} lacks column(s) {missing}; it has {table.column_names}")
+    for f in schema:
+        col = table.column(f.name)
+        if col.type != f.type:
+            ok = (pa.types.is_integer(f.type) and pa.types.is_integer(col.type)) or (
+                pa.types.is_floating(f.type) and (pa.types.is_floating(col.type)
+                                                  or pa.types.is_integer(col.type)))
+            if not ok:
+                raise TableError(f"{what} column {f.name!r} has type {col.type}; expected {f.type}")
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise TableError(f"{what} column {f.name!r} does not fit {f.type}: {err}") from err
+            table = table.set_column(table.schema.get_field_index(f.name), f.name, col)
+        if not f.nullable and table.column(f.name).null_count:
+            raise TableError(f"{what} column {f.name!r} has {table.column(f.name).null_count} "
+                             "missing values")
+    return table
+
+
+def validate_scores(table: pa.Table, what: str = "score table") -> pa.Table:
+    """Return ``table`` conformed to ``SCORE_SCHEMA`` or raise ``TableError``."""
+    table = _conform(table, SCORE_SCHEMA, what)
+    if table.num_rows == 0:
+        raise TableError(f"{what} has no rows")
+    for name in ("evs", "ds", "loss", "margin", "entropy", "prob_label", "ref_prob_label"):
+        vals = table.column(name).to_numpy(zero_copy_only=False)
+        vals = vals[~np.isnan(vals)] if name in ("ds", "ref_prob_label") else vals
+        bad = ~np.isfinite(np.asarray(vals, dtype=np.float64))
+        if bad.any():
+            raise TableError(f"{what} column {name!r} has {int(bad.sum())} NaN or infinite values")
+    ids = table.column("sample_id").to_numpy()
+    epochs = table.column("epoch").to_numpy()
+    key = np.stack([epochs.astype(np.int64), ids])
+    if np.unique(key, axis=1).shape[1] != len(ids):
+        raise TableError(f"{what} has duplicate sample_id values within one scoring round")
+    return table
+
+
+def validate_index(table: pa.Table, what: str = "index") -> pa.Table:
+    """Return ``table`` conformed to ``INDEX_SCHEMA`` or raise ``TableError``."""
+    table = _conform(table, INDEX_SCHEMA, what)
+    w = table.column("weight").to_numpy()
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise TableError(f"{what} column 'weight' must be finite and >= 0")
+    key = np.stack([table.column("epoch").to_numpy().astype(np.int64),
+                    table.column("sample_id").to_numpy()])
+    if np.unique(key, axis=1).shape[1] != table.num_rows:
+        raise TableError(f"{what} lists a sample_id twice within one epoch")
+    return table

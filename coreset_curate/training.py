@@ -1,0 +1,107 @@
+"""Training pieces: one epoch over a subset (with optional distillation), evaluation.
+
+Readable loops over library parts; the run-level trainer composes them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import EvalTransform, ImageData, TrainTransform, iter_batches
+from .progress import progress
+
+__all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits"]
+
+log = logging.getLogger(__name__)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Per-sample cross-entropy of the student against the teacher's softened softmax."""
+    t = temperature
+    target = F.softmax(teacher_logits.float() / t, dim=1)
+    return -(target * F.log_softmax(student_logits.float() / t, dim=1)).sum(dim=1) * (t * t)
+
+
+def train_epoch(
+    model: nn.Module,
+    data: ImageData,
+    transform: TrainTransform,
+    optimizer: torch.optim.Optimizer,
+    *,
+    positions: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    teacher: nn.Module | None = None,
+    label_weight: float = 0.0,
+    batch_size: int = 128,
+    generator: torch.Generator | None = None,
+    scheduler=None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """One pass over ``positions`` (default: every row) in random order; returns mean loss.
+
+    Without a teacher the loss is cross-entropy; with one it is the soft cross-entropy to
+    the teacher (T = 1) plus ``label_weight`` times the cross-entropy. ``weights`` (one per
+    position) scale each sample's loss. ``scheduler.step()`` runs after every optimizer step.
+    """
+    positions = np.arange(len(data)) if positions is None else np.asarray(positions)
+    w_by_pos = None
+    if weights is not None:
+        w_by_pos = torch.zeros(len(data))
+        w_by_pos[torch.as_tensor(positions)] = torch.as_tensor(weights, dtype=torch.float32)
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    total, count = 0.0, 0
+    with progress(total=len(positions), desc="train", unit="img") as bar:
+        for pos, images, labels in iter_batches(data, batch_size, positions, shuffle=True,
+                                                generator=generator):
+            x = transform(images.to(device), generator=generator)
+            y = labels.to(device)
+            logits = model(x)
+            if teacher is None:
+                per_sample = F.cross_entropy(logits, y, reduction="none")
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                per_sample = soft_cross_entropy(logits, t_logits)
+                if label_weight:
+                    per_sample = per_sample + label_weight * F.cross_entropy(logits, y,
+                                                                             reduction="none")
+            if w_by_pos is not None:
+                per_sample = per_sample * w_by_pos[pos].to(per_sample.device)
+            loss = per_sample.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+            bar.update(len(labels))
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data: ImageData, transform: EvalTransform, *,
+                   batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(transform(images.to(device))).float().cpu()
+               for _, images, _ in iter_batches(data, batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, data: ImageData, transform: EvalTransform, *,
+             batch_size: int = 512, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``data`` with the eval transform."""
+    logits = predict_logits(model, data, transform, batch_size=batch_size, device=device)
+    return 100.0 * float((logits.argmax(1) == data.labels).float().mean())

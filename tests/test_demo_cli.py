@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import coreset_curate
+from coreset_curate.cli import main
+from coreset_curate.demo import DemoConfig, run_demo
+from coreset_curate.tables import (INDEX_SCHEMA, SCORE_SCHEMA, table_metadata, validate_index,
+                                   validate_scores)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(fp_epochs=10, epochs=4, reselect_every=2, fraction=0.2, train_limit=400)
+    return out, cfg, run_demo(out, cfg)
+
+
+def test_demo_tables_follow_the_contracts(demo_run):
+    out, cfg, summary = demo_run
+    scores = pq.read_table(out / "scores.parquet")
+    index = pq.read_table(out / "index.parquet")
+    assert scores.schema.remove_metadata().equals(SCORE_SCHEMA)
+    assert index.schema.remove_metadata().equals(INDEX_SCHEMA)
+    validate_scores(scores)
+    validate_index(index)
+    # one row per sample per round, rounds at epochs 0 and 2
+    assert scores.num_rows == 2 * 400
+    assert sorted(set(scores.column("epoch").to_pylist())) == [0, 2]
+    assert scores.column("ds").null_count == 0
+    # every epoch has a 20% class-balanced subset of the scored samples
+    epochs = index.column("epoch").to_numpy()
+    assert sorted(set(epochs.tolist())) == [0, 1, 2, 3]
+    ids = index.column("sample_id").to_numpy()
+    assert set(ids.tolist()) <= set(scores.column("sample_id").to_pylist())
+    per_epoch = np.bincount(epochs)
+    assert (np.abs(per_epoch - 80) <= 5).all()
+    assert np.array_equal(ids[epochs == 0], ids[epochs == 1])  # R = 2: reused until re-selection
+    meta = table_metadata(index)
+    assert (meta["method"], meta["R"], meta["epochs"], meta["fraction"]) == ("acs", 2, 4, 0.2)
+    assert table_metadata(scores)["w_bits"] == 4
+    assert summary["fp_top1"] > 80  # the float model really learned the digits
+    assert json.loads((out / "summary.json").read_text())["index_rows"] == index.num_rows
+
+
+def test_demo_refuses_to_overwrite(demo_run):
+    out, cfg, _ = demo_run
+    before = (out / "index.parquet").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_demo(out, cfg)
+    assert (out / "index.parquet").read_bytes() == before
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "coreset_curate", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_version_and_help():
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"coreset-curate {coreset_curate.__version__}"
+    r = _cli("--help")
+    assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_cli_demo_end_to_end(tmp_path):
+    r = _cli("demo", "--out", str(tmp_path), "--fp-epochs", "2", "--epochs", "2",
+             "--reselect-every", "1", "--fraction", "0.3")
+    assert r.returncode == 0, r.stderr
+    assert "top-1" in r.stdout and "index.parquet" in r.stdout
+    assert pq.read_table(tmp_path / "index.parquet").num_rows > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["demo", "--out", "x", "--fraction", "0"], "expected a number in (0, 1]"),
+    (["demo", "--out", "x", "--w-bits", "1"], "bits must be 2..8"),
+    (["demo", "--out", "x", "--method", "best"], "unknown method 'best'"),
+])
+def test_cli_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    args = [a if a != "x" else str(tmp_path / "o") for a in args]
+    with pytest.raises(SystemExit) as exc:
+        code = main(args)
+        raise SystemExit(code)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,107 @@
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from coreset_curate.data import default_transforms, load_data
+from coreset_curate.models import create_model
+from coreset_curate.quant import quantize_model
+from coreset_curate.scores import score_dataset
+from coreset_curate.tables import SCORE_SCHEMA, table_metadata, validate_scores
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    data = load_data("digits", "train").subset(np.arange(300))
+    train_tf, eval_tf = default_transforms(data)
+    ref = create_model("small_cnn", num_classes=10, in_channels=1, width=8).eval()
+    student = create_model("small_cnn", num_classes=10, in_channels=1, width=8)
+    student.load_state_dict(ref.state_dict())
+    calib = [eval_tf(data.images[:128])]
+    quantize_model(student, 3, 3, calibration=calib).eval()
+    return data, train_tf, eval_tf, student, ref
+
+
+def test_every_score_equals_a_per_sample_computation(setup):
+    data, _, eval_tf, student, ref = setup
+    table = score_dataset(student, data, ref, transform=eval_tf, epoch=4, batch_size=64)
+    df = table.to_pandas()
+    with torch.no_grad():
+        for i in range(0, len(data), 7):
+            x = eval_tf(data.images[i : i + 1])
+            z, zr = student(x)[0].double(), ref(x)[0].double()
+            y = int(data.labels[i])
+            p = [math.exp(v) for v in z.tolist()]
+            p = [v / sum(p) for v in p]
+            pr = [math.exp(v) for v in zr.tolist()]
+            pr = [v / sum(pr) for v in pr]
+            row = df.iloc[i]
+            assert row.sample_id == data.sample_ids[i] and row.label == y and row.epoch == 4
+            evs = math.sqrt(sum((pk - (k == y)) ** 2 for k, pk in enumerate(p)))
+            ds = math.sqrt(sum((a - b) ** 2 for a, b in zip(p, pr)))
+            others = [v for k, v in enumerate(z.tolist()) if k != y]
+            assert row.evs == pytest.approx(evs, abs=1e-5)
+            assert row.ds == pytest.approx(ds, abs=1e-5)
+            assert row.loss == pytest.approx(-math.log(p[y]), abs=1e-5)
+            assert row.margin == pytest.approx(z[y].item() - max(others), abs=1e-5)
+            assert row.entropy == pytest.approx(-sum(v * math.log(v) for v in p if v > 0), abs=1e-5)
+            assert row.pred == int(np.argmax(p)) and row.ref_pred == int(np.argmax(pr))
+            assert row.prob_label == pytest.approx(p[y], abs=1e-6)
+            assert row.ref_prob_label == pytest.approx(pr[y], abs=1e-6)
+
+
+def test_evs_bounds_hold(setup):
+    data, _, eval_tf, student, ref = setup
+    df = score_dataset(student, data, ref, transform=eval_tf).to_pandas()
+    gap = 1 - df.prob_label.to_numpy(np.float64)
+    evs = df.evs.to_numpy(np.float64)
+    assert (gap - 1e-6 <= evs).all() and (evs <= math.sqrt(2) * gap + 1e-6).all()
+    assert ((df.ds >= 0) & (df.ds <= math.sqrt(2))).all()
+
+
+def test_schema_and_metadata_follow_the_contract(setup):
+    data, _, eval_tf, student, ref = setup
+    table = score_dataset(student, data, ref, transform=eval_tf, epoch=2,
+                          metadata={"arch": "small_cnn"})
+    assert table.schema.remove_metadata().equals(SCORE_SCHEMA)
+    validate_scores(table)
+    meta = table_metadata(table)
+    for key in ("package_version", "arch", "w_bits", "a_bits", "fingerprint", "num_classes",
+                "transform", "epoch", "created"):
+        assert key in meta
+    assert (meta["w_bits"], meta["a_bits"], meta["epoch"]) == (3, 3, 2)
+    assert meta["fingerprint"] == data.fingerprint
+    assert meta["transform"]["kind"] == "EvalTransform"
+
+
+def test_batch_size_does_not_change_scores_and_runs_repeat(setup):
+    data, _, eval_tf, student, ref = setup
+    a = score_dataset(student, data, ref, transform=eval_tf, batch_size=300).to_pandas()
+    b = score_dataset(student, data, ref, transform=eval_tf, batch_size=17).to_pandas()
+    c = score_dataset(student, data, ref, transform=eval_tf, batch_size=17).to_pandas()
+    for col in ("evs", "ds", "loss", "margin", "entropy", "prob_label", "ref_prob_label"):
+        assert np.abs(a[col].to_numpy() - b[col].to_numpy()).max() <= 1e-5
+    assert b.equals(c)
+
+
+def test_without_reference_the_reference_columns_are_null(setup):
+    data, _, eval_tf, student, _ = setup
+    table = score_dataset(student, data, transform=eval_tf)
+    for col in ("ds", "ref_pred", "ref_prob_label"):
+        assert table.column(col).null_count == table.num_rows
+    assert table.column("evs").null_count == 0
+
+
+def test_scoring_refuses_augmentation_and_leaves_train_mode_alone(setup):
+    data, train_tf, eval_tf, student, ref = setup
+    with pytest.raises(TypeError, match="EvalTransform"):
+        score_dataset(student, data, ref, transform=train_tf)
+    student.train()
+    score_dataset(student, data, ref, transform=eval_tf)
+    assert student.training
+    student.eval()
+    with pytest.raises(ValueError, match="unknown score"):
+        score_dataset(student, data, transform=eval_tf, scores=["nope"])
