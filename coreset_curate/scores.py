@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import EvalTransform, ImageData, iter_batches
+from .models import last_linear
 from .progress import progress
 from .quant import config_dict
 from .tables import SCORE_SCHEMA, make_metadata, with_metadata
@@ -122,6 +123,12 @@ def _prob_label(o: BatchOutputs) -> torch.Tensor:
     return o.at_label(o.probs)
 
 
+@register_score("max_prob", pa.float32())
+def _max_prob(o: BatchOutputs) -> torch.Tensor:
+    """Probability of the student's top class (least-confidence selection reads it)."""
+    return o.probs.amax(dim=1)
+
+
 @register_score("ref_pred", pa.int64(), needs_reference=True)
 def _ref_pred(o: BatchOutputs) -> torch.Tensor:
     return o.ref_logits.argmax(dim=1)
@@ -133,6 +140,7 @@ def _ref_prob_label(o: BatchOutputs) -> torch.Tensor:
 
 
 CONTRACT_SCORES = [f.name for f in SCORE_SCHEMA if f.name not in ("sample_id", "label", "epoch")]
+DEFAULT_SCORES = [*CONTRACT_SCORES, "max_prob"]
 
 
 def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tensor | None]:
@@ -159,14 +167,17 @@ def score_dataset(
     batch_size: int = 512,
     device: str | torch.device | None = None,
     scores: list[str] | None = None,
+    embeddings: bool = False,
     metadata: dict | None = None,
 ) -> pa.Table:
     """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
 
     Both models run in eval mode with the eval ``transform``; the table has one row per
-    sample, sorted by position in ``data``, with the contract's columns plus any extra
-    registered ``scores`` asked for. ``metadata`` (for example the architecture name) is
-    merged into the table's ``coreset_curate`` metadata.
+    sample, sorted by position in ``data``, with the contract's columns, ``max_prob``, and
+    any extra registered ``scores`` asked for. ``embeddings=True`` adds ``embedding``, the
+    student's penultimate features (the input of its last linear layer) as a fixed-size
+    list of float16, for the diversity-based selection methods. ``metadata`` (for example
+    the architecture name) is merged into the table's ``coreset_curate`` metadata.
     """
     _check_model(student, "student")
     if reference is not None:
@@ -175,7 +186,7 @@ def score_dataset(
         raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
-    names = list(CONTRACT_SCORES)
+    names = list(DEFAULT_SCORES)
     for extra in scores or []:
         if extra not in SCORES:
             raise ValueError(f"unknown score {extra!r}; registered scores: {sorted(SCORES)}")
@@ -187,6 +198,11 @@ def score_dataset(
     for m in models:
         m.eval().to(device)
     columns: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    features: list[torch.Tensor] = []
+    hook = None
+    if embeddings:
+        hook = last_linear(student).register_forward_pre_hook(
+            lambda m, args: features.append(args[0].detach().flatten(1).to(torch.float16).cpu()))
     start = time.perf_counter()
     try:
         with torch.inference_mode(), progress(total=len(data), desc="score", unit="img") as bar:
@@ -200,6 +216,8 @@ def score_dataset(
                         columns[name].append(value.cpu())
                 bar.update(len(labels))
     finally:
+        if hook is not None:
+            hook.remove()
         for m, mode in zip(models, modes):
             m.train(mode)
     seconds = time.perf_counter() - start
@@ -218,6 +236,11 @@ def score_dataset(
             arrays[name] = pa.nulls(n, dtype)
     schema = pa.schema(list(SCORE_SCHEMA) + [pa.field(n, SCORES[n].dtype) for n in names
                                              if n not in SCORE_SCHEMA.names])
+    if embeddings:
+        emb = torch.cat(features).numpy()
+        arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)),
+                                                                emb.shape[1])
+        schema = schema.append(pa.field("embedding", arrays["embedding"].type))
     table = pa.table(arrays, schema=schema)
     meta = make_metadata(
         **config_dict(student),

@@ -3,30 +3,40 @@
 ``select(scores, "acs", fraction=0.1, epoch=t, epochs=E)`` returns the sample ids (and
 loss weights) to train on at epoch ``t``; ``index_table`` turns selections into the
 index contract (``tables.INDEX_SCHEMA``). Methods and schedules are registered by name in
-plain dicts; a new method is one decorated function of a ``SelectionContext``.
+plain dicts; a new method is one decorated function of a ``SelectionContext``::
+
+    @register_method("my_method", columns=("loss",))
+    def my_method(ctx):
+        return ctx.top(ctx.column("loss"))
 
 Conventions, the same for every method:
 
 * per class (default), keep ``floor(S * n_c + 0.5)`` samples of class c (``round`` with
-  halves up), at least ``min_per_class`` of them where the class has that many;
-  ``per_class=False`` keeps ``floor(S * n + 0.5)`` overall;
+  halves up), at least ``min_per_class`` of them where the class has that many (a class
+  smaller than its budget gives all it has); ``per_class=False`` keeps
+  ``floor(S * n + 0.5)`` overall;
 * "highest score first"; ties go to the smaller ``sample_id``, so results never depend on
   row order;
-* a score-based method reads the latest scoring round at or before ``epoch``.
+* a method that reads scores uses the latest scoring round at or before ``epoch``
+  (``forgetting`` reads every round up to it); ``random`` / ``random_epoch`` read only ids
+  and labels.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .data import check_fingerprint
-from .tables import INDEX_SCHEMA, TableError, make_metadata, table_metadata, validate_scores, \
-    with_metadata
+from .tables import (INDEX_SCHEMA, SCORE_SCHEMA, TableError, conform, make_metadata,
+                     table_metadata, with_metadata)
 
 __all__ = [
     "SCHEDULES",
@@ -35,15 +45,33 @@ __all__ = [
     "register_schedule",
     "beta",
     "select",
+    "load_rounds",
+    "ScoreRounds",
     "Selection",
     "SelectionContext",
     "top_fraction",
     "class_budget",
     "index_table",
+    "merge_index",
 ]
 
+BASE_COLUMNS = ("sample_id", "label", "epoch")
+
+
+# ------------------------------------------------------------------ registries
 SCHEDULES: dict[str, Callable[[float, float], float]] = {}
-METHODS: dict[str, Callable[[SelectionContext], Selection]] = {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    fn: Callable[[SelectionContext], Selection]
+    columns: tuple[str, ...]
+    options: dict[str, Any]
+    exact_size: bool
+    all_rounds: bool
+
+
+METHODS: dict[str, MethodSpec] = {}
 
 
 def register_schedule(name: str) -> Callable:
@@ -56,11 +84,20 @@ def register_schedule(name: str) -> Callable:
     return add
 
 
-def register_method(name: str) -> Callable:
+def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
+                    exact_size: bool = True, all_rounds: bool = False) -> Callable:
+    """Register a selection method.
+
+    columns: score columns it reads (besides sample_id, label, epoch); options: the
+    method-specific options it accepts, with defaults; exact_size: whether it returns
+    exactly the class budget (False for methods that decide their own size);
+    all_rounds: whether it reads every round up to the epoch rather than the latest.
+    """
     def add(fn):
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = fn
+        METHODS[name] = MethodSpec(fn, tuple(columns), dict(options or {}), exact_size,
+                                   all_rounds)
         return fn
 
     return add
@@ -101,17 +138,22 @@ def beta(schedule: str, epoch: int, epochs: int) -> float:
     return float(SCHEDULES[schedule](epoch, epochs))
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _check_epochs(epoch: int, epochs: int | None) -> None:
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+    if not _is_int(epoch) or epoch < 0:
         raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
     if epochs is not None:
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        if not _is_int(epochs) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
         if epoch >= epochs:
             raise ValueError(f"epoch {epoch} is past the run's end (epochs={epochs}: "
                              f"valid epochs are 0..{epochs - 1})")
 
 
+# ------------------------------------------------------------------ results and context
 @dataclass
 class Selection:
     """Sample ids (ascending) and their loss weights."""
@@ -123,8 +165,12 @@ class Selection:
         ids = np.asarray(self.sample_ids, dtype=np.int64)
         w = (np.ones(len(ids), dtype=np.float32) if self.weights is None
              else np.asarray(self.weights, dtype=np.float32))
-        order = np.argsort(ids, kind="stable")
-        self.sample_ids, self.weights = ids[order], w[order]
+        if len(w) != len(ids):
+            raise ValueError("sample_ids and weights must have the same length")
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            order = np.argsort(ids, kind="stable")
+            ids, w = ids[order], w[order]
+        self.sample_ids, self.weights = ids, w
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -132,8 +178,8 @@ class Selection:
 
 @dataclass
 class SelectionContext:
-    """What a method sees: the scoring round in use (columns as numpy arrays sorted by
-    sample_id), every round, and the request."""
+    """What a method sees: the scoring round in use (columns as numpy arrays, rows sorted
+    by sample_id), the rounds up to the epoch, the request and its options."""
 
     columns: dict[str, np.ndarray]
     rounds: list[dict[str, np.ndarray]]
@@ -144,6 +190,7 @@ class SelectionContext:
     seed: int
     per_class: bool
     min_per_class: int
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ids(self) -> np.ndarray:
@@ -158,8 +205,8 @@ class SelectionContext:
             raise ValueError(f"this method needs score column {name!r}; the table has "
                              f"{sorted(self.columns)}")
         values = self.columns[name]
-        if np.isnan(values.astype(np.float64)).any():
-            hint = " (score with a reference model)" if name.startswith(("ds", "ref_")) else ""
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            hint = " (score with a reference model)" if name in ("ds", "ref_prob_label") else ""
             raise ValueError(f"score column {name!r} has missing values{hint}")
         return values
 
@@ -167,10 +214,32 @@ class SelectionContext:
         key = [self.seed, self.epoch] if per_epoch else [self.seed]
         return np.random.default_rng(np.random.SeedSequence(key))
 
+    def budget(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, samples to keep per class) for per-class selection."""
+        classes, counts = np.unique(self.labels, return_counts=True)
+        return classes, class_budget(counts, self.fraction, self.min_per_class)
+
+    def total_budget(self) -> int:
+        n = len(self.ids)
+        return min(n, max(int(math.floor(self.fraction * n + 0.5)), self.min_per_class))
+
     def top(self, score: np.ndarray) -> Selection:
-        keep = top_fraction(score, self.labels, self.ids, self.fraction,
-                            per_class=self.per_class, min_per_class=self.min_per_class)
+        keep = top_fraction(score, self.labels, self.fraction, per_class=self.per_class,
+                            min_per_class=self.min_per_class)
         return Selection(self.ids[keep])
+
+    def groups(self):
+        """Row positions of each class (per-class selection) or of every row (global),
+        with the number to keep from each."""
+        if not self.per_class:
+            yield np.arange(len(self.ids)), self.total_budget()
+            return
+        order = np.argsort(self.labels, kind="stable")
+        classes, budget = self.budget()
+        bounds = np.searchsorted(self.labels[order], classes, side="left")
+        ends = np.append(bounds[1:], len(order))
+        for start, end, k in zip(bounds, ends, budget):
+            yield order[start:end], int(k)
 
 
 def class_budget(counts: np.ndarray, fraction: float, min_per_class: int = 0) -> np.ndarray:
@@ -182,51 +251,81 @@ def class_budget(counts: np.ndarray, fraction: float, min_per_class: int = 0) ->
     return np.minimum(k, counts)
 
 
-def top_fraction(score: np.ndarray, labels: np.ndarray, ids: np.ndarray, fraction: float, *,
+def _small_ints(labels: np.ndarray) -> np.ndarray:
+    """Labels as the narrowest integer type, so numpy's stable sort is a radix sort."""
+    top = int(labels.max()) if len(labels) else 0
+    return labels.astype(np.int16 if top < 2**15 else np.int32, copy=False)
+
+
+def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
                  per_class: bool = True, min_per_class: int = 0) -> np.ndarray:
-    """Boolean mask of the highest-scoring samples (per class or overall); ties go to the
-    smaller id. Vectorised: one sort, no loop over samples or classes."""
-    score = np.asarray(score, dtype=np.float64)
+    """Boolean mask of the highest-scoring rows, per class or overall.
+
+    Rows must be sorted by sample_id: ties go to the earlier row. Vectorised: one stable
+    sort of the scores and one radix sort of the labels, no loop over samples or classes.
+    """
+    score = np.asarray(score)
     n = len(score)
-    if per_class:
-        labels = np.asarray(labels, dtype=np.int64)
-        order = np.lexsort((ids, -score, labels))
-        sorted_labels = labels[order]
-        classes, starts, counts = np.unique(sorted_labels, return_index=True, return_counts=True)
-        budget = class_budget(counts, fraction, min_per_class)
-        group = np.repeat(np.arange(len(classes)), counts)
-        rank = np.arange(n) - starts[group]
-        keep_sorted = rank < budget[group]
-    else:
-        order = np.lexsort((ids, -score))
-        k = int(np.floor(fraction * n + 0.5))
-        k = max(k, min(min_per_class, n))
-        keep_sorted = np.arange(n) < k
+    order = np.argsort(-score.astype(np.float64, copy=False), kind="stable")
     keep = np.zeros(n, dtype=bool)
-    keep[order[keep_sorted]] = True
+    if not per_class:
+        k = min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))
+        keep[order[:k]] = True
+        return keep
+    labels = np.asarray(labels)
+    lab_sorted = _small_ints(labels)[order]
+    counts = np.bincount(lab_sorted)
+    budget = class_budget(counts, fraction, min_per_class)
+    by_class = np.argsort(lab_sorted, kind="stable")  # keeps score order inside each class
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_class] = np.arange(n) - np.repeat(starts, counts)
+    keep[order[rank < budget[lab_sorted]]] = True
     return keep
 
 
 # ------------------------------------------------------------------ methods
-@register_method("acs")
+@register_method("acs", columns=("evs", "ds"))
 def _acs(ctx: SelectionContext) -> Selection:
     """Adaptive coreset selection: beta(t) * EVS + (1 - beta(t)) * DS, highest first."""
-    b = beta(ctx.schedule, ctx.epoch, ctx.epochs if ctx.epochs is not None else _need_epochs())
+    if ctx.epochs is None:
+        raise ValueError("acs needs epochs= (the run's length) to compute its schedule")
+    b = beta(ctx.schedule, ctx.epoch, ctx.epochs)
     score = b * ctx.column("evs").astype(np.float64)
     if b < 1.0:
-        score = score + (1.0 - b) * ctx.column("ds").astype(np.float64)
+        score += (1.0 - b) * ctx.column("ds").astype(np.float64)
     return ctx.top(score)
 
 
-def _need_epochs():
-    raise ValueError("acs needs epochs= (the run's length) to compute its schedule")
-
-
-@register_method("evs")
-@register_method("el2n")
+@register_method("evs", columns=("evs",))
+@register_method("el2n", columns=("evs",))
 def _el2n(ctx: SelectionContext) -> Selection:
     """Highest error vector score (EL2N of the student's current weights)."""
     return ctx.top(ctx.column("evs"))
+
+
+@register_method("loss", columns=("loss",))
+def _loss(ctx: SelectionContext) -> Selection:
+    """Highest cross-entropy."""
+    return ctx.top(ctx.column("loss"))
+
+
+@register_method("entropy", columns=("entropy",))
+def _entropy(ctx: SelectionContext) -> Selection:
+    """Highest predictive entropy."""
+    return ctx.top(ctx.column("entropy"))
+
+
+@register_method("margin", columns=("margin",))
+def _margin(ctx: SelectionContext) -> Selection:
+    """Smallest margin (label logit minus the largest other logit) first."""
+    return ctx.top(-ctx.column("margin").astype(np.float64))
+
+
+@register_method("least_confidence", columns=("max_prob",))
+def _least_confidence(ctx: SelectionContext) -> Selection:
+    """Lowest top-class probability first (1 - max_prob)."""
+    return ctx.top(1.0 - ctx.column("max_prob").astype(np.float64))
 
 
 @register_method("random")
@@ -241,43 +340,250 @@ def _random_epoch(ctx: SelectionContext) -> Selection:
     return ctx.top(ctx.rng(per_epoch=True).random(len(ctx.ids)))
 
 
-# ------------------------------------------------------------------ entry points
-def _as_rounds(scores) -> tuple[list[dict[str, np.ndarray]], list[int], dict]:
-    tables = list(scores) if isinstance(scores, (list, tuple)) else [scores]
-    if not tables:
-        raise ValueError("select needs at least one score table")
-    merged, fp = [], None
-    for i, t in enumerate(tables):
-        if not isinstance(t, pa.Table):
-            try:
-                t = pa.Table.from_pandas(t, preserve_index=False)
-            except Exception as err:  # noqa: BLE001 - any non-table input
-                raise TypeError(f"score table {i} must be a pyarrow.Table or pandas.DataFrame; "
-                                f"got {type(t).__name__}") from err
-        t = validate_scores(t, f"score table {i}")
-        t_fp = table_metadata(t).get("fingerprint")
+@register_method("forgetting", columns=("pred",), all_rounds=True)
+def _forgetting(ctx: SelectionContext) -> Selection:
+    """Most forgetting events (correct in one round, wrong in the next) across the rounds
+    up to the epoch; samples never predicted correctly rank above all others."""
+    ids = ctx.ids
+    correct = []
+    for rnd in ctx.rounds:
+        pos = np.searchsorted(rnd["sample_id"], ids).clip(0, len(rnd["sample_id"]) - 1)
+        present = rnd["sample_id"][pos] == ids
+        ok = (rnd["pred"][pos] == rnd["label"][pos]) & present
+        correct.append(np.where(present, ok, np.nan))
+    c = np.stack(correct)  # rounds x samples, NaN where a round lacks the sample
+    prev, nxt = c[:-1], c[1:]
+    events = np.nansum((prev == 1) & (nxt == 0), axis=0)
+    never = ~(c == 1).any(axis=0)
+    score = events.astype(np.float64) + never * (len(ctx.rounds) + 1)
+    return ctx.top(score)
+
+
+@register_method("ccs", columns=("evs",), options={"score": "evs", "hard_cut": 0.1, "bins": 50})
+def _ccs(ctx: SelectionContext) -> Selection:
+    """Coverage-centric selection (Zheng et al. 2023): drop the hardest ``hard_cut`` share,
+    then sample evenly across ``bins`` equal-width score bins (the sparsest bins first)."""
+    name, cut, bins = ctx.options["score"], float(ctx.options["hard_cut"]), int(ctx.options["bins"])
+    if not 0 <= cut < 1:
+        raise ValueError(f"ccs option hard_cut must be in [0, 1); got {cut}")
+    if bins < 1:
+        raise ValueError(f"ccs option bins must be >= 1; got {bins}")
+    score = ctx.column(name).astype(np.float64)
+    rng = ctx.rng(per_epoch=True)
+    chosen = []
+    for rows, k in ctx.groups():
+        if k == 0:
+            continue
+        order = rows[np.argsort(-score[rows], kind="stable")]
+        n_cut = min(int(math.floor(cut * len(rows))), len(rows) - k)
+        pool = order[n_cut:]
+        s = score[pool]
+        edges = np.linspace(s.min(), s.max(), bins + 1)
+        which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, bins - 1)
+        counts = np.bincount(which, minlength=bins)
+        left, take = k, np.zeros(bins, dtype=np.int64)
+        for i, b in enumerate(np.argsort(counts, kind="stable")):
+            share = left // (bins - i)
+            take[b] = min(counts[b], share)
+            left -= take[b]
+        # the remainder (from rounding) goes to bins that still have samples, sparsest first
+        for b in np.argsort(counts, kind="stable"):
+            extra = min(left, counts[b] - take[b])
+            take[b] += extra
+            left -= extra
+        for b in np.flatnonzero(take):
+            members = pool[which == b]
+            chosen.append(rng.choice(members, size=int(take[b]), replace=False))
+    rows = np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+    return Selection(ctx.ids[rows])
+
+
+def _embeddings(ctx: SelectionContext):
+    import torch
+
+    emb = ctx.column("embedding")
+    return torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+
+
+@register_method("moderate", columns=("embedding",))
+def _moderate(ctx: SelectionContext) -> Selection:
+    """Moderate coreset (Xia et al. 2023): samples whose distance to their class centre is
+    closest to the median distance of the class."""
+    import torch
+
+    emb = _embeddings(ctx)
+    labels = torch.from_numpy(_small_ints(ctx.labels).astype(np.int64))
+    k = int(labels.max()) + 1
+    sums = torch.zeros(k, emb.shape[1]).index_add_(0, labels, emb)
+    centres = sums / torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
+    dist = (emb - centres[labels]).norm(dim=1).numpy().astype(np.float64)
+    median = np.zeros(k)
+    for c in np.unique(ctx.labels):
+        median[c] = np.median(dist[ctx.labels == c])
+    return ctx.top(-np.abs(dist - median[ctx.labels]))
+
+
+@register_method("kcenter", columns=("embedding",))
+def _kcenter(ctx: SelectionContext) -> Selection:
+    """Greedy k-center on the embeddings (per class, or over all samples with
+    ``per_class=False``), starting from a seeded random sample; batched in torch."""
+    import torch
+
+    emb = _embeddings(ctx)
+    rng = ctx.rng(per_epoch=True)
+    chosen = []
+    for rows, k in ctx.groups():
+        if k == 0:
+            continue
+        x = emb[torch.from_numpy(rows)]
+        picked = np.empty(k, dtype=np.int64)
+        picked[0] = rng.integers(len(rows))
+        min_d = (x - x[picked[0]]).pow(2).sum(1)
+        for i in range(1, k):
+            nxt = int(torch.argmax(min_d))
+            picked[i] = nxt
+            min_d = torch.minimum(min_d, (x - x[nxt]).pow(2).sum(1))
+        chosen.append(rows[picked])
+    rows = np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+    return Selection(ctx.ids[rows])
+
+
+@register_method("infobatch", columns=("loss",), options={"prune_ratio": 0.5, "anneal": 0.875},
+                 exact_size=False)
+def _infobatch(ctx: SelectionContext) -> Selection:
+    """InfoBatch (Qin et al. 2024): randomly drop ``prune_ratio`` of the samples whose loss
+    is below the mean and weight the kept ones by 1 / (1 - prune_ratio); the full data
+    from ``anneal * epochs`` on. Decides its own size (``fraction`` is not used)."""
+    r, anneal = float(ctx.options["prune_ratio"]), float(ctx.options["anneal"])
+    if not 0 <= r < 1:
+        raise ValueError(f"infobatch option prune_ratio must be in [0, 1); got {r}")
+    if ctx.epochs is not None and ctx.epoch >= anneal * ctx.epochs:
+        return Selection(ctx.ids)
+    loss = ctx.column("loss").astype(np.float64)
+    low = loss < loss.mean()
+    drop = low & (ctx.rng(per_epoch=True).random(len(loss)) < r)
+    keep = ~drop
+    weights = np.where(low[keep], 1.0 / (1.0 - r), 1.0)
+    return Selection(ctx.ids[keep], weights)
+
+
+# ------------------------------------------------------------------ reading score tables
+@dataclass
+class ScoreRounds:
+    """Scoring rounds read from one or more tables: ``rounds[i]`` holds the columns of the
+    round at ``epochs[i]`` as numpy arrays, rows sorted by sample_id."""
+
+    epochs: list[int]
+    rounds: list[dict[str, np.ndarray]]
+    fingerprint: dict | None
+    sources: list[str]
+
+
+def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
+    col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+        if col.null_count:
+            raise TableError("embedding column has missing rows")
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), width)
+    if col.null_count:
+        if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+            return col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _read_source(source, i: int, columns: list[str] | None) -> tuple[pa.Table, str]:
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"score table not found: {path}")
+        try:
+            schema = pq.read_schema(path)
+            want = None if columns is None else [c for c in columns if c in schema.names]
+            return pq.read_table(path, columns=want), path
+        except (pa.ArrowInvalid, OSError) as err:
+            raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+    if isinstance(source, pa.Table):
+        return source, f"<table {i}>"
+    try:
+        return pa.Table.from_pandas(source, preserve_index=False), f"<table {i}>"
+    except Exception as err:  # noqa: BLE001 - anything that is not a table
+        raise TypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas.DataFrame; "
+                        f"got {type(source).__name__}") from err
+
+
+def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
+    """Read score tables (paths, pyarrow tables or DataFrames; one or a list) into rounds.
+
+    Only ``columns`` (plus sample_id, label and epoch) are read from Parquet files; all
+    tables must come from the same dataset (same fingerprint).
+    """
+    sources = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    if not sources:
+        raise ValueError("selection needs at least one score table")
+    want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
+    tables, names, fp = [], [], None
+    for i, src in enumerate(sources):
+        table, name = _read_source(src, i, want)
+        missing = [c for c in BASE_COLUMNS if c not in table.column_names]
+        if missing:
+            raise TableError(f"{name} lacks column(s) {missing}; it has {table.column_names}")
+        t_fp = table_metadata(table).get("fingerprint")
         if t_fp is not None:
             if fp is None:
                 fp = t_fp
             else:
-                check_fingerprint(fp, t_fp, f"score table {i}")
-        merged.append(t.select([c for c in t.column_names]))
-    table = pa.concat_tables(merged, promote_options="default")
-    table = validate_scores(table, "the score tables together")
-    epochs = table.column("epoch").to_numpy()
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    rounds, round_epochs = [], sorted(set(epochs.tolist()))
+                check_fingerprint(fp, t_fp, name)
+        if want is not None:
+            table = table.select([c for c in want if c in table.column_names])
+        known = [SCORE_SCHEMA.field(c) for c in table.column_names if c in SCORE_SCHEMA.names]
+        tables.append(conform(table, pa.schema(known), name))
+        names.append(name)
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    if table.num_rows == 0:
+        raise TableError("the score tables have no rows")
+    cols = {c: _column_numpy(table.column(c)) for c in table.column_names}
+    for c, v in cols.items():
+        if v.dtype.kind == "f" and c not in ("ds", "ref_prob_label", "ref_pred"):
+            if not np.isfinite(v).all():
+                raise TableError(f"score column {c!r} has {int((~np.isfinite(v)).sum())} NaN or "
+                                 "infinite values")
+    if (cols["label"] < 0).any():
+        raise TableError("labels must be non-negative class indices")
+    epochs_col = cols["epoch"]
+    round_epochs = np.unique(epochs_col)
+    rounds = []
     for e in round_epochs:
-        rows = np.flatnonzero(epochs == e)
-        rows = rows[np.argsort(cols["sample_id"][rows], kind="stable")]
-        rounds.append({k: _numeric(v[rows]) for k, v in cols.items()})
-    return rounds, round_epochs, {"fingerprint": fp}
+        rows = None if len(round_epochs) == 1 else np.flatnonzero(epochs_col == e)
+        part = {c: (v if rows is None else v[rows]) for c, v in cols.items()}
+        ids = part["sample_id"]
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            order = np.argsort(ids, kind="stable")
+            part = {c: v[order] for c, v in part.items()}
+            if (np.diff(part["sample_id"]) == 0).any():
+                raise TableError(f"duplicate sample_id values in the scoring round of epoch {e}")
+        rounds.append(part)
+    return ScoreRounds([int(e) for e in round_epochs], rounds, fp, names)
 
 
-def _numeric(v: np.ndarray) -> np.ndarray:
-    if v.dtype == object:  # nullable column with nulls: None -> NaN
-        return np.array([np.nan if x is None else x for x in v], dtype=np.float64)
-    return v
+# ------------------------------------------------------------------ entry points
+def _check_request(method, fraction, seed, min_per_class, options) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered methods: {sorted(METHODS)}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            0 < fraction <= 1):
+        raise ValueError(f"fraction must be a number in (0, 1]; got {fraction!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if not _is_int(min_per_class) or min_per_class < 0:
+        raise ValueError(f"min_per_class must be a non-negative integer; got {min_per_class!r}")
+    spec = METHODS[method]
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = sorted(spec.options) or "none"
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; it accepts {accepted}")
+    return {**spec.options, **options}
 
 
 def select(
@@ -291,64 +597,61 @@ def select(
     seed: int = 0,
     per_class: bool = True,
     min_per_class: int = 0,
+    options: dict | None = None,
 ) -> Selection:
     """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
 
-    ``scores``: a score table (pyarrow or pandas), or a list of them (scoring rounds).
+    ``scores``: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
+    or a ``ScoreRounds`` from ``load_rounds``. ``options``: method-specific settings (for
+    example ``{"hard_cut": 0.2}`` for ``ccs``); unknown keys are refused.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; registered methods: {sorted(METHODS)}")
+    opts = _check_request(method, fraction, seed, min_per_class, options)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
-            0 < fraction <= 1):
-        raise ValueError(f"fraction must be a number in (0, 1]; got {fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    if isinstance(min_per_class, bool) or not isinstance(min_per_class, int) or min_per_class < 0:
-        raise ValueError(f"min_per_class must be a non-negative integer; got {min_per_class!r}")
     _check_epochs(epoch, epochs)
-    rounds, round_epochs, _ = _as_rounds(scores)
-    usable = [i for i, e in enumerate(round_epochs) if e <= epoch]
+    spec = METHODS[method]
+    data = scores if isinstance(scores, ScoreRounds) else load_rounds(scores, spec.columns)
+    usable = [i for i, e in enumerate(data.epochs) if e <= epoch]
     if not usable:
-        raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold rounds "
-                         f"at epochs {round_epochs}")
-    ctx = SelectionContext(rounds[usable[-1]], rounds[: usable[-1] + 1], float(fraction),
+        if spec.columns:
+            raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
+                             f"rounds at epochs {data.epochs}")
+        usable = [0]  # ids and labels only: any round will do
+    current = usable[-1]
+    ctx = SelectionContext(data.rounds[current], data.rounds[: current + 1], float(fraction),
                            int(epoch), epochs, schedule, int(seed), bool(per_class),
-                           int(min_per_class))
-    return METHODS[method](ctx)
+                           int(min_per_class), opts)
+    return spec.fn(ctx)
 
 
 def index_table(selections: dict[int, Selection], *, metadata: dict | None = None) -> pa.Table:
     """Index rows (epoch, sample_id, weight) for ``{epoch: Selection}``, sorted by epoch
     then sample_id, with the index metadata."""
-    epochs, ids, weights = [], [], []
-    for e in sorted(selections):
-        sel = selections[e]
-        epochs.append(np.full(len(sel), e, dtype=np.int32))
-        ids.append(sel.sample_ids)
-        weights.append(sel.weights)
-    table = pa.table({
-        "epoch": pa.array(np.concatenate(epochs) if epochs else np.array([], np.int32)),
-        "sample_id": pa.array(np.concatenate(ids) if ids else np.array([], np.int64)),
-        "weight": pa.array(np.concatenate(weights) if weights else np.array([], np.float32)),
-    }, schema=INDEX_SCHEMA)
+    parts = [(np.full(len(s), e, dtype=np.int32), s.sample_ids, s.weights)
+             for e, s in sorted(selections.items())]
+    cols = [np.concatenate([p[i] for p in parts]) if parts else np.array([], dtype=dt)
+            for i, dt in enumerate((np.int32, np.int64, np.float32))]
+    table = pa.table(dict(zip(INDEX_SCHEMA.names, cols)), schema=INDEX_SCHEMA)
     return with_metadata(table, make_metadata(**(metadata or {})))
 
 
 def merge_index(existing: pa.Table, new: pa.Table) -> pa.Table:
-    """``existing`` with the epochs in ``new`` replaced by ``new``'s rows; metadata of ``new``
-    (its ``sources`` list extended with the existing one's)."""
-    new_epochs = set(new.column("epoch").to_numpy().tolist())
-    old = existing.filter(pa.array(~np.isin(existing.column("epoch").to_numpy(),
-                                            list(new_epochs))))
-    table = pa.concat_tables([old.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA),
-                              new.select(INDEX_SCHEMA.names)])
-    order = np.lexsort((table.column("sample_id").to_numpy(), table.column("epoch").to_numpy()))
+    """``existing`` with the epochs in ``new`` replaced by ``new``'s rows; metadata of
+    ``new`` with the ``sources`` of both."""
     meta_old, meta_new = table_metadata(existing), table_metadata(new)
+    existing = conform(existing, INDEX_SCHEMA, "existing index").select(INDEX_SCHEMA.names)
+    new_epochs = np.unique(new.column("epoch").to_numpy())
+    old = existing.filter(pa.array(~np.isin(existing.column("epoch").to_numpy(), new_epochs)))
+    table = pa.concat_tables([old.cast(INDEX_SCHEMA),
+                              new.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)])
+    order = np.lexsort((table.column("sample_id").to_numpy(), table.column("epoch").to_numpy()))
+    for key in ("method", "fraction", "fingerprint"):
+        if key in meta_old and key in meta_new and meta_old[key] != meta_new[key]:
+            raise ValueError(f"the index was made with {key}={meta_old[key]!r}; this selection "
+                             f"has {key}={meta_new[key]!r}: write it to another index")
     sources = list(dict.fromkeys(meta_old.get("sources", []) + meta_new.get("sources", [])))
     return with_metadata(table.take(pa.array(order)), {**meta_new, "sources": sources})
 
 
-def index_epochs(index: pa.Table) -> Sequence[int]:
+def index_epochs(index: pa.Table) -> list[int]:
     return sorted(set(index.column("epoch").to_numpy().tolist()))

@@ -32,6 +32,7 @@ __all__ = [
     "read_table",
     "validate_scores",
     "validate_index",
+    "conform",
 ]
 
 META_KEY = b"coreset_curate"
@@ -117,7 +118,7 @@ def read_table(path: str | os.PathLike) -> pa.Table:
         raise TableError(f"{path} is not a readable Parquet file: {err}") from err
 
 
-def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     """Check required columns, cast compatible types to the contract's, keep extra columns."""
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
@@ -143,7 +144,7 @@ def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 def validate_scores(table: pa.Table, what: str = "score table") -> pa.Table:
     """Return ``table`` conformed to ``SCORE_SCHEMA`` or raise ``TableError``."""
-    table = _conform(table, SCORE_SCHEMA, what)
+    table = conform(table, SCORE_SCHEMA, what)
     if table.num_rows == 0:
         raise TableError(f"{what} has no rows")
     for name in ("evs", "ds", "loss", "margin", "entropy", "prob_label", "ref_prob_label"):
@@ -162,7 +163,7 @@ def validate_scores(table: pa.Table, what: str = "score table") -> pa.Table:
 
 def validate_index(table: pa.Table, what: str = "index") -> pa.Table:
     """Return ``table`` conformed to ``INDEX_SCHEMA`` or raise ``TableError``."""
-    table = _conform(table, INDEX_SCHEMA, what)
+    table = conform(table, INDEX_SCHEMA, what)
     w = table.column("weight").to_numpy()
     if not np.isfinite(w).all() or (w < 0).any():
         raise TableError(f"{what} column 'weight' must be finite and >= 0")

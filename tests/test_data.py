@@ -140,3 +140,33 @@ def test_real_cifar10_loads_with_labels_and_class_names(cifar10_root):
     mean, std = train.channel_stats()  # the widely published CIFAR-10 statistics
     assert np.allclose(mean, (0.4914, 0.4822, 0.4465), atol=5e-4)
     assert np.allclose(std, (0.2470, 0.2435, 0.2616), atol=5e-4)
+
+
+def _write_idx(path, array):
+    import struct
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d)
+                                                              for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_torchvision_dataset_reads_local_files_without_download(tmp_path):
+    # torchvision's MNIST layout, written by hand: nothing is downloaded
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 20).astype(np.uint8)
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", imgs)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    data = load_data("torchvision:MNIST", "train", root=tmp_path)
+    assert data.images.shape == (20, 1, 28, 28)
+    assert np.array_equal(data.images[:, 0].numpy(), imgs)
+    assert data.labels.tolist() == labels.tolist()
+    assert data.class_names[0].startswith("0")
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_data("torchvision:FashionMNIST", "train", root=tmp_path)
+    with pytest.raises(ValueError, match="no dataset 'NoSuch'"):
+        load_data("torchvision:NoSuch", "train", root=tmp_path)

@@ -66,7 +66,9 @@ def test_schema_and_metadata_follow_the_contract(setup):
     data, _, eval_tf, student, ref = setup
     table = score_dataset(student, data, ref, transform=eval_tf, epoch=2,
                           metadata={"arch": "small_cnn"})
-    assert table.schema.remove_metadata().equals(SCORE_SCHEMA)
+    contract = pa.schema(list(table.schema.remove_metadata())[: len(SCORE_SCHEMA)])
+    assert contract.equals(SCORE_SCHEMA)
+    assert table.schema.names[len(SCORE_SCHEMA):] == ["max_prob"]
     validate_scores(table)
     meta = table_metadata(table)
     for key in ("package_version", "arch", "w_bits", "a_bits", "fingerprint", "num_classes",
@@ -105,3 +107,21 @@ def test_scoring_refuses_augmentation_and_leaves_train_mode_alone(setup):
     student.eval()
     with pytest.raises(ValueError, match="unknown score"):
         score_dataset(student, data, transform=eval_tf, scores=["nope"])
+
+
+def test_max_prob_and_embeddings(setup):
+    data, _, eval_tf, student, ref = setup
+    table = score_dataset(student, data, ref, transform=eval_tf, embeddings=True)
+    df = table.to_pandas()
+    assert (df.max_prob >= df.prob_label - 1e-7).all()
+    assert ((df.pred == df.label) == np.isclose(df.max_prob, df.prob_label)).mean() > 0.99
+    emb = table.column("embedding")
+    assert emb.type.value_type == pa.float16() and emb.type.list_size == 64  # 8 * width 8
+    # the embedding is the input of the classifier: recompute one row by hand
+    feats = {}
+    h = student.classifier.register_forward_pre_hook(lambda m, a: feats.update(x=a[0]))
+    with torch.no_grad():
+        student(eval_tf(data.images[5:6]))
+    h.remove()
+    row = np.asarray(emb[5].values.to_numpy(zero_copy_only=False), dtype=np.float32)
+    assert np.allclose(row, feats["x"][0].numpy(), atol=1e-2, rtol=1e-2)
