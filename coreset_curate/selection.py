@@ -261,26 +261,45 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
                  per_class: bool = True, min_per_class: int = 0) -> np.ndarray:
     """Boolean mask of the highest-scoring rows, per class or overall.
 
-    Rows must be sorted by sample_id: ties go to the earlier row. Vectorised: one stable
-    sort of the scores and one radix sort of the labels, no loop over samples or classes.
+    Rows must be sorted by sample_id: ties go to the earlier row. One radix sort groups the
+    rows by class; each class's k-th largest score comes from a linear-time partition, and
+    the rows above it, plus the first rows equal to it, are kept. No loop over samples.
     """
     score = np.asarray(score)
     n = len(score)
-    order = np.argsort(-score.astype(np.float64, copy=False), kind="stable")
-    keep = np.zeros(n, dtype=bool)
-    if not per_class:
-        k = min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))
-        keep[order[:k]] = True
-        return keep
-    labels = np.asarray(labels)
-    lab_sorted = _small_ints(labels)[order]
-    counts = np.bincount(lab_sorted)
-    budget = class_budget(counts, fraction, min_per_class)
-    by_class = np.argsort(lab_sorted, kind="stable")  # keeps score order inside each class
+    if per_class:
+        import torch  # its stable sort of small integers is a multi-threaded radix sort
+
+        lab_t, order_t = torch.sort(torch.from_numpy(_small_ints(np.asarray(labels))),
+                                    stable=True)  # grouped by class, row order inside
+        lab_g, order = lab_t.numpy(), order_t.numpy()
+        s_g = score[order]
+        counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2)))
+        budget = class_budget(counts, fraction, min_per_class)
+    else:
+        order, s_g = None, score
+        lab_g = np.zeros(n, dtype=np.int16)
+        counts = np.array([n])
+        budget = np.array([min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))])
     starts = np.cumsum(counts) - counts
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_class] = np.arange(n) - np.repeat(starts, counts)
-    keep[order[rank < budget[lab_sorted]]] = True
+    thresh = np.full(len(counts), np.inf)
+    for c in np.flatnonzero(budget):
+        seg = s_g[starts[c] : starts[c] + counts[c]]
+        kth = counts[c] - budget[c]
+        thresh[c] = np.partition(seg, kth)[kth]  # the budget[c]-th largest score
+    t = thresh[lab_g]
+    keep_g = s_g > t
+    still = budget - np.bincount(lab_g[keep_g], minlength=len(counts))
+    ties = np.flatnonzero(s_g == t)  # grouped by class, in row order
+    if len(ties):
+        tie_lab = lab_g[ties]
+        tie_counts = np.bincount(tie_lab, minlength=len(counts))
+        tie_rank = np.arange(len(ties)) - (np.cumsum(tie_counts) - tie_counts)[tie_lab]
+        keep_g[ties[tie_rank < still[tie_lab]]] = True
+    if order is None:
+        return keep_g
+    keep = np.zeros(n, dtype=bool)
+    keep[order[keep_g]] = True
     return keep
 
 
@@ -291,9 +310,10 @@ def _acs(ctx: SelectionContext) -> Selection:
     if ctx.epochs is None:
         raise ValueError("acs needs epochs= (the run's length) to compute its schedule")
     b = beta(ctx.schedule, ctx.epoch, ctx.epochs)
-    score = b * ctx.column("evs").astype(np.float64)
+    score = ctx.column("evs").astype(np.float64)
+    score *= b
     if b < 1.0:
-        score += (1.0 - b) * ctx.column("ds").astype(np.float64)
+        score += np.multiply(ctx.column("ds"), 1.0 - b, dtype=np.float64)
     return ctx.top(score)
 
 
@@ -542,7 +562,11 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
     if table.num_rows == 0:
         raise TableError("the score tables have no rows")
-    cols = {c: _column_numpy(table.column(c)) for c in table.column_names}
+    del tables
+    cols = {}
+    for c in table.column_names:
+        cols[c] = _column_numpy(table.column(c))
+        table = table.drop_columns([c])
     for c, v in cols.items():
         if v.dtype.kind == "f" and c not in ("ds", "ref_prob_label", "ref_pred"):
             if not np.isfinite(v).all():
@@ -551,7 +575,8 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
     if (cols["label"] < 0).any():
         raise TableError("labels must be non-negative class indices")
     epochs_col = cols["epoch"]
-    round_epochs = np.unique(epochs_col)
+    lo, hi = int(epochs_col.min()), int(epochs_col.max())
+    round_epochs = np.array([lo]) if lo == hi else np.unique(epochs_col)
     rounds = []
     for e in round_epochs:
         rows = None if len(round_epochs) == 1 else np.flatnonzero(epochs_col == e)

@@ -1,0 +1,196 @@
+"""Throughput of class-balanced ACS selection on large synthetic score tables.
+
+For each size, a synthetic score table (contract columns, 1,000 classes) is written to
+Parquet once; then, each in a fresh process so that peak memory is its own, one first
+(cold) run and then timed runs whose median is reported as ``seconds``:
+
+* ours: ``coreset_curate.select(path, "acs", 0.1, epoch=30, epochs=120)`` (reads the
+  Parquet file and selects);
+* pandas: the straightforward way: ``pd.read_parquet`` of the same columns, the ACS
+  score, then ``groupby("label")`` + ``nlargest`` per class.
+
+Both selections are checked to be the same ids. Writes
+``benchmarks/results/selection_throughput.json``.
+
+    python benchmarks/selection_throughput.py [--rows 1281167 50000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULTS = Path(__file__).resolve().parent / "results" / "selection_throughput.json"
+CLASSES = 1000
+FRACTION, EPOCH, EPOCHS = 0.1, 30, 120
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "pyarrow": pa.__version__}
+
+
+def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 5_000_000) -> None:
+    from coreset_curate.tables import SCORE_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    with pq.ParquetWriter(path, SCORE_SCHEMA, compression="zstd") as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            p = rng.random(n, dtype=np.float32)
+            cols = {
+                "sample_id": np.arange(start, start + n, dtype=np.int64),
+                "label": rng.integers(0, CLASSES, n, dtype=np.int64),
+                "epoch": np.full(n, EPOCH, dtype=np.int32),
+                "evs": rng.random(n, dtype=np.float32) * np.float32(math.sqrt(2)),
+                "ds": rng.random(n, dtype=np.float32),
+                "loss": -np.log(p + np.float32(1e-6)),
+                "margin": rng.normal(size=n).astype(np.float32),
+                "entropy": rng.random(n, dtype=np.float32) * np.float32(math.log(CLASSES)),
+                "pred": rng.integers(0, CLASSES, n, dtype=np.int64),
+                "prob_label": p,
+                "ref_pred": rng.integers(0, CLASSES, n, dtype=np.int64),
+                "ref_prob_label": rng.random(n, dtype=np.float32),
+            }
+            writer.write_table(pa.table(cols, schema=SCORE_SCHEMA), row_group_size=1_000_000)
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _import_readers() -> None:
+    """Import the Parquet reader's lazily loaded modules before timing (both sides)."""
+    import pyarrow.dataset  # noqa: F401
+
+
+def _timed(fn, repeats: int) -> dict:
+    """First (cold) call, then ``repeats`` warm calls; the result of the last one."""
+    t0 = time.perf_counter()
+    fn()
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        warm.append(time.perf_counter() - t0)
+    return {"cold_seconds": cold, "warm_seconds": warm, "peak_mb": _peak_mb(), "ids": result}
+
+
+def run_ours(path: str, repeats: int, queue) -> None:
+    from coreset_curate.selection import select
+
+    _import_readers()
+    queue.put(_timed(lambda: select(path, "acs", FRACTION, epoch=EPOCH,
+                                    epochs=EPOCHS).sample_ids, repeats))
+
+
+def pandas_select(path: str) -> np.ndarray:
+    import pandas as pd
+
+    from coreset_curate.selection import beta
+
+    df = pd.read_parquet(path, columns=["sample_id", "label", "evs", "ds"])
+    b = beta("cos", EPOCH, EPOCHS)
+    df["score"] = b * df["evs"].astype("float64") + (1 - b) * df["ds"].astype("float64")
+    counts = df["label"].value_counts()
+    budget = np.floor(FRACTION * counts + 0.5).astype(int)
+    # nlargest keeps the first row among ties: rows are in sample_id order, as ours
+    kept = df.groupby("label", group_keys=False).apply(
+        lambda g: g.nlargest(int(budget[g.name]), "score"))
+    return np.sort(kept["sample_id"].to_numpy())
+
+
+def run_pandas(path: str, repeats: int, queue) -> None:
+    import pandas  # noqa: F401
+
+    _import_readers()
+    queue.put(_timed(lambda: pandas_select(path), repeats))
+
+
+def in_fresh_process(target, path: str, repeats: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(path, repeats, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"{target.__name__} failed with exit code {proc.exitcode}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_281_167, 50_000_000])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per size after one untimed first run (median kept)")
+    parser.add_argument("--pandas-repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=None, help="where the synthetic tables go")
+    args = parser.parse_args()
+
+    runs = []
+    info = machine()
+    print(f"machine: {info}")
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for rows in args.rows:
+            path = Path(tmp) / f"scores_{rows}.parquet"
+            t0 = time.perf_counter()
+            write_table(path, rows)
+            print(f"{rows:,} rows: wrote synthetic table ({path.stat().st_size / 1e6:.0f} MB) "
+                  f"in {time.perf_counter() - t0:.1f} s")
+            ours = in_fresh_process(run_ours, str(path), args.repeats)
+            theirs = in_fresh_process(run_pandas, str(path), args.pandas_repeats)
+            seconds = float(np.median(ours["warm_seconds"]))
+            pd_seconds = float(np.median(theirs["warm_seconds"]))
+            same = bool(np.array_equal(ours["ids"], theirs["ids"]))
+            run = {
+                "rows": rows,
+                "classes": CLASSES,
+                "method": "acs",
+                "fraction": FRACTION,
+                "selected": int(len(ours["ids"])),
+                "seconds": round(seconds, 4),
+                "warm_seconds": [round(x, 4) for x in ours["warm_seconds"]],
+                "cold_seconds": round(ours["cold_seconds"], 4),
+                "rows_per_s": round(rows / seconds),
+                "pandas_seconds": round(pd_seconds, 4),
+                "pandas_cold_seconds": round(theirs["cold_seconds"], 4),
+                "speedup_vs_pandas": round(pd_seconds / seconds, 2),
+                "peak_mb": round(ours["peak_mb"], 1),
+                "pandas_peak_mb": round(theirs["peak_mb"], 1),
+                "same_selection_as_pandas": same,
+                "machine": info,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            print(json.dumps({k: v for k, v in run.items() if k != "machine"}))
+            runs.append(run)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            tmp_out = RESULTS.with_suffix(".json.tmp")
+            tmp_out.write_text(json.dumps(runs, indent=2))
+            tmp_out.replace(RESULTS)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
