@@ -14,8 +14,7 @@ from . import __version__
 
 log = logging.getLogger("coreset_curate")
 
-USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError,
-               IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
 def _positive_int(text: str) -> int:
@@ -74,7 +73,111 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
     demo.set_defaults(func=_cmd_demo)
+
+    sel = sub.add_parser(
+        "select", help="select the subset of an epoch from score tables into an index",
+        description="Select the subset of epoch T from one or more score tables (scoring "
+                    "rounds) and write it to an index, or add it to an existing one.")
+    sel.add_argument("--scores", nargs="+", required=True, metavar="S.parquet",
+                     help="score tables (one per scoring round, or several rounds in one)")
+    sel.add_argument("--method", default="acs", help="selection method (acs)")
+    sel.add_argument("--fraction", type=_fraction, required=True, help="subset fraction")
+    sel.add_argument("--epoch", type=int, default=0, help="epoch T that uses the subset (0)")
+    sel.add_argument("--epochs", type=_positive_int, default=None,
+                     help="the run's total epochs E (acs and infobatch need it)")
+    sel.add_argument("--schedule", default="cos", help="ACS schedule (cos)")
+    sel.add_argument("--seed", type=int, default=0)
+    scope = sel.add_mutually_exclusive_group()
+    scope.add_argument("--per-class", dest="per_class", action="store_true", default=True,
+                       help="keep the fraction of every class (default)")
+    scope.add_argument("--global", dest="per_class", action="store_false",
+                       help="plain top-k over all samples")
+    sel.add_argument("--min-per-class", type=int, default=0,
+                     help="keep at least this many of every class (0)")
+    sel.add_argument("--reselect-every", type=_positive_int, default=1, metavar="R",
+                     help="write the subset for epochs T..T+R-1 (1)")
+    sel.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="method option, e.g. hard_cut=0.2 for ccs (repeatable)")
+    sel.add_argument("--out", required=True, help="index file (created, or extended)")
+    sel.add_argument("--overwrite", action="store_true",
+                     help="replace epochs the index already has")
+    sel.set_defaults(func=_cmd_select)
+
+    exp = sub.add_parser(
+        "export", help="write an epoch's subset, images included, as Parquet",
+        description="Write the rows of one epoch of an index as Parquet with the dataset's "
+                    "features; datasets.load_dataset('parquet', data_dir=OUT) reads it.")
+    exp.add_argument("--data", required=True, help="dataset: Parquet folder/file/glob or digits")
+    exp.add_argument("--split", default="train")
+    exp.add_argument("--index", required=True)
+    exp.add_argument("--epoch", type=int, required=True)
+    exp.add_argument("--id-column", default=None, help="column holding sample ids")
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_cmd_export)
     return parser
+
+
+def _parse_options(items: list[str]) -> dict:
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option takes KEY=VALUE; got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .hf import read_index
+    from .selection import index_table, load_rounds, merge_index, METHODS, select
+    from .tables import write_table
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
+    rounds = load_rounds(args.scores, METHODS[args.method].columns)
+    chosen = select(rounds, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
+                    schedule=args.schedule, seed=args.seed, per_class=args.per_class,
+                    min_per_class=args.min_per_class, options=_parse_options(args.option))
+    last = args.epoch + args.reselect_every
+    if args.epochs is not None:
+        last = min(last, args.epochs)
+    epochs = list(range(args.epoch, last))
+    meta = {"method": args.method, "fraction": args.fraction, "seed": args.seed,
+            "R": args.reselect_every, "schedule": args.schedule, "epochs": args.epochs,
+            "per_class": args.per_class, "options": _parse_options(args.option),
+            "sources": [str(Path(p).resolve()) for p in args.scores],
+            "fingerprint": rounds.fingerprint}
+    table = index_table({e: chosen for e in epochs}, metadata=meta)
+    out = Path(args.out)
+    if out.exists():
+        existing = read_index(out)
+        clash = sorted(set(existing.column("epoch").to_pylist()) & set(epochs))
+        if clash and not args.overwrite:
+            raise FileExistsError(f"{out} already has epoch(s) {clash}; pass --overwrite to "
+                                  "replace them")
+        table = merge_index(existing, table)
+    write_table(table, out, overwrite=True)
+    log.info("epoch(s) %s: %d of %d samples (%s, fraction %s) -> %s", epochs, len(chosen),
+             len(rounds.rounds[-1]["sample_id"]), args.method, args.fraction, out)
+    print(f"{out}: epochs {epochs[0]}..{epochs[-1]}, {len(chosen)} samples each")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .hf import export_subset
+
+    path = export_subset(args.data, args.index, args.epoch, args.out, split=args.split,
+                         id_column=args.id_column, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -44,6 +44,8 @@ __all__ = [
     "fingerprint",
     "check_fingerprint",
     "FingerprintMismatch",
+    "parquet_dataset",
+    "to_hf_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -278,9 +280,31 @@ def load_data(
         return _digits(split)
     if text.startswith("torchvision:"):
         return _torchvision(text.split(":", 1)[1], split, root, download)
-    files = _parquet_files(text, split)
-    ds = datasets.Dataset.from_parquet(files, split=split)
+    ds = parquet_dataset(text, split)
     return _from_hf(ds, split, text, image_column, label_column, id_column, num_threads)
+
+
+def parquet_dataset(source: str | os.PathLike, split: str = "train"):
+    """The ``datasets.Dataset`` of one split of a folder, file or glob of Parquet files
+    (nothing is decoded)."""
+    import datasets
+
+    return datasets.Dataset.from_parquet(_parquet_files(os.fspath(source), split), split=split)
+
+
+def to_hf_dataset(data: ImageData):
+    """``data`` as a ``datasets.Dataset`` with ``image`` (Image) and ``label`` (ClassLabel)
+    columns, in row order: the source dataset itself when there is one."""
+    import datasets
+
+    if data.hf_dataset is not None:
+        return data.hf_dataset
+    arr = data.images.permute(0, 2, 3, 1).numpy()
+    images = [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(data.class_names))})
+    return datasets.Dataset.from_dict({"image": images, "label": data.labels.tolist()},
+                                      features=features, split=data.split)
 
 
 def _parquet_files(text: str, split: str) -> list[str]:

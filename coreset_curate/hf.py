@@ -1,0 +1,157 @@
+"""Hugging Face ``datasets`` side of an index: the subset of an epoch as a ``Dataset``,
+and export of that subset (images included) as Parquet that ``load_dataset`` reads back
+with the same features.
+
+    import datasets
+    from coreset_curate.hf import load_subset
+    ds = datasets.load_dataset("parquet", data_files={"train": "cifar10/train-*.parquet"},
+                               split="train")
+    subset = load_subset(ds, "index.parquet", epoch=3)      # Dataset.select of its ids
+    index = datasets.load_dataset("parquet", data_files="index.parquet", split="train")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .data import ImageData, check_fingerprint, fingerprint, parquet_dataset, to_hf_dataset
+from .tables import read_table, table_metadata, validate_index
+
+__all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
+
+
+def read_index(index: str | os.PathLike | pa.Table) -> pa.Table:
+    """An index from a path or a table, checked against the index contract."""
+    table = index if isinstance(index, pa.Table) else read_table(index)
+    return validate_index(table, "index" if isinstance(index, pa.Table) else str(index))
+
+
+def epoch_rows(index: pa.Table, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids ascending, weights) of ``epoch`` in ``index``."""
+    epochs = index.column("epoch").to_numpy()
+    rows = np.flatnonzero(epochs == epoch)
+    if len(rows) == 0:
+        have = sorted(set(epochs.tolist()))
+        raise ValueError(f"epoch {epoch} is not in the index; it has epochs "
+                         f"{have[:20]}{' ...' if len(have) > 20 else ''}")
+    ids = index.column("sample_id").to_numpy()[rows]
+    weights = index.column("weight").to_numpy()[rows]
+    order = np.argsort(ids, kind="stable")
+    return ids[order], weights[order]
+
+
+def _label_column(ds, label_column: str | None) -> str:
+    import datasets
+
+    if label_column is None:
+        label_column = next((k for k, f in ds.features.items()
+                             if isinstance(f, datasets.ClassLabel)), None)
+        label_column = label_column or next((k for k in ("label", "labels")
+                                             if k in ds.features), None)
+    if label_column is None or label_column not in ds.features:
+        raise ValueError(f"label column {label_column!r} not found; the dataset has columns "
+                         f"{list(ds.features)} (name it with label_column=)")
+    return label_column
+
+
+def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = None,
+                        id_column: str | None = None) -> dict:
+    """The fingerprint of a ``datasets.Dataset`` (reads the label and id columns only)."""
+    labels = np.asarray(ds.with_format("numpy")[_label_column(ds, label_column)], np.int64)
+    ids = (np.asarray(ds.with_format("numpy")[id_column], np.int64) if id_column
+           else np.arange(len(ds), dtype=np.int64))
+    return fingerprint(labels, split, ids)
+
+
+def _as_hf(dataset, split: str):
+    if isinstance(dataset, ImageData):
+        return to_hf_dataset(dataset)
+    if isinstance(dataset, (str, os.PathLike)):
+        if os.fspath(dataset) == "digits":
+            from .data import load_data
+
+            return to_hf_dataset(load_data("digits", split))
+        return parquet_dataset(dataset, split)
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"split {split!r} not in the DatasetDict; it has {list(dataset)}")
+        return dataset[split]
+    if isinstance(dataset, datasets.Dataset):
+        return dataset
+    raise TypeError("dataset must be a datasets.Dataset/DatasetDict, an ImageData, 'digits' or "
+                    f"a path of Parquet files; got {type(dataset).__name__}")
+
+
+def load_subset(dataset, index, epoch: int, *, split: str = "train",
+                label_column: str | None = None, id_column: str | None = None,
+                with_weights: bool = False, check: bool = True):
+    """The ``datasets.Dataset`` of the samples of ``epoch`` in ``index``.
+
+    ``dataset``: a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), an
+    ``ImageData``, ``"digits"`` or a path of Parquet files. The index's dataset fingerprint
+    is checked first (``check=False`` skips it), so an index of another dataset fails with
+    a clear error instead of selecting the wrong rows. Rows come in ascending sample_id
+    order; ``with_weights=True`` adds the index's ``weight`` column.
+    """
+    ds = _as_hf(dataset, split)
+    table = read_index(index)
+    ids, weights = epoch_rows(table, epoch)
+    if check:
+        expected = table_metadata(table).get("fingerprint")
+        if expected is not None:
+            check_fingerprint(expected, dataset_fingerprint(ds, split, label_column=label_column,
+                                                            id_column=id_column), "index")
+    if id_column is not None:
+        all_ids = np.asarray(ds.with_format("numpy")[id_column], np.int64)
+        order = np.argsort(all_ids, kind="stable")
+        pos = np.searchsorted(all_ids[order], ids).clip(0, max(len(all_ids) - 1, 0))
+        found = all_ids[order][pos] == ids
+        if not found.all():
+            raise KeyError(f"{int((~found).sum())} sample ids of the index are not in the "
+                           f"dataset's {id_column!r} column")
+        positions = order[pos]
+    else:
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(ds)):
+            raise KeyError(f"index sample ids reach {int(ids.max())} but the dataset has "
+                           f"{len(ds)} rows")
+        positions = ids
+    subset = ds.select(positions)
+    if with_weights:
+        subset = subset.add_column("weight", weights.astype(np.float32).tolist())
+    return subset
+
+
+def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
+                  split: str = "train", label_column: str | None = None,
+                  id_column: str | None = None, overwrite: bool = False) -> Path:
+    """Write the rows of ``epoch`` (images included) to ``out_dir/SPLIT-00000-of-00001.parquet``
+    with the dataset's features, so that ``datasets.load_dataset("parquet",
+    data_dir=out_dir)`` reads them back. Written to a temporary file, then renamed."""
+    subset = load_subset(dataset, index, epoch, split=split, label_column=label_column,
+                         id_column=id_column)
+    if not split.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"split name {split!r} may hold only letters, digits, '-' and '_'")
+    out_dir = Path(out_dir)
+    target = out_dir / f"{split}-00000-of-00001.parquet"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create the output folder {out_dir}: {err}") from err
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        subset.to_parquet(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

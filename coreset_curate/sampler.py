@@ -1,0 +1,100 @@
+"""PyTorch samplers that feed a training loop the subset of each epoch of an index.
+
+    sampler = SubsetSampler("index.parquet", data=train)       # positions in ``train``
+    loader = DataLoader(dataset, batch_size=128, sampler=sampler)
+    for epoch in range(E):
+        sampler.set_epoch(epoch)
+        for batch_positions, ... in loader:
+            loss = (per_sample_loss * sampler.weights_of(batch_positions)).mean()
+
+``DistributedSubsetSampler`` gives each rank a disjoint share of the epoch's subset (the
+shares together are exactly the subset; their sizes differ by at most one sample, so a
+DDP loop should use ``torch.distributed.algorithms.join.Join`` or drop the last batch).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import Sampler
+
+from .data import ImageData
+from .hf import epoch_rows, read_index
+
+__all__ = ["SubsetSampler", "DistributedSubsetSampler"]
+
+
+class SubsetSampler(Sampler[int]):
+    """Yields the dataset positions of one epoch's subset, each exactly once.
+
+    index: path or table of an index; epoch: the epoch to start with (``set_epoch``
+    changes it); data: an ``ImageData`` whose ``sample_ids`` map ids to positions
+    (without it, sample ids are positions); shuffle: a new order every epoch, seeded by
+    ``(seed, epoch)``.
+    """
+
+    def __init__(self, index: str | os.PathLike | pa.Table, epoch: int = 0, *,
+                 data: ImageData | None = None, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        if not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be a positive integer; got {num_replicas!r}")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}; got {rank!r}")
+        self.index = read_index(index)
+        self.data = data
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        ids, weights = epoch_rows(self.index, epoch)
+        positions = ids if self.data is None else self.data.positions(ids)
+        order = np.argsort(positions, kind="stable")
+        self.epoch = epoch
+        self._positions = positions[order].astype(np.int64)
+        self._weights = weights[order].astype(np.float32)
+
+    def _order(self) -> np.ndarray:
+        pos = self._positions
+        if self.shuffle:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
+            pos = pos[rng.permutation(len(pos))]
+        return pos[self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        return iter(self._order().tolist())
+
+    def __len__(self) -> int:
+        n = len(self._positions)
+        return n // self.num_replicas + (1 if self.rank < n % self.num_replicas else 0)
+
+    def weights_of(self, positions) -> torch.Tensor:
+        """Loss weights of the samples at ``positions`` (for example a batch's indices)."""
+        pos = np.asarray(positions.cpu() if isinstance(positions, torch.Tensor) else positions,
+                         dtype=np.int64)
+        at = np.searchsorted(self._positions, pos).clip(0, max(len(self._positions) - 1, 0))
+        if len(pos) and not (self._positions[at] == pos).all():
+            raise KeyError("some positions are not in this epoch's subset")
+        return torch.from_numpy(self._weights[at])
+
+
+class DistributedSubsetSampler(SubsetSampler):
+    """``SubsetSampler`` that takes the rank and world size from ``torch.distributed``
+    (when initialised; otherwise from the arguments) and yields this rank's share."""
+
+    def __init__(self, index, epoch: int = 0, *, data: ImageData | None = None,
+                 shuffle: bool = True, seed: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if ready else 1
+        if rank is None:
+            rank = dist.get_rank() if ready else 0
+        super().__init__(index, epoch, data=data, shuffle=shuffle, seed=seed,
+                         num_replicas=num_replicas, rank=rank)
