@@ -262,8 +262,9 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
     """Boolean mask of the highest-scoring rows, per class or overall.
 
     Rows must be sorted by sample_id: ties go to the earlier row. One radix sort groups the
-    rows by class; each class's k-th largest score comes from a linear-time partition, and
-    the rows above it, plus the first rows equal to it, are kept. No loop over samples.
+    rows by class; in each class a linear-time partition finds the k-th largest score, and
+    the rows above it plus the first rows equal to it are kept. The loop runs over classes,
+    never over samples.
     """
     score = np.asarray(score)
     n = len(score)
@@ -274,28 +275,24 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
                                     stable=True)  # grouped by class, row order inside
         lab_g, order = lab_t.numpy(), order_t.numpy()
         s_g = score[order]
+        del lab_t
         counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2)))
+        del lab_g
         budget = class_budget(counts, fraction, min_per_class)
     else:
         order, s_g = None, score
-        lab_g = np.zeros(n, dtype=np.int16)
         counts = np.array([n])
         budget = np.array([min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))])
     starts = np.cumsum(counts) - counts
-    thresh = np.full(len(counts), np.inf)
+    keep_g = np.zeros(n, dtype=bool)
     for c in np.flatnonzero(budget):
-        seg = s_g[starts[c] : starts[c] + counts[c]]
-        kth = counts[c] - budget[c]
-        thresh[c] = np.partition(seg, kth)[kth]  # the budget[c]-th largest score
-    t = thresh[lab_g]
-    keep_g = s_g > t
-    still = budget - np.bincount(lab_g[keep_g], minlength=len(counts))
-    ties = np.flatnonzero(s_g == t)  # grouped by class, in row order
-    if len(ties):
-        tie_lab = lab_g[ties]
-        tie_counts = np.bincount(tie_lab, minlength=len(counts))
-        tie_rank = np.arange(len(ties)) - (np.cumsum(tie_counts) - tie_counts)[tie_lab]
-        keep_g[ties[tie_rank < still[tie_lab]]] = True
+        lo, hi, k = starts[c], starts[c] + counts[c], budget[c]
+        seg = s_g[lo:hi]
+        kth = np.partition(seg, counts[c] - k)[counts[c] - k]  # the k-th largest score
+        above = seg > kth
+        keep_g[lo:hi] = above
+        ties = np.flatnonzero(seg == kth)[: k - int(above.sum())]  # first rows = smaller ids
+        keep_g[lo + ties] = True
     if order is None:
         return keep_g
     keep = np.zeros(n, dtype=bool)
@@ -512,24 +509,64 @@ def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def _read_source(source, i: int, columns: list[str] | None) -> tuple[pa.Table, str]:
+def _read_parquet(path: str, columns: list[str] | None) -> tuple[dict[str, np.ndarray], dict]:
+    """Columns of a Parquet file as numpy arrays, read one row-group batch at a time into
+    preallocated arrays (no second in-memory copy of the table), cast to the contract's
+    types. Returns the arrays and the file's coreset_curate metadata."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+    schema = pf.schema_arrow
+    names = schema.names if columns is None else [c for c in columns if c in schema.names]
+    missing = [c for c in BASE_COLUMNS if c not in schema.names]
+    if missing:
+        raise TableError(f"{path} lacks column(s) {missing}; it has {schema.names}")
+    known = pa.schema([SCORE_SCHEMA.field(c) for c in names if c in SCORE_SCHEMA.names])
+    n = pf.metadata.num_rows
+    out: dict[str, np.ndarray] = {}
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=1 << 20, columns=names):
+            table = conform(pa.Table.from_batches([batch]), known, path)
+            m = table.num_rows
+            for c in names:
+                values = _column_numpy(table.column(c))
+                if c not in out:
+                    out[c] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+                elif values.dtype != out[c].dtype:  # nulls in a later batch: widen to float
+                    out[c] = out[c].astype(np.float64)
+                out[c][row : row + m] = values
+            row += m
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} could not be read: {err}") from err
+    if not out:
+        out = {c: np.empty(0) for c in names}
+    return out, table_metadata(schema)
+
+
+def _read_source(source, i: int, columns: list[str] | None) -> tuple[dict, dict, str]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"score table not found: {path}")
+        cols, meta = _read_parquet(path, columns)
+        return cols, meta, path
+    name = f"<table {i}>"
+    if not isinstance(source, pa.Table):
         try:
-            schema = pq.read_schema(path)
-            want = None if columns is None else [c for c in columns if c in schema.names]
-            return pq.read_table(path, columns=want), path
-        except (pa.ArrowInvalid, OSError) as err:
-            raise TableError(f"{path} is not a readable Parquet file: {err}") from err
-    if isinstance(source, pa.Table):
-        return source, f"<table {i}>"
-    try:
-        return pa.Table.from_pandas(source, preserve_index=False), f"<table {i}>"
-    except Exception as err:  # noqa: BLE001 - anything that is not a table
-        raise TypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas.DataFrame; "
-                        f"got {type(source).__name__}") from err
+            source = pa.Table.from_pandas(source, preserve_index=False)
+        except Exception as err:  # noqa: BLE001 - anything that is not a table
+            raise TypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas."
+                            f"DataFrame; got {type(source).__name__}") from err
+    missing = [c for c in BASE_COLUMNS if c not in source.column_names]
+    if missing:
+        raise TableError(f"{name} lacks column(s) {missing}; it has {source.column_names}")
+    names = source.column_names if columns is None else [c for c in columns
+                                                         if c in source.column_names]
+    known = pa.schema([SCORE_SCHEMA.field(c) for c in names if c in SCORE_SCHEMA.names])
+    table = conform(source.select(names), known, name)
+    return {c: _column_numpy(table.column(c)) for c in names}, table_metadata(source), name
 
 
 def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
@@ -542,50 +579,45 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
     if not sources:
         raise ValueError("selection needs at least one score table")
     want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
-    tables, names, fp = [], [], None
+    parts, names, fp = [], [], None
     for i, src in enumerate(sources):
-        table, name = _read_source(src, i, want)
-        missing = [c for c in BASE_COLUMNS if c not in table.column_names]
-        if missing:
-            raise TableError(f"{name} lacks column(s) {missing}; it has {table.column_names}")
-        t_fp = table_metadata(table).get("fingerprint")
+        cols, meta, name = _read_source(src, i, want)
+        t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:
                 fp = t_fp
             else:
                 check_fingerprint(fp, t_fp, name)
-        if want is not None:
-            table = table.select([c for c in want if c in table.column_names])
-        known = [SCORE_SCHEMA.field(c) for c in table.column_names if c in SCORE_SCHEMA.names]
-        tables.append(conform(table, pa.schema(known), name))
+        parts.append(cols)
         names.append(name)
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-    if table.num_rows == 0:
+    if len(parts) == 1:
+        cols = parts[0]
+    else:
+        shared = [c for c in parts[0] if all(c in p for p in parts)]
+        cols = {c: np.concatenate([p[c] for p in parts]) for c in shared}
+    del parts
+    if len(cols["sample_id"]) == 0:
         raise TableError("the score tables have no rows")
-    del tables
-    cols = {}
-    for c in table.column_names:
-        cols[c] = _column_numpy(table.column(c))
-        table = table.drop_columns([c])
     for c, v in cols.items():
         if v.dtype.kind == "f" and c not in ("ds", "ref_prob_label", "ref_pred"):
             if not np.isfinite(v).all():
                 raise TableError(f"score column {c!r} has {int((~np.isfinite(v)).sum())} NaN or "
                                  "infinite values")
-    if (cols["label"] < 0).any():
+    if cols["label"].min() < 0:
         raise TableError("labels must be non-negative class indices")
-    epochs_col = cols["epoch"]
+    cols["label"] = _small_ints(cols["label"])
+    epochs_col = cols.pop("epoch")
     lo, hi = int(epochs_col.min()), int(epochs_col.max())
     round_epochs = np.array([lo]) if lo == hi else np.unique(epochs_col)
     rounds = []
     for e in round_epochs:
         rows = None if len(round_epochs) == 1 else np.flatnonzero(epochs_col == e)
-        part = {c: (v if rows is None else v[rows]) for c, v in cols.items()}
+        part = cols if rows is None else {c: v[rows] for c, v in cols.items()}
         ids = part["sample_id"]
-        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
             order = np.argsort(ids, kind="stable")
             part = {c: v[order] for c, v in part.items()}
-            if (np.diff(part["sample_id"]) == 0).any():
+            if (part["sample_id"][1:] == part["sample_id"][:-1]).any():
                 raise TableError(f"duplicate sample_id values in the scoring round of epoch {e}")
         rounds.append(part)
     return ScoreRounds([int(e) for e in round_epochs], rounds, fp, names)
