@@ -115,7 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_cmd_export)
+
+    tr = sub.add_parser(
+        "train", help="full-precision training or QAT with per-epoch coreset selection",
+        description="Train as a recipe describes: full-precision (the teacher) or QAT from a "
+                    "full-precision checkpoint, re-scoring and re-selecting the data every R "
+                    "epochs. Writes scores, the index, checkpoints, metrics.jsonl and "
+                    "summary.json to --out.")
+    tr.add_argument("--recipe", default=None, help="YAML recipe (see recipes/)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe key (repeatable), e.g. --set fraction=0.3")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
+    tr.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
+                    help="train at most N epochs now, then stop (continue with --resume)")
+    tr.set_defaults(func=_cmd_train)
     return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .trainer import load_recipe, run_training
+
+    config = load_recipe(args.recipe, args.set)
+    summary = run_training(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                           stop_after=args.stop_after)
+    if summary is None:
+        print(f"{args.out}: stopped before the end; continue with --resume")
+    else:
+        print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _parse_options(items: list[str]) -> dict:

@@ -266,21 +266,22 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
     the rows above it plus the first rows equal to it are kept. The loop runs over classes,
     never over samples.
     """
-    score = np.asarray(score)
+    import torch  # multi-threaded sort, gather and scatter on zero-copy views
+
+    score = np.ascontiguousarray(score)
     n = len(score)
     if per_class:
-        import torch  # its stable sort of small integers is a multi-threaded radix sort
-
+        # stable sort of small integers is a radix sort: rows grouped by class, row order kept
         lab_t, order_t = torch.sort(torch.from_numpy(_small_ints(np.asarray(labels))),
-                                    stable=True)  # grouped by class, row order inside
-        lab_g, order = lab_t.numpy(), order_t.numpy()
-        s_g = score[order]
-        del lab_t
-        counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2)))
-        del lab_g
+                                    stable=True)
+        lab_g = lab_t.numpy()
+        s_g = torch.from_numpy(score).index_select(0, order_t).numpy()
+        counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2,
+                                                          dtype=lab_g.dtype)))
+        del lab_t, lab_g
         budget = class_budget(counts, fraction, min_per_class)
     else:
-        order, s_g = None, score
+        order_t, s_g = None, score
         counts = np.array([n])
         budget = np.array([min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))])
     starts = np.cumsum(counts) - counts
@@ -293,11 +294,11 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
         keep_g[lo:hi] = above
         ties = np.flatnonzero(seg == kth)[: k - int(above.sum())]  # first rows = smaller ids
         keep_g[lo + ties] = True
-    if order is None:
+    if order_t is None:
         return keep_g
-    keep = np.zeros(n, dtype=bool)
-    keep[order[keep_g]] = True
-    return keep
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order_t[torch.from_numpy(keep_g)]] = True
+    return keep.numpy()
 
 
 # ------------------------------------------------------------------ methods
@@ -306,12 +307,13 @@ def _acs(ctx: SelectionContext) -> Selection:
     """Adaptive coreset selection: beta(t) * EVS + (1 - beta(t)) * DS, highest first."""
     if ctx.epochs is None:
         raise ValueError("acs needs epochs= (the run's length) to compute its schedule")
+    import torch  # multi-threaded elementwise work on zero-copy views
+
     b = beta(ctx.schedule, ctx.epoch, ctx.epochs)
-    score = ctx.column("evs").astype(np.float64)
-    score *= b
-    if b < 1.0:
-        score += np.multiply(ctx.column("ds"), 1.0 - b, dtype=np.float64)
-    return ctx.top(score)
+    score = torch.from_numpy(ctx.column("evs")).double().mul_(b)
+    if b < 1.0:  # separate multiply and add: the same rounding as the formula written out
+        score.add_(torch.from_numpy(ctx.column("ds")).double().mul_(1.0 - b))
+    return ctx.top(score.numpy())
 
 
 @register_method("evs", columns=("evs",))

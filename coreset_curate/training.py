@@ -42,6 +42,8 @@ def train_epoch(
     generator: torch.Generator | None = None,
     scheduler=None,
     device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    label_smoothing: float = 0.0,
 ) -> float:
     """One pass over ``positions`` (default: every row) in random order; returns mean loss.
 
@@ -61,11 +63,14 @@ def train_epoch(
     with progress(total=len(positions), desc="train", unit="img") as bar:
         for pos, images, labels in iter_batches(data, batch_size, positions, shuffle=True,
                                                 generator=generator):
-            x = transform(images.to(device), generator=generator)
-            y = labels.to(device)
+            x = transform(images.to(device, non_blocking=True), generator=generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = labels.to(device, non_blocking=True)
             logits = model(x)
             if teacher is None:
-                per_sample = F.cross_entropy(logits, y, reduction="none")
+                per_sample = F.cross_entropy(logits, y, reduction="none",
+                                             label_smoothing=label_smoothing)
             else:
                 with torch.no_grad():
                     t_logits = teacher(x)

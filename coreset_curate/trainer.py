@@ -1,0 +1,459 @@
+"""The run-level trainer: full-precision training or QAT that re-scores and re-selects its
+data every R epochs.
+
+    coreset-curate train --recipe recipes/cifar10_resnet20_fp.yaml --out runs/teacher
+    coreset-curate train --recipe recipes/NAME.yaml --set fraction=0.3 --out RUN [--resume]
+
+A readable loop over library pieces: ``score_dataset`` -> ``select`` -> ``train_epoch`` ->
+``evaluate``. RUN_DIR receives ``config.yaml`` (the resolved settings), ``scores/`` (one
+table per scoring round), ``index.parquet`` (every epoch's subset), ``last.pt`` and
+``best.pt`` (checkpoints), ``metrics.jsonl`` (one line per epoch, with the time spent
+scoring, selecting, training and evaluating), ``model.pt`` (final weights) and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .data import default_transforms, iter_batches, load_data
+from .hf import epoch_rows, read_index
+from .models import create_model
+from .quant import quantize_model
+from .scores import score_dataset
+from .selection import METHODS, SCHEDULES, index_table, merge_index, select
+from .tables import write_table
+from .training import evaluate, train_epoch
+
+__all__ = ["TrainConfig", "run_training", "load_recipe", "sha256_of"]
+
+log = logging.getLogger(__name__)
+
+FULL = "full"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; recipes are YAML files of these keys."""
+
+    data: str = "digits"
+    train_split: str = "train"
+    test_split: str = "test"
+    model: str = "resnet20"
+    model_kwargs: dict = field(default_factory=dict)
+    mode: str = "fp"  # "fp" (full-precision training) or "qat"
+    w_bits: int = 4
+    a_bits: int = 4
+    per_channel: bool = True
+    first_last: str = "int8"
+    quant_init: str = "mse"
+    calibration_batches: int = 4
+    teacher: str | None = None  # full-precision checkpoint: QAT init, reference and teacher
+    teacher_sha256: str | None = None
+    kd: bool = True  # distil from the teacher in QAT (soft cross-entropy, T = 1)
+    label_weight: float = 0.0  # weight of the label cross-entropy added to distillation
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    lr: float = 0.1
+    step_lr: float | None = None  # learning rate of the LSQ step sizes (default: lr)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # "cosine" or "constant", over the run's real steps
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    method: str = FULL  # "full" or a registered selection method
+    fraction: float = 1.0
+    reselect_every: int = 10
+    schedule: str = "cos"
+    per_class: bool = True
+    min_per_class: int = 0
+    method_options: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    num_threads: int | None = None
+    eval_batch_size: int = 1000
+    score_batch_size: int = 1000
+    limit_train: int | None = None  # only the first N training rows (smoke runs, tests)
+    limit_test: int | None = None
+
+    def __post_init__(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+
+        for name in ("epochs", "batch_size", "reselect_every", "eval_batch_size",
+                     "score_batch_size", "calibration_batches"):
+            positive_int(name)
+        for name in ("limit_train", "limit_test", "num_threads"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        if self.mode not in ("fp", "qat"):
+            raise ValueError(f"mode must be 'fp' or 'qat'; got {self.mode!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {self.lr_schedule!r}")
+        if self.method != FULL and self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use 'full' or one of "
+                             f"{sorted(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; registered: {sorted(SCHEDULES)}")
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
+            raise ValueError(f"fraction must be a number in (0, 1]; got {self.fraction!r}")
+        for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_weight",
+                     "label_smoothing"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a non-negative number; got {v!r}")
+        if self.mode == "qat" and not self.teacher:
+            raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {unknown}; accepted keys: {sorted(known)}")
+        return cls(**values)
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML recipe and ``key=value`` overrides (values in YAML)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"recipe not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {p} must be a YAML mapping of settings")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE; got {item!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return TrainConfig.from_dict(values)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _ProgressLR:
+    """Learning rate as a function of training progress (epochs done, fractional), so
+    that the schedule spans the run's real optimizer steps whatever the subset size."""
+
+    def __init__(self, optimizer, config: TrainConfig) -> None:
+        self.optimizer, self.config = optimizer, config
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        self.epoch, self.batches, self.i = 0, 1, 0
+
+    def begin_epoch(self, epoch: int, batches: int) -> None:
+        self.epoch, self.batches, self.i = epoch, max(batches, 1), 0
+        self._apply()
+
+    def factor(self, progress: float) -> float:
+        c = self.config
+        if c.warmup_epochs and progress < c.warmup_epochs:
+            return (progress + 1e-3) / c.warmup_epochs
+        if c.lr_schedule == "constant":
+            return 1.0
+        span = max(c.epochs - c.warmup_epochs, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min((progress - c.warmup_epochs) / span, 1.0)))
+
+    def _apply(self) -> None:
+        f = self.factor(self.epoch + self.i / self.batches)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * f
+
+    def step(self) -> None:
+        self.i += 1
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    steps, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(".step"):
+            steps.append(p)
+        elif p.dim() <= 1:
+            no_decay.append(p)  # batch-norm weights and biases
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if steps:
+        groups.append({"params": steps, "weight_decay": 0.0,
+                       "lr": config.step_lr if config.step_lr is not None else config.lr})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0)
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def _load_state(path: str | os.PathLike) -> dict:
+    """A checkpoint's tensors, loaded without running any code (weights_only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - unpickling refused or corrupt file
+        raise ValueError(f"{path} is not a weights-only checkpoint this toolkit can load: "
+                         f"{str(err).splitlines()[0]}") from err
+    return state
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _ids_only_table(data) -> pa.Table:
+    n = len(data)
+    return pa.table({"sample_id": pa.array(data.sample_ids, pa.int64()),
+                     "label": pa.array(data.labels.numpy(), pa.int64()),
+                     "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
+
+
+def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+                 overwrite: bool = False, stop_after: int | None = None) -> dict | None:
+    """Run (or resume) the training ``config`` describes into ``out_dir``; returns the summary.
+
+    ``stop_after=N`` trains at most N epochs in this call and returns None if the run is
+    not finished (continue it with ``resume=True``): for machines with time limits.
+    """
+    out = Path(out_dir)
+    last_ckpt = out / "last.pt"
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(f"{out} is not empty; pass --resume to continue the run there or "
+                              "--overwrite to start again")
+    if resume and not last_ckpt.exists():
+        log.info("no checkpoint in %s: starting from scratch", out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores").mkdir(exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    device = _device(config)
+    t_wall = time.perf_counter()
+
+    train = load_data(config.data, config.train_split)
+    test = load_data(config.data, config.test_split)
+    if config.limit_train:
+        train = train.subset(np.arange(min(config.limit_train, len(train))))
+    if config.limit_test:
+        test = test.subset(np.arange(min(config.limit_test, len(test))))
+    train_tf, eval_tf = default_transforms(train)
+    in_ch = train.image_shape[0]
+
+    model = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
+                         **config.model_kwargs)
+    teacher = None
+    if config.teacher:
+        if config.teacher_sha256 and sha256_of(config.teacher) != config.teacher_sha256:
+            raise ValueError(f"teacher {config.teacher} does not have the sha256 the recipe "
+                             f"names ({config.teacher_sha256})")
+        teacher = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
+                               **config.model_kwargs)
+        try:
+            teacher.load_state_dict(_load_state(config.teacher))
+        except RuntimeError as err:
+            raise ValueError(f"teacher {config.teacher} does not fit model {config.model!r}: "
+                             f"{str(err).splitlines()[0]}") from err
+        teacher.eval().requires_grad_(False).to(device)
+    if config.mode == "qat":
+        model.load_state_dict(teacher.state_dict())
+        model.to(device)
+        calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256))
+        quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
+                       first_last=config.first_last, init=config.quant_init)
+        from .quant import calibrate_
+
+        calibrate_(model, calib, max_batches=config.calibration_batches)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)
+    lr_sched = _ProgressLR(optimizer, config)
+    gen = torch.Generator().manual_seed(config.seed)
+    start_epoch, best_top1, totals = 0, -1.0, {"scoring_s": 0.0, "selection_s": 0.0,
+                                              "train_s": 0.0, "eval_s": 0.0}
+    if resume and last_ckpt.exists():
+        state = _load_state(last_ckpt)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_top1 = int(state["epoch"]), float(state["best_top1"])
+        totals = {k: float(v) for k, v in state["totals"].items()}
+        log.info("resuming %s at epoch %d", out, start_epoch)
+    _write_config(config, out)
+    train_model = torch.compile(model) if config.compile else model
+    index_path = out / "index.parquet"
+    index_meta = {"method": config.method, "fraction": config.fraction, "seed": config.seed,
+                  "R": config.reselect_every, "schedule": config.schedule,
+                  "epochs": config.epochs, "per_class": config.per_class,
+                  "options": config.method_options, "fingerprint": train.fingerprint,
+                  "sources": []}
+    metrics_path = out / "metrics.jsonl"
+    if start_epoch == 0 and metrics_path.exists():
+        metrics_path.unlink()
+    top1 = None
+    end_epoch = config.epochs if stop_after is None else min(config.epochs,
+                                                             start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t = {"scoring_s": 0.0, "selection_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+        # 1. score and select (every R epochs), or reuse the subset the index already has
+        if config.method == FULL:
+            positions, weights = None, None
+            subset_size = len(train)
+        else:
+            have = read_index(index_path) if index_path.exists() else None
+            if have is not None and epoch in set(have.column("epoch").to_pylist()):
+                ids, weights = epoch_rows(have, epoch)
+            else:
+                if epoch % config.reselect_every != 0 and have is None:
+                    log.warning("epoch %d is not a selection epoch but the index has no subset "
+                                "for it: selecting now", epoch)
+                needs_scores = bool(METHODS[config.method].columns)
+                if needs_scores:
+                    t0 = time.perf_counter()
+                    table = score_dataset(model, train, teacher, transform=eval_tf, epoch=epoch,
+                                          batch_size=config.score_batch_size, device=device,
+                                          metadata={"arch": config.model, "run": str(out)})
+                    path = out / "scores" / f"epoch_{epoch:04d}.parquet"
+                    write_table(table, path, overwrite=True)
+                    t["scoring_s"] = time.perf_counter() - t0
+                    sources = sorted(str(p) for p in (out / "scores").glob("epoch_*.parquet")
+                                     if int(p.stem.split("_")[1]) <= epoch)
+                else:
+                    sources = [_ids_only_table(train)]
+                t0 = time.perf_counter()
+                chosen = select(sources, config.method, config.fraction, epoch=epoch,
+                                epochs=config.epochs, schedule=config.schedule, seed=config.seed,
+                                per_class=config.per_class, min_per_class=config.min_per_class,
+                                options=config.method_options)
+                last = min(epoch + config.reselect_every, config.epochs)
+                new = index_table({e: chosen for e in range(epoch, last)},
+                                  metadata={**index_meta, "sources": [
+                                      s for s in sources if isinstance(s, str)]})
+                write_table(merge_index(have, new) if have is not None else new, index_path,
+                            overwrite=True)
+                t["selection_s"] = time.perf_counter() - t0
+                ids, weights = chosen.sample_ids, chosen.weights
+            positions = train.positions(ids)
+            subset_size = len(ids)
+        # 2. train one epoch on the subset
+        t0 = time.perf_counter()
+        batches = -(-subset_size // config.batch_size)
+        lr_sched.begin_epoch(epoch, batches)
+        lr_now = lr_sched.lr
+        loss = train_epoch(train_model, train, train_tf, optimizer, positions=positions,
+                           weights=weights, teacher=teacher if (config.mode == "qat" and
+                                                                config.kd) else None,
+                           label_weight=config.label_weight, batch_size=config.batch_size,
+                           generator=gen, scheduler=lr_sched, device=device,
+                           channels_last=config.channels_last,
+                           label_smoothing=config.label_smoothing)
+        t["train_s"] = time.perf_counter() - t0
+        # 3. evaluate
+        t0 = time.perf_counter()
+        top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
+        t["eval_s"] = time.perf_counter() - t0
+        for k in totals:
+            totals[k] += t[k]
+        improved = top1 > best_top1
+        best_top1 = max(best_top1, top1)
+        line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, "top1": top1,
+                "best_top1": best_top1, "subset_size": subset_size, **{k: round(v, 3)
+                                                                      for k, v in t.items()}}
+        log.info("epoch %d/%d: loss %.4f, top-1 %.2f%% (best %.2f%%), %d samples, "
+                 "score %.1fs select %.2fs train %.1fs eval %.1fs", epoch + 1, config.epochs,
+                 loss, top1, best_top1, subset_size, t["scoring_s"], t["selection_s"],
+                 t["train_s"], t["eval_s"])
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        # 4. checkpoint (atomic): everything needed to continue exactly from here
+        if improved:
+            _save_atomic(model.state_dict(), out / "best.pt")
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                      "epoch": epoch + 1, "best_top1": best_top1, "totals": totals}, last_ckpt)
+    if end_epoch < config.epochs:
+        log.info("stopped after epoch %d of %d; continue with --resume", end_epoch,
+                 config.epochs)
+        return None
+    if top1 is None:  # resumed a finished run
+        top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
+    _save_atomic(model.state_dict(), out / "model.pt")
+    summary = {
+        "model": config.model, "mode": config.mode,
+        "w_bits": config.w_bits if config.mode == "qat" else 32,
+        "a_bits": config.a_bits if config.mode == "qat" else 32,
+        "method": config.method, "fraction": config.fraction, "epochs": config.epochs,
+        "R": config.reselect_every, "seed": config.seed, "top1": top1, "best_top1": best_top1,
+        "wall_s": round(time.perf_counter() - t_wall, 2),
+        **{k: round(v, 2) for k, v in totals.items()},
+        "train_samples": len(train), "test_samples": len(test), "device": str(device),
+        "model_sha256": sha256_of(out / "model.pt"),
+    }
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def _write_config(config: TrainConfig, out: Path) -> None:
+    import yaml
+
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    os.replace(tmp, out / "config.yaml")
+
+
+def copy_config(config: TrainConfig, **changes) -> TrainConfig:
+    return TrainConfig.from_dict({**asdict(copy.deepcopy(config)), **changes})

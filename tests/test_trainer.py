@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from coreset_curate.cli import main
+from coreset_curate.hf import epoch_rows, read_index
+from coreset_curate.trainer import TrainConfig, load_recipe, run_training, sha256_of
+
+BASE = dict(data="digits", model="small_cnn", batch_size=64, lr=0.05, weight_decay=1e-4,
+            channels_last=False, eval_batch_size=512, score_batch_size=512)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp")
+    summary = run_training(TrainConfig(**BASE, mode="fp", epochs=6, warmup_epochs=1), out)
+    return out, summary
+
+
+def _qat(teacher_dir, **kw):
+    return TrainConfig(**{**BASE, "mode": "qat", "teacher": str(teacher_dir / "model.pt"),
+                          "optimizer": "adam", "lr": 1e-3, "w_bits": 3, "a_bits": 3,
+                          "epochs": 4, "reselect_every": 2, "method": "acs",
+                          "fraction": 0.3, **kw})
+
+
+def test_fp_run_writes_its_outputs(teacher):
+    out, summary = teacher
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(6))
+    assert summary["top1"] == lines[-1]["top1"] and summary["best_top1"] == max(
+        x["top1"] for x in lines)
+    assert summary["top1"] > 85  # the small CNN really learns the digits
+    # warm-up then cosine: the learning rate rises, then falls
+    lrs = [x["lr"] for x in lines]
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[-1]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert "classifier.weight" in state
+    assert summary["model_sha256"] == sha256_of(out / "model.pt")
+    for key in ("scoring_s", "selection_s", "train_s", "eval_s", "wall_s"):
+        assert summary[key] >= 0
+
+
+def test_qat_run_scores_selects_and_logs_times(teacher, tmp_path):
+    t_dir, _ = teacher
+    summary = run_training(_qat(t_dir), tmp_path)
+    rounds = sorted(p.name for p in (tmp_path / "scores").iterdir())
+    assert rounds == ["epoch_0000.parquet", "epoch_0002.parquet"]
+    index = read_index(tmp_path / "index.parquet")
+    assert sorted(set(index.column("epoch").to_pylist())) == [0, 1, 2, 3]
+    ids0, _ = epoch_rows(index, 0)
+    ids1, _ = epoch_rows(index, 1)
+    assert np.array_equal(ids0, ids1) and abs(len(ids0) - 0.3 * 1437) <= 10
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["scoring_s"] > 0 for x in lines] == [True, False, True, False]
+    assert all(x["subset_size"] == len(ids0) for x in lines)
+    scores = pq.read_table(tmp_path / "scores" / "epoch_0002.parquet")
+    assert scores.column("ds").null_count == 0  # the teacher is the reference
+    assert summary["w_bits"] == 3 and summary["top1"] > 70
+
+
+def test_stop_and_resume_gives_the_same_model(teacher, tmp_path):
+    t_dir, _ = teacher
+    cfg = _qat(t_dir, method="random_epoch")
+    full = run_training(cfg, tmp_path / "a")
+    assert run_training(cfg, tmp_path / "b", stop_after=1) is None
+    assert run_training(cfg, tmp_path / "b", resume=True, stop_after=2) is None
+    resumed = run_training(cfg, tmp_path / "b", resume=True)
+    assert resumed["top1"] == full["top1"]
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    assert (tmp_path / "a" / "index.parquet").read_bytes() != b""
+    ia, ib = read_index(tmp_path / "a" / "index.parquet"), read_index(tmp_path / "b" / "index.parquet")
+    assert ia.select(["epoch", "sample_id"]).equals(ib.select(["epoch", "sample_id"]))
+
+
+def test_recipe_errors_are_clear(tmp_path, teacher):
+    with pytest.raises(ValueError, match="unknown recipe key.*'epoch'.*accepted keys"):
+        load_recipe(None, ["epoch=3"])
+    with pytest.raises(ValueError, match="teacher=PATH"):
+        load_recipe(None, ["mode=qat"])
+    with pytest.raises(ValueError, match="unknown method 'best'"):
+        load_recipe(None, ["method=best"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_recipe(recipe)
+    t_dir, _ = teacher
+    with pytest.raises(ValueError, match="sha256"):
+        run_training(_qat(t_dir, teacher_sha256="0" * 64), tmp_path / "x")
+    with pytest.raises(ValueError, match="does not fit model"):
+        run_training(_qat(t_dir, model_kwargs={"width": 8}), tmp_path / "y")
+
+
+def test_pickled_checkpoint_is_refused_without_running_it(teacher, tmp_path):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"model": Evil()}))
+    t_dir, _ = teacher
+    with pytest.raises(ValueError, match="weights-only"):
+        run_training(_qat(t_dir, teacher=str(bad)), tmp_path / "z")
+    assert not marker.exists()
+
+
+def test_cli_train_refuses_a_used_folder(teacher, tmp_path, capsys):
+    t_dir, _ = teacher
+    assert main(["train", "--set", "data=digits", "--set", "model=small_cnn",
+                 "--set", "epochs=1", "--set", "channels_last=false", "--out", str(t_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
