@@ -147,6 +147,7 @@ class LsqQuantizer(nn.Module):
         self.init = init
         self.step = nn.Parameter(torch.ones(max(self.num_channels, 1)))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # mirrors ``initialized`` without a tensor read in forward
         self._observing = False
         self._observed: list[torch.Tensor] = []
         self._observed_min = math.inf
@@ -165,6 +166,8 @@ class LsqQuantizer(nn.Module):
                 f"bits and {self.num_channels}: quantize the model with the checkpoint's settings"
             )
         self.signed = state["signed"]
+        # buffers are loaded before the extra state, so the flag is already the checkpoint's
+        self._ready = bool(self.initialized)
 
     def extra_repr(self) -> str:
         kind = f"per_channel={self.num_channels}" if self.num_channels else "per_tensor"
@@ -191,6 +194,7 @@ class LsqQuantizer(nn.Module):
         step = _mse_step(rows, qn, qp) if self.init == "mse" else _lsq_step(rows, qp)
         self.step.copy_(step.to(self.step))
         self.initialized.fill_(True)
+        self._ready = True
 
     def start_observing(self) -> None:
         self._observing, self._observed, self._observed_min = True, [], math.inf
@@ -224,7 +228,7 @@ class LsqQuantizer(nn.Module):
         if self._observing:
             self._observe(x)
             return x
-        if not bool(self.initialized):
+        if not self._ready:
             raise RuntimeError(
                 "LSQ step size is not initialised: run coreset_curate.quant.calibrate_(model, "
                 "batches) on a few batches of data (or pass calibration= to quantize_model) "
