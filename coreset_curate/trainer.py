@@ -139,24 +139,37 @@ class TrainConfig:
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    """A ``TrainConfig`` from a YAML recipe and ``key=value`` overrides (values in YAML)."""
+    """A ``TrainConfig`` from a YAML recipe and ``key=value`` overrides (values in YAML).
+
+    A recipe may start from another with ``base: OTHER.yaml`` (relative to itself) and
+    change only some keys.
+    """
     import yaml
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"recipe not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"recipe {p} must be a YAML mapping of settings")
-        values.update(loaded)
+    values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set takes KEY=VALUE; got {item!r}")
         values[key.strip()] = yaml.safe_load(value)
     return TrainConfig.from_dict(values)
+
+
+def _recipe_values(path: Path, seen: list[Path]) -> dict:
+    """A recipe's settings; ``base: FILE`` (relative to the recipe) inherits another's."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    if path.resolve() in seen:
+        raise ValueError(f"recipe {path} inherits from itself through 'base'")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping of settings")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    return {**_recipe_values(path.parent / str(base), [*seen, path.resolve()]), **loaded}
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -321,7 +334,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     lr_sched = _ProgressLR(optimizer, config)
     gen = torch.Generator().manual_seed(config.seed)
     start_epoch, best_top1, totals = 0, -1.0, {"scoring_s": 0.0, "selection_s": 0.0,
-                                              "train_s": 0.0, "eval_s": 0.0}
+                                              "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
     if resume and last_ckpt.exists():
         state = _load_state(last_ckpt)
         model.load_state_dict(state["model"])
@@ -329,7 +342,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_top1 = int(state["epoch"]), float(state["best_top1"])
-        totals = {k: float(v) for k, v in state["totals"].items()}
+        totals.update({k: float(v) for k, v in state["totals"].items()})
         log.info("resuming %s at epoch %d", out, start_epoch)
     _write_config(config, out)
     train_model = torch.compile(model) if config.compile else model
@@ -404,8 +417,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         t0 = time.perf_counter()
         top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
         t["eval_s"] = time.perf_counter() - t0
-        for k in totals:
+        for k in t:
             totals[k] += t[k]
+        now = time.perf_counter()
+        totals["wall_s"] += now - t_wall  # wall time of every sitting, setup included
+        t_wall = now
         improved = top1 > best_top1
         best_top1 = max(best_top1, top1)
         line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, "top1": top1,
@@ -436,8 +452,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         "a_bits": config.a_bits if config.mode == "qat" else 32,
         "method": config.method, "fraction": config.fraction, "epochs": config.epochs,
         "R": config.reselect_every, "seed": config.seed, "top1": top1, "best_top1": best_top1,
-        "wall_s": round(time.perf_counter() - t_wall, 2),
         **{k: round(v, 2) for k, v in totals.items()},
+        "wall_s": round(totals["wall_s"] + time.perf_counter() - t_wall, 2),
         "train_samples": len(train), "test_samples": len(test), "device": str(device),
         "model_sha256": sha256_of(out / "model.pt"),
     }

@@ -118,3 +118,25 @@ def test_cli_train_refuses_a_used_folder(teacher, tmp_path, capsys):
     assert main(["train", "--set", "data=digits", "--set", "model=small_cnn",
                  "--set", "epochs=1", "--set", "channels_last=false", "--out", str(t_dir)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_recipes_inherit_with_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("data: digits\nmodel: small_cnn\nepochs: 7\nlr: 0.2\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nlr: 0.05\n")
+    cfg = load_recipe(tmp_path / "b.yaml", ["epochs=3"])
+    assert (cfg.model, cfg.lr, cfg.epochs) == ("small_cnn", 0.05, 3)
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ValueError, match="inherits from itself"):
+        load_recipe(tmp_path / "c.yaml")
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 19
+    for path in recipes:
+        cfg = load_recipe(path)
+        assert cfg.data and cfg.model
+        if "_w4a4_" in path.name or "_w2a2_" in path.name:
+            assert cfg.mode == "qat" and cfg.epochs == 12 and cfg.reselect_every == 4
