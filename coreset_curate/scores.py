@@ -28,6 +28,7 @@ from .data import EvalTransform, ImageData, iter_batches
 from .models import last_linear
 from .progress import progress
 from .quant import config_dict
+from .refcache import ReferenceOutputs
 from .tables import SCORE_SCHEMA, make_metadata, with_metadata
 
 __all__ = ["BatchOutputs", "SCORES", "register_score", "score_dataset", "compute_scores"]
@@ -42,6 +43,12 @@ class BatchOutputs:
     logits: torch.Tensor
     labels: torch.Tensor
     ref_logits: torch.Tensor | None = None
+    given_ref_probs: torch.Tensor | None = None  # cached reference softmax, instead of logits
+    features: torch.Tensor | None = None  # input of the student's last linear layer
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_logits is not None or self.given_ref_probs is not None
 
     @cached_property
     def log_probs(self) -> torch.Tensor:
@@ -57,6 +64,8 @@ class BatchOutputs:
 
     @cached_property
     def ref_probs(self) -> torch.Tensor | None:
+        if self.given_ref_probs is not None:
+            return self.given_ref_probs.float()
         return None if self.ref_logits is None else F.softmax(self.ref_logits.float(), dim=1)
 
     def at_label(self, t: torch.Tensor) -> torch.Tensor:
@@ -129,9 +138,19 @@ def _max_prob(o: BatchOutputs) -> torch.Tensor:
     return o.probs.amax(dim=1)
 
 
+@register_score("grand_last", pa.float32())
+def _grand_last(o: BatchOutputs) -> torch.Tensor:
+    """Exact norm of the per-sample gradient of the cross-entropy w.r.t. the weight matrix
+    of the last linear layer (as the layer uses it, after fake quantization):
+    ||softmax - onehot|| * ||input features||."""
+    if o.features is None:
+        raise RuntimeError("grand_last needs the last layer's input features")
+    return (o.probs - o.onehot).norm(dim=1) * o.features.float().norm(dim=1)
+
+
 @register_score("ref_pred", pa.int64(), needs_reference=True)
 def _ref_pred(o: BatchOutputs) -> torch.Tensor:
-    return o.ref_logits.argmax(dim=1)
+    return o.ref_probs.argmax(dim=1)
 
 
 @register_score("ref_prob_label", pa.float32(), needs_reference=True)
@@ -140,7 +159,7 @@ def _ref_prob_label(o: BatchOutputs) -> torch.Tensor:
 
 
 CONTRACT_SCORES = [f.name for f in SCORE_SCHEMA if f.name not in ("sample_id", "label", "epoch")]
-DEFAULT_SCORES = [*CONTRACT_SCORES, "max_prob"]
+DEFAULT_SCORES = [*CONTRACT_SCORES, "max_prob", "grand_last"]
 
 
 def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tensor | None]:
@@ -148,7 +167,7 @@ def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tenso
     result = {}
     for name in names:
         spec = SCORES[name]
-        result[name] = None if (spec.needs_reference and out.ref_logits is None) else spec.fn(out)
+        result[name] = None if (spec.needs_reference and not out.has_reference) else spec.fn(out)
     return result
 
 
@@ -157,10 +176,20 @@ def _check_model(model: nn.Module, what: str) -> None:
         raise TypeError(f"{what} must be a torch.nn.Module; got {type(model).__name__}")
 
 
+def _feature_hook(student: nn.Module, sink: list) -> torch.utils.hooks.RemovableHandle:
+    """Capture what the last linear layer multiplies by its weights: its input, after the
+    layer's own input quantization when it has one."""
+    layer = last_linear(student)
+    a_quant = getattr(layer, "a_quant", None)
+    if a_quant is not None:
+        return a_quant.register_forward_hook(lambda m, args, out: sink.append(out.flatten(1)))
+    return layer.register_forward_pre_hook(lambda m, args: sink.append(args[0].flatten(1)))
+
+
 def score_dataset(
     student: nn.Module,
     data: ImageData,
-    reference: nn.Module | None = None,
+    reference: nn.Module | ReferenceOutputs | None = None,
     *,
     transform: EvalTransform,
     epoch: int = 0,
@@ -172,15 +201,20 @@ def score_dataset(
 ) -> pa.Table:
     """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
 
-    Both models run in eval mode with the eval ``transform``; the table has one row per
-    sample, sorted by position in ``data``, with the contract's columns, ``max_prob``, and
-    any extra registered ``scores`` asked for. ``embeddings=True`` adds ``embedding``, the
-    student's penultimate features (the input of its last linear layer) as a fixed-size
-    list of float16, for the diversity-based selection methods. ``metadata`` (for example
-    the architecture name) is merged into the table's ``coreset_curate`` metadata.
+    ``reference`` is a full-precision model, or its outputs computed once
+    (``refcache.cached_reference``), which gives the same scores without its forward pass.
+    Models run in eval mode with the eval ``transform``; the table has one row per sample,
+    sorted by position in ``data``, with the contract's columns, ``max_prob`` and
+    ``grand_last``, and any extra registered ``scores`` asked for. ``embeddings=True`` adds
+    ``embedding``, the student's penultimate features (the input of its last linear layer)
+    as a fixed-size list of float16, for the diversity-based selection methods.
+    ``metadata`` (for example the architecture name) is merged into the table's metadata.
     """
     _check_model(student, "student")
-    if reference is not None:
+    cached = isinstance(reference, ReferenceOutputs)
+    if cached:
+        reference.check(data)
+    elif reference is not None:
         _check_model(reference, "reference")
     if type(transform) is not EvalTransform:
         raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
@@ -193,31 +227,37 @@ def score_dataset(
         if extra not in names:
             names.append(extra)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    models = [m for m in (student, reference) if m is not None]
+    live_ref = None if cached else reference
+    models = [m for m in (student, live_ref) if m is not None]
     modes = [m.training for m in models]
     for m in models:
         m.eval().to(device)
     columns: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    features: list[torch.Tensor] = []
-    hook = None
-    if embeddings:
-        hook = last_linear(student).register_forward_pre_hook(
-            lambda m, args: features.append(args[0].detach().flatten(1).to(torch.float16).cpu()))
+    batch_features: list[torch.Tensor] = []
+    kept_features: list[torch.Tensor] = []
+    hook = _feature_hook(student, batch_features)
     start = time.perf_counter()
     try:
         with torch.inference_mode(), progress(total=len(data), desc="score", unit="img") as bar:
-            for _, images, labels in iter_batches(data, batch_size):
+            for pos, images, labels in iter_batches(data, batch_size):
                 x = transform(images.to(device, non_blocking=True))
                 y = labels.to(device, non_blocking=True)
-                out = BatchOutputs(student(x).float(), y,
-                                   None if reference is None else reference(x).float())
+                batch_features.clear()
+                logits = student(x).float()
+                feats = batch_features[-1]
+                out = BatchOutputs(
+                    logits, y,
+                    ref_logits=None if live_ref is None else live_ref(x).float(),
+                    given_ref_probs=reference.rows(pos, device) if cached else None,
+                    features=feats)
                 for name, value in compute_scores(out, names).items():
                     if value is not None:
                         columns[name].append(value.cpu())
+                if embeddings:
+                    kept_features.append(feats.to(torch.float16).cpu())
                 bar.update(len(labels))
     finally:
-        if hook is not None:
-            hook.remove()
+        hook.remove()
         for m, mode in zip(models, modes):
             m.train(mode)
     seconds = time.perf_counter() - start
@@ -237,7 +277,7 @@ def score_dataset(
     schema = pa.schema(list(SCORE_SCHEMA) + [pa.field(n, SCORES[n].dtype) for n in names
                                              if n not in SCORE_SCHEMA.names])
     if embeddings:
-        emb = torch.cat(features).numpy()
+        emb = torch.cat(kept_features).numpy()
         arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)),
                                                                 emb.shape[1])
         schema = schema.append(pa.field("embedding", arrays["embedding"].type))
@@ -250,6 +290,7 @@ def score_dataset(
         transform=transform.to_dict(),
         epoch=epoch,
         has_reference=reference is not None,
+        reference_cache=reference.key if cached else None,
         **(metadata or {}),
     )
     log.info("scored %d samples at epoch %d in %.1f s (%.0f img/s)", n, epoch, seconds,

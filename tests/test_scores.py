@@ -68,7 +68,7 @@ def test_schema_and_metadata_follow_the_contract(setup):
                           metadata={"arch": "small_cnn"})
     contract = pa.schema(list(table.schema.remove_metadata())[: len(SCORE_SCHEMA)])
     assert contract.equals(SCORE_SCHEMA)
-    assert table.schema.names[len(SCORE_SCHEMA):] == ["max_prob"]
+    assert table.schema.names[len(SCORE_SCHEMA):] == ["max_prob", "grand_last"]
     validate_scores(table)
     meta = table_metadata(table)
     for key in ("package_version", "arch", "w_bits", "a_bits", "fingerprint", "num_classes",
@@ -125,3 +125,84 @@ def test_max_prob_and_embeddings(setup):
     h.remove()
     row = np.asarray(emb[5].values.to_numpy(zero_copy_only=False), dtype=np.float32)
     assert np.allclose(row, feats["x"][0].numpy(), atol=1e-2, rtol=1e-2)
+
+
+def test_grand_last_equals_the_autograd_gradient_norm():
+    torch.manual_seed(1)
+    data = load_data("digits", "train").subset(np.arange(40))
+    _, eval_tf = default_transforms(data)
+    for first_last in ("float", "int8"):
+        model = create_model("small_cnn", num_classes=10, in_channels=1, width=8)
+        quantize_model(model, 4, 4, first_last=first_last,
+                       calibration=[eval_tf(data.images)]).eval()
+        table = score_dataset(model, data, transform=eval_tf, batch_size=16)
+        fc = model.classifier
+        for i in range(0, 40, 9):
+            x = eval_tf(data.images[i : i + 1])
+            # the gradient w.r.t. the weight matrix the layer multiplies by (quantized or not)
+            w_used = fc.quantized_weight().detach().requires_grad_(True) if first_last == "int8" \
+                else fc.weight
+            feats = {}
+            h = (fc.a_quant.register_forward_hook(lambda m, a, o: feats.update(x=o))
+                 if first_last == "int8" else
+                 fc.register_forward_pre_hook(lambda m, a: feats.update(x=a[0])))
+            model(x)
+            h.remove()
+            logits = torch.nn.functional.linear(feats["x"].detach(), w_used, fc.bias)
+            loss = torch.nn.functional.cross_entropy(logits, data.labels[i : i + 1])
+            (grad,) = torch.autograd.grad(loss, w_used)
+            assert table.column("grand_last")[i].as_py() == pytest.approx(
+                float(grad.norm()), rel=1e-4)
+
+
+def test_cached_reference_gives_identical_scores_and_skips_the_forward(setup, tmp_path):
+    from coreset_curate.refcache import cached_reference
+    from coreset_curate.data import FingerprintMismatch
+
+    data, _, eval_tf, student, ref = setup
+    calls = []
+    hook = ref.register_forward_hook(lambda m, a, o: calls.append(1))
+    live = score_dataset(student, data, ref, transform=eval_tf, batch_size=64)
+    n_live = len(calls)
+    first, hit1 = cached_reference(ref, data, eval_tf, cache_dir=tmp_path, checkpoint_sha256="a",
+                                   batch_size=64)
+    n_filled = len(calls)
+    second, hit2 = cached_reference(ref, data, eval_tf, cache_dir=tmp_path, checkpoint_sha256="a")
+    assert (hit1, hit2) == (False, True)
+    assert n_filled - n_live == n_live  # one pass to fill the cache
+    assert len(calls) == n_filled  # none to read it back
+    cached = score_dataset(student, data, second, transform=eval_tf, batch_size=64)
+    assert len(calls) == n_filled  # the reference forward is not called again
+    hook.remove()
+    for col in ("ds", "ref_pred", "ref_prob_label", "evs"):
+        assert cached.column(col).equals(live.column(col))
+    # another checkpoint or other labels: not reused
+    _, hit3 = cached_reference(ref, data, eval_tf, cache_dir=tmp_path, checkpoint_sha256="b")
+    assert hit3 is False
+    other = data.with_labels((data.labels + 1) % 10)
+    _, hit4 = cached_reference(ref, other, eval_tf, cache_dir=tmp_path, checkpoint_sha256="a")
+    assert hit4 is False
+    with pytest.raises(FingerprintMismatch):
+        score_dataset(student, other, second, transform=eval_tf)
+
+
+def test_top_k_reference_cache_for_many_classes(monkeypatch):
+    from coreset_curate import refcache
+
+    monkeypatch.setattr(refcache, "DENSE_MAX_CLASSES", 4)
+    monkeypatch.setattr(refcache, "TOP_K", 3)
+    torch.manual_seed(0)
+    data = load_data("digits", "train").subset(np.arange(64))
+    _, eval_tf = default_transforms(data)
+    ref = create_model("small_cnn", num_classes=10, in_channels=1, width=8).eval()
+    out = refcache.compute_reference(ref, data, eval_tf)
+    assert out.probs is None and out.top_probs.shape == (64, 3)
+    with torch.no_grad():
+        q = torch.softmax(ref(eval_tf(data.images)), dim=1)
+    dense = out.rows(torch.arange(64))
+    top3 = q.topk(3, dim=1)
+    assert torch.equal(dense.argmax(1), q.argmax(1))
+    kept = dense.gather(1, top3.indices)
+    assert torch.allclose(kept, top3.values, rtol=1e-3, atol=1e-4)
+    tail = (q.sum(1) - top3.values.sum(1))
+    assert torch.allclose(dense.sum(1), 1 - tail, atol=2e-3)  # the tail is what is dropped
