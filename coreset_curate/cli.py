@@ -131,7 +131,98 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
                     help="train at most N epochs now, then stop (continue with --resume)")
     tr.set_defaults(func=_cmd_train)
+
+    sc = sub.add_parser(
+        "score", help="score every sample with a (quantized) student into a Parquet table",
+        description="Score every sample of a dataset split with a student checkpoint (EVS, "
+                    "loss, margin, entropy, grand_last, ...; DS and the reference columns "
+                    "with --reference). Shards are written as they finish, so a killed run "
+                    "started again with the same arguments resumes; under torchrun the "
+                    "shards are split across ranks and rank 0 writes one table.")
+    sc.add_argument("--data", required=True, help="Parquet folder/file/glob, digits, or "
+                    "torchvision:NAME")
+    sc.add_argument("--split", default="train")
+    sc.add_argument("--id-column", default=None, help="column holding sample ids")
+    sc.add_argument("--model", required=True, help="architecture name (see models)")
+    sc.add_argument("--checkpoint", required=True, help="student state dict (weights-only)")
+    sc.add_argument("--reference", default=None, help="full-precision state dict for DS")
+    sc.add_argument("--w-bits", type=_bits, default=32, help="student weight bits (32)")
+    sc.add_argument("--a-bits", type=_bits, default=32, help="student activation bits (32)")
+    sc.add_argument("--first-last", default="int8", choices=["int8", "float", "same"])
+    sc.add_argument("--epoch", type=int, default=0, help="training epoch of the student (0)")
+    sc.add_argument("--batch-size", type=_positive_int, default=512)
+    sc.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    sc.add_argument("--shard-rows", type=_positive_int, default=8192)
+    sc.add_argument("--cache-dir", default=None,
+                    help="where reference outputs are cached (default: beside --out)")
+    sc.add_argument("--embeddings", action="store_true", help="add penultimate features")
+    sc.add_argument("--normalize-from", default="train", metavar="SPLIT",
+                    help="split whose pixel statistics normalise the input (train)")
+    sc.add_argument("--out", required=True, help="score table to write")
+    sc.add_argument("--overwrite", action="store_true")
+    sc.set_defaults(func=_cmd_score)
     return parser
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import default_transforms, load_data
+    from .extract import distributed_context, extract_scores
+    from .models import create_model
+    from .quant import FLOAT_BITS, calibrate_, quantize_model
+    from .refcache import cached_reference
+    from .trainer import load_checkpoint, sha256_of
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    rank, world = distributed_context()
+    data = load_data(args.data, args.split, id_column=args.id_column)
+    stats = data if args.normalize_from == args.split else load_data(args.data,
+                                                                      args.normalize_from)
+    _, eval_tf = default_transforms(stats)
+    student = create_model(args.model, num_classes=data.num_classes,
+                           in_channels=data.image_shape[0])
+    quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
+    if quantized:
+        quantize_model(student, args.w_bits, args.a_bits, first_last=args.first_last)
+    missing = load_checkpoint(student, args.checkpoint, allow_missing_quantizers=True)
+    if missing:
+        log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
+                 args.w_bits, args.a_bits, args.split)
+        calibrate_(student, (eval_tf(data.images[i : i + 256]) for i in range(0, 2048, 256)),
+                   max_batches=4)
+    reference = None
+    if args.reference:
+        ref_model = create_model(args.model, num_classes=data.num_classes,
+                                 in_channels=data.image_shape[0])
+        load_checkpoint(ref_model, args.reference)
+        cache_dir = args.cache_dir or str(Path(args.out).resolve().parent / ".reference-cache")
+        if rank == 0:
+            reference, hit = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
+                                              checkpoint_sha256=sha256_of(args.reference),
+                                              batch_size=args.batch_size, device=args.device)
+            log.info("reference outputs %s", "from the cache" if hit else "computed and cached")
+        if world > 1:
+            import torch
+
+            torch.distributed.barrier()
+            if rank != 0:
+                reference, _ = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
+                                                checkpoint_sha256=sha256_of(args.reference))
+    path = extract_scores(student, data, args.out, reference=reference, transform=eval_tf,
+                          epoch=args.epoch, batch_size=args.batch_size, device=args.device,
+                          shard_rows=args.shard_rows, embeddings=args.embeddings,
+                          metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
+                          overwrite=args.overwrite, rank=rank, world_size=world)
+    if path is not None:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path, columns=["evs", "pred", "label"])
+        acc = float((t.column("pred").to_numpy() == t.column("label").to_numpy()).mean())
+        print(f"wrote {path}: {t.num_rows} samples, student top-1 {100 * acc:.2f}%, "
+              f"mean EVS {float(t.column('evs').to_numpy().mean()):.4f}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from .data import ImageData, check_fingerprint, fingerprint, parquet_dataset, to_hf_dataset
-from .tables import read_table, table_metadata, validate_index
+from .tables import current_umask, read_table, table_metadata, validate_index
 
 __all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
 
@@ -150,6 +150,7 @@ def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
     os.close(fd)
     try:
         subset.to_parquet(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

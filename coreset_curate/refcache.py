@@ -33,6 +33,7 @@ from torch import nn
 from .data import EvalTransform, FingerprintMismatch, ImageData, check_fingerprint, \
     fingerprint, iter_batches
 from .progress import progress
+from .tables import current_umask
 
 __all__ = ["ReferenceOutputs", "compute_reference", "cached_reference", "DENSE_MAX_CLASSES",
            "TOP_K"]
@@ -164,6 +165,7 @@ def cached_reference(reference: nn.Module, data: ImageData, transform: EvalTrans
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -257,6 +257,30 @@ def _load_state(path: str | os.PathLike) -> dict:
     return state
 
 
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *,
+                    allow_missing_quantizers: bool = False) -> list[str]:
+    """Load a weights-only state dict into ``model`` with errors that say what is wrong.
+
+    With ``allow_missing_quantizers``, a float checkpoint loads into a quantized model and
+    the names of the quantizer entries it lacked are returned (calibrate those).
+    """
+    state = _load_state(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    try:
+        result = model.load_state_dict(state, strict=not allow_missing_quantizers)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{path} does not fit this model: {str(err).splitlines()[0]}") from err
+    if not allow_missing_quantizers:
+        return []
+    quant_keys = ("_quant.step", "_quant.initialized", "_quant._extra_state")
+    other = [k for k in result.missing_keys if not k.endswith(quant_keys)]
+    if other or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit this model: missing {other[:5]}, unexpected "
+                         f"{result.unexpected_keys[:5]}")
+    return list(result.missing_keys)
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)

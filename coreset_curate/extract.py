@@ -1,0 +1,159 @@
+"""Score extraction to Parquet in shards: resumable, and split across torchrun ranks.
+
+``extract_scores(student, data, "scores.parquet", reference=..., transform=...)`` scores
+the dataset in shards of ``shard_rows`` rows, each written atomically to a folder beside
+the output (``.scores.parquet.parts/``) as soon as it is done. A run killed at any point
+and started again with the same arguments rescoring nothing already finished, and ends
+with a table identical to an uninterrupted run. Under ``torchrun`` each rank scores the
+shards ``k`` with ``k % world_size == rank`` (none dropped or repeated, whatever the
+sizes); rank 0 then merges one table sorted by sample_id and removes the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from .data import EvalTransform, ImageData
+from .refcache import ReferenceOutputs
+from .scores import score_dataset
+from .tables import TableError, table_metadata, with_metadata, write_table
+
+__all__ = ["extract_scores", "state_sha256", "distributed_context"]
+
+log = logging.getLogger(__name__)
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 of a model's state (parameter and buffer names, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size) under torchrun (initialising the process group: gloo on CPU,
+    nccl on CUDA), (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    dist = torch.distributed
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def extract_scores(
+    student: nn.Module,
+    data: ImageData,
+    out: str | os.PathLike,
+    *,
+    reference: nn.Module | ReferenceOutputs | None = None,
+    transform: EvalTransform,
+    epoch: int = 0,
+    batch_size: int = 512,
+    device=None,
+    shard_rows: int = 8192,
+    embeddings: bool = False,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Path | None:
+    """Score ``data`` into the Parquet file ``out`` (see the module doc); returns its path
+    on rank 0 and None on the other ranks."""
+    out = Path(out)
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"shard_rows must be a positive integer; got {shard_rows!r}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    parts = out.with_name(f".{out.name}.parts")
+    ref_id = (reference.key if isinstance(reference, ReferenceOutputs) else
+              state_sha256(reference) if reference is not None else None)
+    run_key = {"fingerprint": data.fingerprint, "student": state_sha256(student),
+               "reference": ref_id, "transform": transform.to_dict(), "epoch": epoch,
+               "shard_rows": shard_rows, "embeddings": embeddings}
+    run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
+    manifest = parts / "manifest.json"
+    if rank == 0:
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"cannot write next to {out}: {err}") from err
+        if manifest.exists() and json.loads(manifest.read_text()) != run_key:
+            log.warning("finished shards in %s belong to another run: starting again", parts)
+            shutil.rmtree(parts)
+            parts.mkdir(parents=True)
+        if not manifest.exists():
+            tmp = parts / ".manifest.json.tmp"
+            tmp.write_text(json.dumps(run_key, sort_keys=True))
+            os.replace(tmp, manifest)
+    _barrier(world_size)
+    n = len(data)
+    shards = range((n + shard_rows - 1) // shard_rows)
+    start = time.perf_counter()
+    done = skipped = 0
+    for k in shards:
+        if k % world_size != rank:
+            continue
+        path = parts / f"part-{k:06d}.parquet"
+        if path.exists():
+            skipped += 1
+            continue
+        rows = np.arange(k * shard_rows, min((k + 1) * shard_rows, n))
+        ref = reference.subset(rows) if isinstance(reference, ReferenceOutputs) else reference
+        table = score_dataset(student, data.subset(rows), ref, transform=transform, epoch=epoch,
+                              batch_size=batch_size, device=device, embeddings=embeddings,
+                              metadata=metadata)
+        write_table(table, path, overwrite=True)
+        done += 1
+    seconds = time.perf_counter() - start
+    log.info("rank %d: scored %d shards (%d already done) in %.1f s", rank, done, skipped,
+             seconds)
+    _barrier(world_size)
+    if rank != 0:
+        return None
+    files = [parts / f"part-{k:06d}.parquet" for k in shards]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise TableError(f"shards {missing[:5]} are missing in {parts}")
+    tables = [pq.read_table(f) for f in files]
+    table = pa.concat_tables(tables)
+    ids = table.column("sample_id").to_numpy()
+    if len(ids) != n or not np.array_equal(ids, data.sample_ids):
+        raise TableError(f"merged shards hold {len(ids)} rows, expected {n} in dataset order")
+    order = np.argsort(ids, kind="stable")
+    if not (np.diff(order) == 1).all():
+        table = table.take(pa.array(order))
+    meta = table_metadata(tables[0])
+    meta["fingerprint"] = data.fingerprint
+    meta["shards"] = len(files)
+    write_table(with_metadata(table, meta), out, overwrite=True)
+    shutil.rmtree(parts)
+    log.info("wrote %s: %d rows (%.0f img/s this sitting)", out, n,
+             done * shard_rows / max(seconds, 1e-9))
+    return out
