@@ -34,6 +34,7 @@ from .data import default_transforms, iter_batches, load_data
 from .hf import epoch_rows, read_index
 from .models import create_model
 from .quant import quantize_model
+from .refcache import cached_reference
 from .scores import score_dataset
 from .selection import METHODS, SCHEDULES, index_table, merge_index, select
 from .tables import write_table
@@ -380,6 +381,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     if start_epoch == 0 and metrics_path.exists():
         metrics_path.unlink()
     top1 = None
+    ref_outputs = None
     end_epoch = config.epochs if stop_after is None else min(config.epochs,
                                                              start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
@@ -399,7 +401,14 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                 needs_scores = bool(METHODS[config.method].columns)
                 if needs_scores:
                     t0 = time.perf_counter()
-                    table = score_dataset(model, train, teacher, transform=eval_tf, epoch=epoch,
+                    if teacher is not None and ref_outputs is None:
+                        # the teacher never changes: its outputs are computed once per run
+                        ref_outputs, _ = cached_reference(
+                            teacher, train, eval_tf, cache_dir=out / "reference-cache",
+                            checkpoint_sha256=sha256_of(config.teacher),
+                            batch_size=config.score_batch_size, device=device)
+                    table = score_dataset(model, train, ref_outputs, transform=eval_tf,
+                                          epoch=epoch,
                                           batch_size=config.score_batch_size, device=device,
                                           metadata={"arch": config.model, "run": str(out)})
                     path = out / "scores" / f"epoch_{epoch:04d}.parquet"
