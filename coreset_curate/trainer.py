@@ -38,7 +38,8 @@ from .refcache import cached_reference
 from .scores import score_dataset
 from .selection import METHODS, SCHEDULES, index_table, merge_index, select
 from .tables import write_table
-from .training import evaluate, train_epoch
+from .extract import distributed_context
+from .training import evaluate, rank_plan, train_epoch
 
 __all__ = ["TrainConfig", "run_training", "load_recipe", "sha256_of"]
 
@@ -288,6 +289,11 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
 def _ids_only_table(data) -> pa.Table:
     n = len(data)
     return pa.table({"sample_id": pa.array(data.sample_ids, pa.int64()),
@@ -304,17 +310,24 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     """
     out = Path(out_dir)
     last_ckpt = out / "last.pt"
+    rank, world = distributed_context()  # (0, 1) unless started by torchrun
+    main_rank = rank == 0
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue the run there or "
                               "--overwrite to start again")
     if resume and not last_ckpt.exists():
         log.info("no checkpoint in %s: starting from scratch", out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores").mkdir(exist_ok=True)
+    _barrier(world)  # every rank has checked the folder before rank 0 writes to it
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scores").mkdir(exist_ok=True)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     device = _device(config)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     t_wall = time.perf_counter()
 
     train = load_data(config.data, config.train_split)
@@ -369,8 +382,17 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         start_epoch, best_top1 = int(state["epoch"]), float(state["best_top1"])
         totals.update({k: float(v) for k, v in state["totals"].items()})
         log.info("resuming %s at epoch %d", out, start_epoch)
-    _write_config(config, out)
-    train_model = torch.compile(model) if config.compile else model
+    if main_rank:
+        _write_config(config, out)
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if config.compile:
+            log.warning("compile is off under torchrun")
+        train_model = DistributedDataParallel(model)
+    elif config.compile:
+        train_model = torch.compile(model)
     index_path = out / "index.parquet"
     index_meta = {"method": config.method, "fraction": config.fraction, "seed": config.seed,
                   "R": config.reselect_every, "schedule": config.schedule,
@@ -378,7 +400,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                   "options": config.method_options, "fingerprint": train.fingerprint,
                   "sources": []}
     metrics_path = out / "metrics.jsonl"
-    if start_epoch == 0 and metrics_path.exists():
+    if main_rank and start_epoch == 0 and metrics_path.exists():
         metrics_path.unlink()
     top1 = None
     ref_outputs = None
@@ -392,8 +414,9 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
             subset_size = len(train)
         else:
             have = read_index(index_path) if index_path.exists() else None
-            if have is not None and epoch in set(have.column("epoch").to_pylist()):
-                ids, weights = epoch_rows(have, epoch)
+            if not main_rank or (have is not None and
+                                 epoch in set(have.column("epoch").to_pylist())):
+                pass  # the index already has this epoch (or rank 0 writes it)
             else:
                 if epoch % config.reselect_every != 0 and have is None:
                     log.warning("epoch %d is not a selection epoch but the index has no subset "
@@ -430,22 +453,35 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                 write_table(merge_index(have, new) if have is not None else new, index_path,
                             overwrite=True)
                 t["selection_s"] = time.perf_counter() - t0
-                ids, weights = chosen.sample_ids, chosen.weights
+            _barrier(world)  # the other ranks read what rank 0 selected
+            ids, weights = epoch_rows(read_index(index_path), epoch)
             positions = train.positions(ids)
             subset_size = len(ids)
         # 2. train one epoch on the subset
         t0 = time.perf_counter()
-        batches = -(-subset_size // config.batch_size)
+        plan, aug_gen = None, gen
+        if world > 1:
+            # the same shuffle on every rank, then rank r takes slice r of each global batch
+            shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            plan = rank_plan(np.arange(len(train)) if positions is None else positions,
+                             config.batch_size, rank, world, shuffle_gen)
+            aug_gen = torch.Generator().manual_seed((config.seed * 1009 + epoch) * 1009 + rank)
+            batches = len(plan)
+        else:
+            batches = -(-subset_size // config.batch_size)
         lr_sched.begin_epoch(epoch, batches)
         lr_now = lr_sched.lr
         loss = train_epoch(train_model, train, train_tf, optimizer, positions=positions,
                            weights=weights, teacher=teacher if (config.mode == "qat" and
                                                                 config.kd) else None,
                            label_weight=config.label_weight, batch_size=config.batch_size,
-                           generator=gen, scheduler=lr_sched, device=device,
+                           generator=aug_gen, scheduler=lr_sched, device=device,
                            channels_last=config.channels_last,
-                           label_smoothing=config.label_smoothing)
+                           label_smoothing=config.label_smoothing, plan=plan)
         t["train_s"] = time.perf_counter() - t0
+        if not main_rank:
+            _barrier(world)  # rank 0 evaluates and checkpoints
+            continue
         # 3. evaluate
         t0 = time.perf_counter()
         top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
@@ -472,9 +508,12 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                       "epoch": epoch + 1, "best_top1": best_top1, "totals": totals}, last_ckpt)
+        _barrier(world)
     if end_epoch < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch,
                  config.epochs)
+        return None
+    if not main_rank:
         return None
     if top1 is None:  # resumed a finished run
         top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)

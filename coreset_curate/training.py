@@ -15,7 +15,7 @@ from torch import nn
 from .data import EvalTransform, ImageData, TrainTransform, iter_batches
 from .progress import progress
 
-__all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits"]
+__all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits", "rank_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def train_epoch(
     device: torch.device | str = "cpu",
     channels_last: bool = False,
     label_smoothing: float = 0.0,
+    plan: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> float:
     """One pass over ``positions`` (default: every row) in random order; returns mean loss.
 
@@ -60,9 +61,17 @@ def train_epoch(
     if teacher is not None:
         teacher.eval()
     total, count = 0.0, 0
-    with progress(total=len(positions), desc="train", unit="img") as bar:
-        for pos, images, labels in iter_batches(data, batch_size, positions, shuffle=True,
-                                                generator=generator):
+    if plan is None:
+        batches = ((pos, images, labels, None) for pos, images, labels in
+                   iter_batches(data, batch_size, positions, shuffle=True, generator=generator))
+        n_total = len(positions)
+    else:  # an explicit batch plan: (positions, extra per-sample weights) in order
+        batches = ((torch.as_tensor(p), data.images[torch.as_tensor(p)],
+                    data.labels[torch.as_tensor(p)], torch.as_tensor(w, dtype=torch.float32))
+                   for p, w in plan)
+        n_total = sum(len(p) for p, _ in plan)
+    with progress(total=n_total, desc="train", unit="img") as bar:
+        for pos, images, labels, extra_w in batches:
             x = transform(images.to(device, non_blocking=True), generator=generator)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -80,6 +89,8 @@ def train_epoch(
                                                                              reduction="none")
             if w_by_pos is not None:
                 per_sample = per_sample * w_by_pos[pos].to(per_sample.device)
+            if extra_w is not None:
+                per_sample = per_sample * extra_w.to(per_sample.device)
             loss = per_sample.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -110,3 +121,26 @@ def evaluate(model: nn.Module, data: ImageData, transform: EvalTransform, *,
     """Top-1 accuracy (percent) of ``model`` on ``data`` with the eval transform."""
     logits = predict_logits(model, data, transform, batch_size=batch_size, device=device)
     return 100.0 * float((logits.argmax(1) == data.labels).float().mean())
+
+
+def rank_plan(positions: np.ndarray, batch_size: int, rank: int, world: int,
+              generator: torch.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's batches of one distributed epoch.
+
+    ``positions`` are shuffled the same way on every rank (``generator`` seeded alike),
+    cut into global batches of ``batch_size``, and each global batch is split into
+    ``world`` disjoint slices; rank r trains on slice r. Every rank so runs the same number
+    of optimizer steps (DDP never waits on a rank that ran out of data) and the slices
+    together cover every position exactly once. A slice left empty (a last global batch
+    smaller than ``world``) gets one sample with weight 0, which adds nothing to the
+    gradient.
+    """
+    perm = np.asarray(positions)[torch.randperm(len(positions), generator=generator).numpy()]
+    plan = []
+    for start in range(0, len(perm), batch_size):
+        part = np.array_split(perm[start : start + batch_size], world)[rank]
+        if len(part):
+            plan.append((part, np.ones(len(part), dtype=np.float32)))
+        else:
+            plan.append((perm[start : start + 1], np.zeros(1, dtype=np.float32)))
+    return plan

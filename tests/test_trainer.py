@@ -140,3 +140,40 @@ def test_shipped_recipes_load():
         assert cfg.data and cfg.model
         if "_w4a4_" in path.name or "_w2a2_" in path.name:
             assert cfg.mode == "qat" and cfg.epochs == 12 and cfg.reselect_every == 4
+
+
+@pytest.mark.parametrize("n,batch,world", [(1000, 128, 2), (37, 8, 3), (5, 4, 4)])
+def test_rank_plans_cover_each_position_once_with_equal_steps(n, batch, world):
+    from coreset_curate.training import rank_plan
+
+    positions = np.arange(100, 100 + n)
+    plans = [rank_plan(positions, batch, r, world, torch.Generator().manual_seed(7))
+             for r in range(world)]
+    assert len({len(p) for p in plans}) == 1  # every rank runs the same number of steps
+    real = [int(x) for p in plans for part, w in p for x, wt in zip(part, w) if wt > 0]
+    assert sorted(real) == positions.tolist()  # disjoint, and together the whole subset
+    for step in zip(*plans):  # each global batch is at most `batch` real samples
+        assert sum(int((w > 0).sum()) for _, w in step) <= batch
+
+
+def test_torchrun_two_gloo_ranks_train_one_short_epoch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CORESET_CURATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "ddp"
+    args = ["train", "--set", "data=digits", "--set", "model=small_cnn", "--set", "epochs=1",
+            "--set", "channels_last=false", "--set", "limit_train=300", "--set", "batch_size=32",
+            "--set", "method=random_epoch", "--set", "fraction=0.5", "--out", str(out)]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "coreset_curate", *args], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["top1"] > 10
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    ids, _ = epoch_rows(read_index(out / "index.parquet"), 0)
+    assert abs(len(ids) - 150) <= 5  # half of every class, rounded per class
+    assert len(lines) == 1 and json.loads(lines[0])["subset_size"] == len(ids)
