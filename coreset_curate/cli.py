@@ -241,18 +241,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: list[str]) -> dict:
-    import json
+    from .trainer import parse_assignments
 
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option takes KEY=VALUE; got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+    return parse_assignments(items, "--option")
 
 
 def _cmd_select(args: argparse.Namespace) -> int:

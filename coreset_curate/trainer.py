@@ -146,15 +146,26 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
     A recipe may start from another with ``base: OTHER.yaml`` (relative to itself) and
     change only some keys.
     """
+    values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
+    values.update(parse_assignments(overrides, "--set"))
+    return TrainConfig.from_dict(values)
+
+
+def parse_assignments(items, flag: str) -> dict[str, Any]:
+    """``["key=value", ...]`` as a dict, each value read as YAML (``0.3``, ``true``, ``[1, 2]``,
+    or a plain string)."""
     import yaml
 
-    values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
-    for item in overrides:
+    values = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE; got {item!r}")
-        values[key.strip()] = yaml.safe_load(value)
-    return TrainConfig.from_dict(values)
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{flag} {item!r}: the value is not valid YAML ({err})") from err
+    return values
 
 
 def _recipe_values(path: Path, seen: list[Path]) -> dict:
