@@ -33,7 +33,7 @@ import torch
 from .data import default_transforms, iter_batches, load_data
 from .hf import epoch_rows, read_index
 from .models import create_model
-from .quant import quantize_model
+from .quant import calibrate_, quantize_model
 from .refcache import cached_reference
 from .scores import score_dataset
 from .selection import METHODS, SCHEDULES, index_table, merge_index, select
@@ -371,8 +371,6 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256))
         quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
                        first_last=config.first_last, init=config.quant_init)
-        from .quant import calibrate_
-
         calibrate_(model, calib, max_batches=config.calibration_batches)
     model.to(device)
     if config.channels_last:
@@ -384,6 +382,12 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     gen = torch.Generator().manual_seed(config.seed)
     start_epoch, best_top1, totals = 0, -1.0, {"scoring_s": 0.0, "selection_s": 0.0,
                                               "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
+    calibrated_top1 = None
+    if config.mode == "qat" and main_rank and not (resume and last_ckpt.exists()):
+        calibrated_top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size,
+                                   device=device)
+        log.info("W%dA%d after calibration, before QAT: top-1 %.2f%%", config.w_bits,
+                 config.a_bits, calibrated_top1)
     if resume and last_ckpt.exists():
         state = _load_state(last_ckpt)
         model.load_state_dict(state["model"])
@@ -391,6 +395,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_top1 = int(state["epoch"]), float(state["best_top1"])
+        calibrated_top1 = state.get("calibrated_top1")
         totals.update({k: float(v) for k, v in state["totals"].items()})
         log.info("resuming %s at epoch %d", out, start_epoch)
     if main_rank:
@@ -518,7 +523,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
             _save_atomic(model.state_dict(), out / "best.pt")
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                      "epoch": epoch + 1, "best_top1": best_top1, "totals": totals}, last_ckpt)
+                      "epoch": epoch + 1, "best_top1": best_top1, "totals": totals,
+                      "calibrated_top1": calibrated_top1}, last_ckpt)
         _barrier(world)
     if end_epoch < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch,
@@ -535,6 +541,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         "a_bits": config.a_bits if config.mode == "qat" else 32,
         "method": config.method, "fraction": config.fraction, "epochs": config.epochs,
         "R": config.reselect_every, "seed": config.seed, "top1": top1, "best_top1": best_top1,
+        "calibrated_top1": calibrated_top1,
         **{k: round(v, 2) for k, v in totals.items()},
         "wall_s": round(totals["wall_s"] + time.perf_counter() - t_wall, 2),
         "train_samples": len(train), "test_samples": len(test), "device": str(device),
