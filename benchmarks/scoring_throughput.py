@@ -58,7 +58,6 @@ def main() -> None:
     _, eval_tf = default_transforms(data)
     if gpu:
         data.images = data.images.to(device)  # decoded once, kept on the GPU
-        data.labels = data.labels.to(device)
     torch.manual_seed(0)
     fp = create_model(model_name, num_classes=data.num_classes)
     if args.checkpoint:

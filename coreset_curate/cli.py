@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cache-dir", default=None,
                     help="where reference outputs are cached (default: beside --out)")
     sc.add_argument("--embeddings", action="store_true", help="add penultimate features")
+    sc.add_argument("--bf16", action="store_true", help="bfloat16 autocast forward (CUDA)")
+    sc.add_argument("--channels-last", action="store_true", help="channels-last batches")
     sc.add_argument("--normalize-from", default="train", metavar="SPLIT",
                     help="split whose pixel statistics normalise the input (train)")
     sc.add_argument("--out", required=True, help="score table to write")
@@ -214,7 +216,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                           epoch=args.epoch, batch_size=args.batch_size, device=args.device,
                           shard_rows=args.shard_rows, embeddings=args.embeddings,
                           metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
-                          overwrite=args.overwrite, rank=rank, world_size=world)
+                          overwrite=args.overwrite, rank=rank, world_size=world,
+                          bf16=args.bf16, channels_last=args.channels_last)
     if path is not None:
         import pyarrow.parquet as pq
 

@@ -83,6 +83,8 @@ def extract_scores(
     overwrite: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> Path | None:
     """Score ``data`` into the Parquet file ``out`` (see the module doc); returns its path
     on rank 0 and None on the other ranks."""
@@ -96,7 +98,7 @@ def extract_scores(
               state_sha256(reference) if reference is not None else None)
     run_key = {"fingerprint": data.fingerprint, "student": state_sha256(student),
                "reference": ref_id, "transform": transform.to_dict(), "epoch": epoch,
-               "shard_rows": shard_rows, "embeddings": embeddings}
+               "shard_rows": shard_rows, "embeddings": embeddings, "bf16": bf16}
     run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
     manifest = parts / "manifest.json"
     if rank == 0:
@@ -128,7 +130,7 @@ def extract_scores(
         ref = reference.subset(rows) if isinstance(reference, ReferenceOutputs) else reference
         table = score_dataset(student, data.subset(rows), ref, transform=transform, epoch=epoch,
                               batch_size=batch_size, device=device, embeddings=embeddings,
-                              metadata=metadata)
+                              metadata=metadata, bf16=bf16, channels_last=channels_last)
         write_table(table, path, overwrite=True)
         done += 1
     seconds = time.perf_counter() - start

@@ -198,8 +198,14 @@ def score_dataset(
     scores: list[str] | None = None,
     embeddings: bool = False,
     metadata: dict | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> pa.Table:
     """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
+
+    ``bf16=True`` runs the forward passes under bfloat16 autocast (CUDA; the scores
+    themselves are computed in float32 from the logits); ``channels_last=True`` feeds
+    channels-last batches. On CUDA, batches are copied from pinned memory without blocking.
 
     ``reference`` is a full-precision model, or its outputs computed once
     (``refcache.cached_reference``), which gives the same scores without its forward pass.
@@ -236,11 +242,18 @@ def score_dataset(
     batch_features: list[torch.Tensor] = []
     kept_features: list[torch.Tensor] = []
     hook = _feature_hook(student, batch_features)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), progress(total=len(data), desc="score", unit="img") as bar:
+        with torch.inference_mode(), autocast, \
+                progress(total=len(data), desc="score", unit="img") as bar:
             for pos, images, labels in iter_batches(data, batch_size):
+                if cuda and images.device.type == "cpu":
+                    images, labels = images.pin_memory(), labels.pin_memory()
                 x = transform(images.to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 y = labels.to(device, non_blocking=True)
                 batch_features.clear()
                 logits = student(x).float()

@@ -206,3 +206,14 @@ def test_top_k_reference_cache_for_many_classes(monkeypatch):
     assert torch.allclose(kept, top3.values, rtol=1e-3, atol=1e-4)
     tail = (q.sum(1) - top3.values.sum(1))
     assert torch.allclose(dense.sum(1), 1 - tail, atol=2e-3)  # the tail is what is dropped
+
+
+def test_channels_last_and_bf16_options(setup):
+    data, _, eval_tf, student, ref = setup
+    base = score_dataset(student, data, ref, transform=eval_tf).to_pandas()
+    cl = score_dataset(student, data, ref, transform=eval_tf, channels_last=True).to_pandas()
+    assert np.abs(base.evs - cl.evs).max() <= 1e-5
+    bf = score_dataset(student, data, ref, transform=eval_tf, bf16=True).to_pandas()
+    assert bf.evs.dtype == np.float32 and np.isfinite(bf.evs).all()
+    # bfloat16 keeps 8 bits of mantissa: close, not equal
+    assert np.abs(base.prob_label - bf.prob_label).mean() < 0.05
