@@ -1,32 +1,37 @@
-"""coreset-curate: quantization-aware adaptive coreset selection for data-efficient QAT."""
+"""coreset-curate: quantization-aware adaptive coreset selection for data-efficient QAT.
+
+The public names below are imported on first use, so ``coreset-curate --version`` and
+``--help`` answer without loading torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .data import ImageData, load_data, default_transforms, EvalTransform, TrainTransform  # noqa: E402
-from .models import create_model, list_models, register_model  # noqa: E402
-from .quant import quantize_model, calibrate_, QuantConfig  # noqa: E402
-from .scores import score_dataset, register_score  # noqa: E402
-from .selection import select, index_table, register_method  # noqa: E402
-from .tables import read_table, write_table  # noqa: E402
+_EXPORTS = {
+    "ImageData": "data", "load_data": "data", "default_transforms": "data",
+    "EvalTransform": "data", "TrainTransform": "data",
+    "create_model": "models", "list_models": "models", "register_model": "models",
+    "quantize_model": "quant", "calibrate_": "quant", "QuantConfig": "quant",
+    "score_dataset": "scores", "register_score": "scores",
+    "select": "selection", "index_table": "selection", "register_method": "selection",
+    "read_table": "tables", "write_table": "tables",
+    "extract_scores": "extract",
+    "load_subset": "hf", "export_subset": "hf",
+    "SubsetSampler": "sampler", "DistributedSubsetSampler": "sampler",
+    "TrainConfig": "trainer", "load_recipe": "trainer", "run_training": "trainer",
+}
 
-__all__ = [
-    "__version__",
-    "ImageData",
-    "load_data",
-    "default_transforms",
-    "EvalTransform",
-    "TrainTransform",
-    "create_model",
-    "list_models",
-    "register_model",
-    "quantize_model",
-    "calibrate_",
-    "QuantConfig",
-    "score_dataset",
-    "register_score",
-    "select",
-    "index_table",
-    "register_method",
-    "read_table",
-    "write_table",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'coreset_curate' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
