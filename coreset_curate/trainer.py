@@ -46,6 +46,8 @@ __all__ = ["TrainConfig", "run_training", "load_recipe", "sha256_of"]
 log = logging.getLogger(__name__)
 
 FULL = "full"
+# settings that may differ when a run is resumed: they do not change what is computed
+RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile"}
 
 
 @dataclass
@@ -390,6 +392,12 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                  config.a_bits, calibrated_top1)
     if resume and last_ckpt.exists():
         state = _load_state(last_ckpt)
+        saved = state.get("config", {})
+        changed = sorted(k for k, v in asdict(config).items()
+                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"cannot resume {out} with other settings: {changed} differ from "
+                             "the run's (start a new run, or resume with the same recipe)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -524,7 +532,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                       "epoch": epoch + 1, "best_top1": best_top1, "totals": totals,
-                      "calibrated_top1": calibrated_top1}, last_ckpt)
+                      "calibrated_top1": calibrated_top1, "config": asdict(config)},
+                     last_ckpt)
         _barrier(world)
     if end_epoch < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch,

@@ -177,3 +177,15 @@ def test_torchrun_two_gloo_ranks_train_one_short_epoch(tmp_path):
     ids, _ = epoch_rows(read_index(out / "index.parquet"), 0)
     assert abs(len(ids) - 150) <= 5  # half of every class, rounded per class
     assert len(lines) == 1 and json.loads(lines[0])["subset_size"] == len(ids)
+
+
+def test_resume_refuses_other_settings(teacher, tmp_path):
+    t_dir, _ = teacher
+    cfg = _qat(t_dir, method="random_epoch", epochs=2)
+    assert run_training(cfg, tmp_path / "r", stop_after=1) is None
+    other = _qat(t_dir, method="random_epoch", epochs=2, fraction=0.5)
+    with pytest.raises(ValueError, match=r"\['fraction'\] differ"):
+        run_training(other, tmp_path / "r", resume=True)
+    done = run_training(_qat(t_dir, method="random_epoch", epochs=2, eval_batch_size=100),
+                        tmp_path / "r", resume=True)
+    assert done is not None and done["epochs"] == 2
