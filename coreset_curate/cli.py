@@ -252,9 +252,7 @@ def _parse_options(items: list[str]) -> dict:
 def _cmd_select(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .hf import read_index
-    from .selection import index_table, load_rounds, merge_index, METHODS, select
-    from .tables import write_table
+    from .selection import METHODS, add_to_index, load_rounds, select
 
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
@@ -271,16 +269,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
             "per_class": args.per_class, "options": _parse_options(args.option),
             "sources": [str(Path(p).resolve()) for p in args.scores],
             "fingerprint": rounds.fingerprint}
-    table = index_table({e: chosen for e in epochs}, metadata=meta)
     out = Path(args.out)
-    if out.exists():
-        existing = read_index(out)
-        clash = sorted(set(existing.column("epoch").to_pylist()) & set(epochs))
-        if clash and not args.overwrite:
-            raise FileExistsError(f"{out} already has epoch(s) {clash}; pass --overwrite to "
-                                  "replace them")
-        table = merge_index(existing, table)
-    write_table(table, out, overwrite=True)
+    add_to_index(out, chosen, epochs, metadata=meta, replace=args.overwrite)
     log.info("epoch(s) %s: %d of %d samples (%s, fraction %s) -> %s", epochs, len(chosen),
              len(rounds.rounds[-1]["sample_id"]), args.method, args.fraction, out)
     print(f"{out}: epochs {epochs[0]}..{epochs[-1]}, {len(chosen)} samples each")

@@ -53,6 +53,7 @@ __all__ = [
     "class_budget",
     "index_table",
     "merge_index",
+    "add_to_index",
 ]
 
 BASE_COLUMNS = ("sample_id", "label", "epoch")
@@ -710,6 +711,25 @@ def merge_index(existing: pa.Table, new: pa.Table) -> pa.Table:
                              f"has {key}={meta_new[key]!r}: write it to another index")
     sources = list(dict.fromkeys(meta_old.get("sources", []) + meta_new.get("sources", [])))
     return with_metadata(table.take(pa.array(order)), {**meta_new, "sources": sources})
+
+
+def add_to_index(path: str | os.PathLike, selection: Selection, epochs: Sequence[int], *,
+                 metadata: dict | None = None, replace: bool = False) -> pa.Table:
+    """Write ``selection`` as the subset of ``epochs`` into the index file ``path``: a new
+    index, or the existing one extended (its other epochs kept). Epochs it already has are
+    replaced only with ``replace=True``; written atomically. Returns the written index."""
+    from .tables import read_table, validate_index, write_table
+
+    new = index_table({e: selection for e in epochs}, metadata=metadata)
+    if os.path.exists(path):
+        existing = validate_index(read_table(path), str(path))
+        clash = sorted(set(existing.column("epoch").to_pylist()) & set(epochs))
+        if clash and not replace:
+            raise FileExistsError(f"{path} already has epoch(s) {clash}; pass --overwrite to "
+                                  "replace them")
+        new = merge_index(existing, new)
+    write_table(new, path, overwrite=True)
+    return new
 
 
 def index_epochs(index: pa.Table) -> list[int]:

@@ -36,7 +36,7 @@ from .models import create_model
 from .quant import calibrate_, quantize_model
 from .refcache import cached_reference
 from .scores import score_dataset
-from .selection import METHODS, SCHEDULES, index_table, merge_index, select
+from .selection import METHODS, SCHEDULES, add_to_index, select
 from .tables import write_table
 from .extract import distributed_context
 from .training import evaluate, rank_plan, train_epoch
@@ -471,11 +471,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                                 per_class=config.per_class, min_per_class=config.min_per_class,
                                 options=config.method_options)
                 last = min(epoch + config.reselect_every, config.epochs)
-                new = index_table({e: chosen for e in range(epoch, last)},
-                                  metadata={**index_meta, "sources": [
-                                      s for s in sources if isinstance(s, str)]})
-                write_table(merge_index(have, new) if have is not None else new, index_path,
-                            overwrite=True)
+                add_to_index(index_path, chosen, range(epoch, last), replace=True, metadata={
+                    **index_meta, "sources": [s for s in sources if isinstance(s, str)]})
                 t["selection_s"] = time.perf_counter() - t0
             _barrier(world)  # the other ranks read what rank 0 selected
             ids, weights = epoch_rows(read_index(index_path), epoch)

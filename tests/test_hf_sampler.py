@@ -1,5 +1,4 @@
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
