@@ -333,21 +333,30 @@ def _parquet_files(text: str, split: str) -> list[str]:
     return files
 
 
+def find_column(features, what: str, name: str | None) -> str:
+    """The ``image`` or ``label`` column of a ``datasets`` feature dict (the first Image /
+    ClassLabel feature, else a usual name), or ``name`` checked to exist."""
+    import datasets
+
+    if name is None and what in ("image", "label"):
+        kind, usual = ((datasets.Image, ("img", "image")) if what == "image"
+                       else (datasets.ClassLabel, ("label", "labels")))
+        name = next((k for k, f in features.items() if isinstance(f, kind)), None)
+        name = name or next((k for k in usual if k in features), None)
+    if name is None or name not in features:
+        raise ValueError(f"{what} column {name!r} not found; the dataset has columns "
+                         f"{list(features)} (name it with {what}_column=)")
+    return name
+
+
 def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads) -> ImageData:
     import datasets
 
     feats = ds.features
-    if image_column is None:
-        image_column = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
-        image_column = image_column or next((k for k in ("img", "image") if k in feats), None)
-    if label_column is None:
-        label_column = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)),
-                            None)
-        label_column = label_column or next((k for k in ("label", "labels") if k in feats), None)
-    for what, col in (("image", image_column), ("label", label_column), ("id", id_column)):
-        if (what != "id" and col is None) or (col is not None and col not in feats):
-            raise ValueError(f"{what} column {col!r} not found; the dataset has columns "
-                             f"{list(feats)} (name it with {what}_column=)")
+    image_column = find_column(feats, "image", image_column)
+    label_column = find_column(feats, "label", label_column)
+    if id_column is not None:
+        find_column(feats, "id", id_column)
     labels = np.asarray(ds.with_format("numpy")[label_column], dtype=np.int64)
     feat = feats[label_column]
     if isinstance(feat, datasets.ClassLabel):

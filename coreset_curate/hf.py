@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .data import ImageData, check_fingerprint, fingerprint, parquet_dataset, to_hf_dataset
+from .data import (ImageData, check_fingerprint, find_column, fingerprint, parquet_dataset,
+                   to_hf_dataset)
 from .tables import current_umask, read_table, table_metadata, validate_index
 
 __all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
@@ -45,24 +46,11 @@ def epoch_rows(index: pa.Table, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], weights[order]
 
 
-def _label_column(ds, label_column: str | None) -> str:
-    import datasets
-
-    if label_column is None:
-        label_column = next((k for k, f in ds.features.items()
-                             if isinstance(f, datasets.ClassLabel)), None)
-        label_column = label_column or next((k for k in ("label", "labels")
-                                             if k in ds.features), None)
-    if label_column is None or label_column not in ds.features:
-        raise ValueError(f"label column {label_column!r} not found; the dataset has columns "
-                         f"{list(ds.features)} (name it with label_column=)")
-    return label_column
-
-
 def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = None,
                         id_column: str | None = None) -> dict:
     """The fingerprint of a ``datasets.Dataset`` (reads the label and id columns only)."""
-    labels = np.asarray(ds.with_format("numpy")[_label_column(ds, label_column)], np.int64)
+    labels = np.asarray(ds.with_format("numpy")[find_column(ds.features, "label", label_column)],
+                        np.int64)
     ids = (np.asarray(ds.with_format("numpy")[id_column], np.int64) if id_column
            else np.arange(len(ds), dtype=np.int64))
     return fingerprint(labels, split, ids)

@@ -730,7 +730,3 @@ def add_to_index(path: str | os.PathLike, selection: Selection, epochs: Sequence
         new = merge_index(existing, new)
     write_table(new, path, overwrite=True)
     return new
-
-
-def index_epochs(index: pa.Table) -> list[int]:
-    return sorted(set(index.column("epoch").to_numpy().tolist()))

@@ -14,7 +14,6 @@ scoring, selecting, training and evaluating), ``model.pt`` (final weights) and
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -565,7 +564,3 @@ def _write_config(config: TrainConfig, out: Path) -> None:
     tmp = out / ".config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     os.replace(tmp, out / "config.yaml")
-
-
-def copy_config(config: TrainConfig, **changes) -> TrainConfig:
-    return TrainConfig.from_dict({**asdict(copy.deepcopy(config)), **changes})
