@@ -31,9 +31,10 @@ TABLE_START, TABLE_END = "<!-- qat-table:start -->", "<!-- qat-table:end -->"
 # (bits, method, fraction, seed), in the order that makes partial results most useful
 PLAN = [
     (4, "acs", 0.1, 0), (4, "random_epoch", 0.1, 0), (4, "random", 0.1, 0),
-    (4, "el2n", 0.1, 0), (4, "full", 1.0, 0),
+    (4, "el2n", 0.1, 0), (4, "acs", 0.1, 1), (4, "random_epoch", 0.1, 1),
+    (4, "full", 1.0, 0),
     (4, "acs", 0.3, 0), (4, "random_epoch", 0.3, 0), (4, "random", 0.3, 0),
-    (4, "el2n", 0.3, 0), (4, "acs", 0.1, 1), (4, "random_epoch", 0.1, 1),
+    (4, "el2n", 0.3, 0),
     (2, "acs", 0.1, 0), (2, "random_epoch", 0.1, 0), (2, "random", 0.1, 0),
     (2, "el2n", 0.1, 0), (2, "full", 1.0, 0),
     (2, "acs", 0.3, 0), (2, "random_epoch", 0.3, 0), (2, "random", 0.3, 0),

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--a-bits", type=_bits, default=32, help="student activation bits (32)")
     sc.add_argument("--first-last", default="int8", choices=["int8", "float", "same"])
     sc.add_argument("--epoch", type=int, default=0, help="training epoch of the student (0)")
-    sc.add_argument("--batch-size", type=_positive_int, default=512)
+    sc.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="default: 256 on CPU, 1024 on CUDA")
     sc.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     sc.add_argument("--shard-rows", type=_positive_int, default=8192)
     sc.add_argument("--cache-dir", default=None,
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data import default_transforms, load_data
+    from .data import default_transforms, inference_batch_size, load_data
     from .extract import distributed_context, extract_scores
     from .models import create_model
     from .quant import FLOAT_BITS, calibrate_, quantize_model
@@ -179,6 +180,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     rank, world = distributed_context()
+    args.batch_size = args.batch_size or inference_batch_size(args.device)
     data = load_data(args.data, args.split, id_column=args.id_column)
     stats = data if args.normalize_from == args.split else load_data(args.data,
                                                                       args.normalize_from)

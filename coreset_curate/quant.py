@@ -368,7 +368,9 @@ def quantize_model(
         if wb == FLOAT_BITS and ab == FLOAT_BITS:
             continue
         cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-        _set_submodule(model, name, cls.from_float(module, wb, ab, config.per_channel, config.init))
+        qmodule = cls.from_float(module, wb, ab, config.per_channel, config.init)
+        # the new step sizes and buffers live where the layer's weight lives
+        _set_submodule(model, name, qmodule.to(module.weight.device))
     model._coreset_quant_config = config
     if calibration is not None:
         calibrate_(model, calibration)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .data import default_transforms, iter_batches, load_data
+from .data import default_transforms, inference_batch_size, iter_batches, load_data
 from .hf import epoch_rows, read_index
 from .models import create_model
 from .quant import calibrate_, quantize_model
@@ -92,8 +92,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     num_threads: int | None = None
-    eval_batch_size: int = 1000
-    score_batch_size: int = 1000
+    eval_batch_size: int | None = None  # None: 256 on CPU (fastest there), 1024 on CUDA
+    score_batch_size: int | None = None  # likewise
     limit_train: int | None = None  # only the first N training rows (smoke runs, tests)
     limit_test: int | None = None
 
@@ -103,10 +103,10 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
 
-        for name in ("epochs", "batch_size", "reselect_every", "eval_batch_size",
-                     "score_batch_size", "calibration_batches"):
+        for name in ("epochs", "batch_size", "reselect_every", "calibration_batches"):
             positive_int(name)
-        for name in ("limit_train", "limit_test", "num_threads"):
+        for name in ("limit_train", "limit_test", "num_threads", "eval_batch_size",
+                     "score_batch_size"):
             if getattr(self, name) is not None:
                 positive_int(name)
         if self.mode not in ("fp", "qat"):
@@ -340,6 +340,10 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
+    eval_bs = config.eval_batch_size or inference_batch_size(device)
+    score_bs = config.score_batch_size or inference_batch_size(device)
     t_wall = time.perf_counter()
 
     train = load_data(config.data, config.train_split)
@@ -385,7 +389,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                                               "train_s": 0.0, "eval_s": 0.0, "wall_s": 0.0}
     calibrated_top1 = None
     if config.mode == "qat" and main_rank and not (resume and last_ckpt.exists()):
-        calibrated_top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size,
+        calibrated_top1 = evaluate(model, test, eval_tf, batch_size=eval_bs,
                                    device=device)
         log.info("W%dA%d after calibration, before QAT: top-1 %.2f%%", config.w_bits,
                  config.a_bits, calibrated_top1)
@@ -452,10 +456,10 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                         ref_outputs, _ = cached_reference(
                             teacher, train, eval_tf, cache_dir=out / "reference-cache",
                             checkpoint_sha256=sha256_of(config.teacher),
-                            batch_size=config.score_batch_size, device=device)
+                            batch_size=score_bs, device=device)
                     table = score_dataset(model, train, ref_outputs, transform=eval_tf,
                                           epoch=epoch,
-                                          batch_size=config.score_batch_size, device=device,
+                                          batch_size=score_bs, device=device,
                                           metadata={"arch": config.model, "run": str(out)})
                     path = out / "scores" / f"epoch_{epoch:04d}.parquet"
                     write_table(table, path, overwrite=True)
@@ -504,7 +508,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
             continue
         # 3. evaluate
         t0 = time.perf_counter()
-        top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
+        top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
         t["eval_s"] = time.perf_counter() - t0
         for k in t:
             totals[k] += t[k]
@@ -538,7 +542,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     if not main_rank:
         return None
     if top1 is None:  # resumed a finished run
-        top1 = evaluate(model, test, eval_tf, batch_size=config.eval_batch_size, device=device)
+        top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
     _save_atomic(model.state_dict(), out / "model.pt")
     summary = {
         "model": config.model, "mode": config.mode,

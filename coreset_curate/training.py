@@ -97,10 +97,10 @@ def train_epoch(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach()) * len(labels)
+            total = total + loss.detach() * len(labels)  # no per-step device sync
             count += len(labels)
             bar.update(len(labels))
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.inference_mode()
@@ -109,8 +109,9 @@ def predict_logits(model: nn.Module, data: ImageData, transform: EvalTransform, 
     was_training = model.training
     model.eval()
     try:
-        out = [model(transform(images.to(device))).float().cpu()
-               for _, images, _ in iter_batches(data, batch_size)]
+        with torch.inference_mode():
+            out = [model(transform(images.to(device, non_blocking=True))).float().cpu()
+                   for _, images, _ in iter_batches(data, batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)

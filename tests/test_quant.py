@@ -218,3 +218,4 @@ def test_mse_init_is_no_worse_than_lsq_on_weights(init):
             errs[method] = float((q(w) - w).pow(2).sum())
     assert errs["mse"] <= errs["lsq"] + 1e-6
     assert np.isfinite(errs[init])
+
