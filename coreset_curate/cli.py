@@ -116,6 +116,48 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_cmd_export)
 
+    au = sub.add_parser(
+        "audit", help="flag likely mislabeled samples and write an HTML/Markdown report",
+        description="Audit the labels behind score tables: per-sample suspicion, flags with "
+                    "per-class thresholds, kind (mislabeled vs quantization-fragile, from the "
+                    "reference columns), per-class noise rates. Writes audit.parquet, "
+                    "report.html (self-contained) and summary.md to --out.")
+    au.add_argument("--scores", nargs="+", required=True, metavar="S.parquet",
+                    help="score tables (one per scoring round, or several rounds in one)")
+    au.add_argument("--data", default=None,
+                    help="the dataset the scores came from (class names, thumbnails)")
+    au.add_argument("--split", default="train")
+    au.add_argument("--id-column", default=None, help="column holding sample ids")
+    au.add_argument("--index", default=None, help="a run's index: flagged share per epoch")
+    au.add_argument("--true-labels", default=None, metavar="LABELS.parquet",
+                    help="labels table with true_label (from `noise` or a run trained with "
+                         "label_noise): adds precision, recall, F1 and AUROC")
+    au.add_argument("--suspicion", default="prob", choices=["prob", "aum", "evs"],
+                    help="what ranks samples (prob: 1 - mean prob of the given label)")
+    au.add_argument("--count", default="confident_joint", choices=["confident_joint", "gap"],
+                    help="how many to flag per class (confident_joint; gap: at least the "
+                         "split in the class's suspicion where the joint finds noise)")
+    au.add_argument("--max-examples", type=int, default=48,
+                    help="thumbnails shown per group (48)")
+    au.add_argument("--out", required=True, help="report folder")
+    au.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    au.set_defaults(func=_cmd_audit)
+
+    no = sub.add_parser(
+        "noise", help="write a labels table with injected noise (for experiments)",
+        description="Flip labels of a dataset split (symmetric, or class-dependent with "
+                    "--type asymmetric) deterministically by seed, and write sample_id, label "
+                    "(noisy) and true_label as Parquet.")
+    no.add_argument("--data", required=True, help="dataset: Parquet folder/file/glob or digits")
+    no.add_argument("--split", default="train")
+    no.add_argument("--id-column", default=None, help="column holding sample ids")
+    no.add_argument("--type", default="symmetric", choices=["symmetric", "asymmetric"])
+    no.add_argument("--rate", type=float, required=True, help="share of labels to flip")
+    no.add_argument("--seed", type=int, default=0)
+    no.add_argument("--out", required=True, help="labels table (.parquet)")
+    no.add_argument("--overwrite", action="store_true")
+    no.set_defaults(func=_cmd_noise)
+
     tr = sub.add_parser(
         "train", help="full-precision training or QAT with per-epoch coreset selection",
         description="Train as a recipe describes: full-precision (the teacher) or QAT from a "
@@ -165,6 +207,45 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--overwrite", action="store_true")
     sc.set_defaults(func=_cmd_score)
     return parser
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+    from .data import load_data
+
+    data = (load_data(args.data, args.split, id_column=args.id_column) if args.data
+            else None)
+    result = audit(args.scores, data=data, suspicion=args.suspicion, count=args.count,
+                   true_labels=args.true_labels, index=args.index)
+    paths = result.write(args.out, data=data, overwrite=args.overwrite,
+                         max_examples=args.max_examples)
+    kinds = result.kind_counts()
+    n = result.table.num_rows
+    line = (f"{result.num_flagged} of {n} samples flagged ({100 * result.num_flagged / n:.2f}%): "
+            f"{kinds['mislabeled']} mislabeled, {kinds['fragile']} fragile, "
+            f"{kinds['ambiguous']} ambiguous")
+    if result.metrics:
+        m = result.metrics["flag"]
+        auroc = "-" if m["auroc"] is None else f"{m['auroc']:.4f}"
+        line += (f"; against true labels: precision {m['precision']:.4f}, recall "
+                 f"{m['recall']:.4f}, F1 {m['f1']:.4f}, AUROC {auroc}")
+    print(line)
+    print(f"wrote {paths['html']}, {paths['markdown']}, {paths['table']}")
+    return 0
+
+
+def _cmd_noise(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .noise import inject_noise
+
+    data = load_data(args.data, args.split, id_column=args.id_column)
+    noise = inject_noise(data.labels.numpy(), args.rate, args.type, seed=args.seed,
+                         num_classes=data.num_classes, class_names=data.class_names)
+    path = noise.write(args.out, data.sample_ids, fingerprint=data.fingerprint,
+                       overwrite=args.overwrite)
+    print(f"wrote {path}: {int(noise.flipped.sum())} of {len(data)} labels flipped "
+          f"({args.type}, rate {args.rate}, seed {args.seed})")
+    return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

@@ -9,6 +9,10 @@ runs them:
    DS, ...) with the quantized student and selects the ACS subset of the next R epochs,
    distilling from the full-precision model.
 
+Both train on labels with ``label_noise`` (default 10%, symmetric) flipped, so the noise
+audit that follows has planted errors to find: ``DIR/audit/`` (``report.html``,
+``summary.md``, ``audit.parquet``) from every scoring round, scored against the true labels.
+
 Then ``DIR/scores.parquet`` (every scoring round in one table), ``DIR/index.parquet`` (the
 subset of every epoch), ``DIR/fp.pt`` and ``DIR/student.pt`` (state dicts) and
 ``DIR/summary.json``, and a short summary on the terminal.
@@ -27,6 +31,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .audit import audit
+from .data import load_data
 from .tables import write_table
 from .trainer import TrainConfig, run_training
 
@@ -34,7 +40,8 @@ __all__ = ["DemoConfig", "run_demo", "format_summary"]
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("scores.parquet", "index.parquet", "fp.pt", "student.pt", "summary.json")
+OUTPUTS = ("scores.parquet", "index.parquet", "fp.pt", "student.pt", "summary.json",
+           "audit/report.html")
 
 
 @dataclass(frozen=True)
@@ -50,25 +57,39 @@ class DemoConfig:
     seed: int = 0
     batch_size: int = 64
     train_limit: int | None = None  # use only the first N training samples (tests)
+    label_noise: float = 0.1  # share of training labels flipped (symmetric) for the audit
 
     def __post_init__(self) -> None:
         for name in ("fp_epochs", "epochs", "reselect_every", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        if not isinstance(self.label_noise, (int, float)) or not 0 <= self.label_noise < 1:
+            raise ValueError(f"label_noise must be a number in [0, 1); got {self.label_noise!r}")
+
+
+def _demo_data(config: DemoConfig):
+    data = load_data("digits", "train")
+    if config.train_limit:
+        import numpy as np
+
+        data = data.subset(np.arange(min(config.train_limit, len(data))))
+    return data
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
              overwrite: bool = False) -> dict:
     """Run the demo into folder ``out`` and return its summary (also in summary.json)."""
     out = Path(out)
-    clash = [n for n in (*OUTPUTS, "fp", "qat") if (out / n).exists()]
+    clash = [n for n in (*OUTPUTS, "fp", "qat", "audit") if (out / n).exists()]
     if clash and not overwrite:
         raise FileExistsError(f"{out} already holds {clash}; pass overwrite=True (--overwrite)")
     t_all = time.perf_counter()
     common = dict(data="digits", model="small_cnn", batch_size=config.batch_size,
                   optimizer="adam", weight_decay=0.0, seed=config.seed, channels_last=False,
-                  eval_batch_size=512, score_batch_size=512, limit_train=config.train_limit)
+                  eval_batch_size=512, score_batch_size=512, limit_train=config.train_limit,
+                  label_noise={"type": "symmetric", "rate": config.label_noise,
+                               "seed": config.seed} if config.label_noise else None)
     fp = run_training(TrainConfig(**common, mode="fp", epochs=config.fp_epochs, lr=3e-3,
                                   warmup_epochs=1), out / "fp", overwrite=True)
     qat = run_training(TrainConfig(
@@ -86,9 +107,11 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
         shutil.copyfile(out / src, out / f".{dst}.tmp")
         os.replace(out / f".{dst}.tmp", out / dst)
 
-    last = pq.read_table(rounds[-1]).to_pandas()
-    suspects = last[(last.pred != last.label) & (last.ref_pred != last.label)]
-    suspects = suspects.sort_values("evs", ascending=False).head(5)
+    result = audit(rounds, data=_demo_data(config), index=out / "index.parquet",
+                   true_labels=(out / "qat" / "labels.parquet") if config.label_noise else None)
+    result.write(out / "audit", data=_demo_data(config), overwrite=True)
+    top = result.to_pandas()
+    top = top[top.flag].sort_values("suspicion", ascending=False).head(5)
     metrics = [json.loads(x) for x in (out / "qat" / "metrics.jsonl").read_text().splitlines()]
     seconds = {"fp_train": fp["train_s"] + fp["eval_s"], "scoring": qat["scoring_s"],
                "selection": qat["selection_s"], "qat_train": qat["train_s"],
@@ -104,9 +127,17 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
         "samples_trained_qat": int(sum(m["subset_size"] for m in metrics)),
         "score_rows": scores.num_rows,
         "index_rows": index.num_rows,
-        "suspects": suspects[["sample_id", "label", "pred", "ref_pred", "evs", "ds"]]
-        .astype({"sample_id": int, "label": int, "pred": int, "ref_pred": int,
-                 "evs": float, "ds": float}).to_dict(orient="records"),
+        "audit": {"flagged": result.num_flagged, **result.kind_counts(),
+                  "planted": None if not result.metrics else result.metrics["flag"]["noisy"],
+                  **({k: result.metrics["flag"][k] for k in ("precision", "recall", "f1",
+                                                             "auroc")}
+                     if result.metrics else {})},
+        "suspects": [{"sample_id": int(r.sample_id), "given": int(r.given_label),
+                      "suggested": None if r.suggested_label != r.suggested_label
+                      else int(r.suggested_label), "kind": r.kind,
+                      "suspicion": float(r.suspicion),
+                      "true": None if r.true_label != r.true_label else int(r.true_label)}
+                     for r in top.itertuples()],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_s": round(time.perf_counter() - t_all, 3),
         "outputs": [str(out / n) for n in OUTPUTS],
@@ -133,12 +164,17 @@ def format_summary(s: dict) -> str:
         f"time: fp train {sec['fp_train']:.1f}s, scoring {sec['scoring']:.2f}s, selection "
         f"{sec['selection']:.3f}s, QAT {sec['qat_train']:.1f}s, eval {sec['eval']:.2f}s, "
         f"wall {s['wall_s']:.1f}s",
-        "most suspicious labels (student and reference both disagree, highest EVS):",
     ]
+    a = s["audit"]
+    line = (f"noise audit: {a['flagged']} flagged ({a['mislabeled']} mislabeled, "
+            f"{a['fragile']} quantization-fragile, {a['ambiguous']} ambiguous)")
+    if a.get("planted") is not None:
+        line += (f" of {a['planted']} planted flips: precision {a['precision']:.2f}, recall "
+                 f"{a['recall']:.2f}, AUROC {a['auroc']:.3f}")
+    lines.append(line)
     for r in s["suspects"]:
-        lines.append(f"  sample {r['sample_id']:5d}: given {r['label']}, student says {r['pred']}, "
-                     f"reference says {r['ref_pred']}, evs {r['evs']:.3f}")
-    if not s["suspects"]:
-        lines.append("  none")
+        truth = "" if r["true"] is None else f" (true {r['true']})"
+        lines.append(f"  sample {r['sample_id']:5d}: given {r['given']}{truth}, suggested "
+                     f"{r['suggested']}, {r['kind']}, suspicion {r['suspicion']:.3f}")
     lines.append("wrote " + ", ".join(s["outputs"]))
     return "\n".join(lines)

@@ -96,6 +96,9 @@ class TrainConfig:
     score_batch_size: int | None = None  # likewise
     limit_train: int | None = None  # only the first N training rows (smoke runs, tests)
     limit_test: int | None = None
+    # injected label noise for experiments, e.g. {type: symmetric, rate: 0.2, seed: 0}:
+    # training labels are flipped, and RUN_DIR/labels.parquet keeps the true ones
+    label_noise: dict | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name):
@@ -131,6 +134,17 @@ class TrainConfig:
             raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if self.label_noise is not None:
+            from .noise import NOISE_TYPES
+
+            ln = self.label_noise
+            if not isinstance(ln, dict) or set(ln) - {"type", "rate", "seed", "flips"} \
+                    or "rate" not in ln:
+                raise ValueError("label_noise must be a mapping with rate and optional type "
+                                 f"({'/'.join(NOISE_TYPES)}), seed and flips; got {ln!r}")
+            if ln.get("type", "symmetric") not in NOISE_TYPES:
+                raise ValueError(f"label_noise type must be one of {NOISE_TYPES}; got "
+                                 f"{ln.get('type')!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -352,6 +366,19 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         train = train.subset(np.arange(min(config.limit_train, len(train))))
     if config.limit_test:
         test = test.subset(np.arange(min(config.limit_test, len(test))))
+    if config.label_noise:
+        from .noise import inject_noise
+
+        ln = config.label_noise
+        noise = inject_noise(train.labels.numpy(), ln["rate"], ln.get("type", "symmetric"),
+                             seed=ln.get("seed", 0), num_classes=train.num_classes,
+                             flips=ln.get("flips"), class_names=train.class_names)
+        if main_rank:
+            noise.write(out / "labels.parquet", train.sample_ids,
+                        fingerprint=train.fingerprint, overwrite=True)
+        log.info("label noise: %d of %d training labels flipped (%s, rate %s)",
+                 int(noise.flipped.sum()), len(train), noise.noise_type, noise.rate)
+        train = train.with_labels(noise.labels)
     train_tf, eval_tf = default_transforms(train)
     in_ch = train.image_shape[0]
 

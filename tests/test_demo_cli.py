@@ -49,6 +49,27 @@ def test_demo_tables_follow_the_contracts(demo_run):
     assert json.loads((out / "summary.json").read_text())["index_rows"] == index.num_rows
 
 
+def test_demo_audit_finds_its_planted_label_noise(demo_run):
+    out, cfg, summary = demo_run
+    from coreset_curate.noise import read_labels
+
+    ids, noisy, true, meta = read_labels(out / "qat" / "labels.parquet")
+    assert (noisy != true).sum() == round(0.1 * 400) and meta["rate"] == 0.1
+    # the scores were made on the noisy labels
+    scores = pq.read_table(out / "scores.parquet")
+    last = scores.filter(pa.compute.equal(scores.column("epoch"), 2))
+    assert np.array_equal(last.column("label").to_numpy(), noisy)
+    a = summary["audit"]
+    assert a["planted"] == 40
+    # most flags are planted flips and most flips are flagged (a random flag set of the
+    # same size would have precision near 0.1)
+    assert a["precision"] > 0.6 and a["recall"] > 0.6 and a["auroc"] > 0.9
+    page = (out / "audit" / "report.html").read_text()
+    assert "Noise audit" in page and "Against the true labels" in page
+    audit_table = pq.read_table(out / "audit" / "audit.parquet")
+    assert audit_table.num_rows == 400
+
+
 def test_demo_refuses_to_overwrite(demo_run):
     out, cfg, _ = demo_run
     before = (out / "index.parquet").read_bytes()
@@ -90,3 +111,25 @@ def test_cli_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cli_noise_and_audit(demo_run, tmp_path):
+    out, _, _ = demo_run
+    r = _cli("noise", "--data", "digits", "--rate", "0.2", "--seed", "1",
+             "--out", str(tmp_path / "labels.parquet"))
+    assert r.returncode == 0, r.stderr
+    labels = pq.read_table(tmp_path / "labels.parquet")
+    flipped = (labels.column("label").to_numpy() != labels.column("true_label").to_numpy())
+    assert flipped.sum() == round(0.2 * 1437)
+    rounds = sorted(str(p) for p in (out / "qat" / "scores").glob("epoch_*.parquet"))
+    r = _cli("audit", "--scores", *rounds, "--index", str(out / "index.parquet"),
+             "--true-labels", str(out / "qat" / "labels.parquet"), "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert "flagged" in r.stdout and "AUROC" in r.stdout
+    table = pq.read_table(tmp_path / "a" / "audit.parquet")
+    assert table.num_rows == 400
+    assert "Flagged share of each epoch" in (tmp_path / "a" / "report.html").read_text()
+    # scores of a 400-sample subset audited against the whole digits split: a clear error
+    r = _cli("audit", "--scores", *rounds, "--data", "digits", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "other ids" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b").exists()

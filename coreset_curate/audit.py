@@ -1,0 +1,380 @@
+"""Noise audit: which samples look mislabeled, and which only trouble the quantized model.
+
+    result = audit(["run/scores/epoch_000.parquet", ...], data=data)   # one or more rounds
+    result.write("audit/")        # audit.parquet, report.html, summary.md
+
+**Suspicion** (higher = more likely mislabeled) comes from the score rounds of the
+quantized student: by default ``1 - mean(prob_label)`` over the rounds (the area under
+the self-confidence curve: a mislabeled sample stays unlikely under its given label
+through training, a hard one is learned); ``aum`` uses the mean margin instead and
+``evs`` the mean error vector score. One round works; more rounds add the dynamics
+(``prob_label_std`` and ``aum`` are in the table either way).
+
+**Flags** use thresholds estimated per class from the data, confident-learning style:
+in each round the threshold of class j is the mean self-confidence of the samples labeled
+j, and a sample labeled i counts towards the confident joint C[i, j] when the student
+predicts j with probability at least class j's threshold. The off-diagonal share of row
+i, scaled to class i's size, estimates how many of class i's labels are wrong; the
+estimate is averaged over the rounds (a late round alone undercounts once the model has
+begun to fit wrong labels), and that many samples of class i, the most suspicious first,
+are flagged. No single global cut. The joint undercounts when wrong labels are predicted
+with less confidence than right ones (they then fall out of the joint altogether);
+``count="gap"`` makes a class the joint finds noisy flag at least the samples above the
+cut that best splits its own suspicion in two (Otsu). That recovers the missed ones when
+the split is clean (large classes, a well-trained student) and overshoots when it is not
+(small classes, a weak student), so the joint's count alone is the default.
+
+**Kind** of a flagged sample, from the full-precision reference's columns:
+``mislabeled`` when the reference also disagrees with the given label (it predicts
+another class, below its own threshold for the label), ``fragile`` when the reference
+agrees with the label confidently (only the quantized model struggles), ``ambiguous``
+otherwise, and ``unknown`` without a reference. A reference that memorised the noisy
+labels calls mislabeled samples fragile, so it should not have been trained to 100%
+training accuracy on the labels being audited.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .selection import load_rounds
+from .tables import make_metadata, read_table, validate_index, with_metadata
+
+__all__ = ["AUDIT_SCHEMA", "COUNTS", "KINDS", "SUSPICIONS", "AuditResult", "audit", "flag_metrics"]
+
+KINDS = ("mislabeled", "fragile", "ambiguous", "unknown")
+COUNTS = ("confident_joint", "gap")
+SUSPICIONS = ("prob", "aum", "evs")
+
+AUDIT_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.int64(), nullable=False),
+    pa.field("suspicion", pa.float32(), nullable=False),
+    pa.field("flag", pa.bool_(), nullable=False),
+    pa.field("kind", pa.string()),  # null for samples that are not flagged
+    pa.field("given_label", pa.int64(), nullable=False),
+    pa.field("suggested_label", pa.int64()),  # null when no model suggests another class
+    pa.field("prob_label_mean", pa.float32(), nullable=False),
+    pa.field("prob_label_std", pa.float32(), nullable=False),
+    pa.field("aum", pa.float32(), nullable=False),
+    pa.field("evs", pa.float32(), nullable=False),
+    pa.field("ds", pa.float32()),
+    pa.field("ref_pred", pa.int64()),
+    pa.field("ref_prob_label", pa.float32()),
+    pa.field("true_label", pa.int64()),  # only when true labels were given
+])
+
+_COLUMNS = ("evs", "ds", "margin", "pred", "prob_label", "max_prob", "ref_pred",
+            "ref_prob_label")
+
+
+@dataclass
+class AuditResult:
+    """The audit table and what the report shows beside it."""
+
+    table: pa.Table
+    class_names: list[str]
+    epochs: list[int]
+    thresholds: np.ndarray  # per class, student self-confidence (last round)
+    ref_thresholds: np.ndarray | None
+    class_counts: np.ndarray
+    noise_rates: np.ndarray  # per class, estimated share of wrong labels
+    confident_joint: np.ndarray  # classes x classes, calibrated to the class counts
+    suspicion: str
+    metrics: dict | None = None  # precision/recall/F1/AUROC when true labels are known
+    subset_share: list[dict] | None = None  # per index epoch: flagged share of the subset
+    sources: list[str] = field(default_factory=list)
+    fingerprint: dict | None = None
+
+    @property
+    def num_flagged(self) -> int:
+        return int(np.asarray(self.table.column("flag")).sum())
+
+    def kind_counts(self) -> dict[str, int]:
+        kinds = self.table.column("kind").to_pylist()
+        return {k: sum(1 for v in kinds if v == k) for k in KINDS}
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+    def write(self, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
+              max_examples: int = 48) -> dict[str, Path]:
+        """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``."""
+        from .report import write_report
+
+        return write_report(self, out_dir, data=data, overwrite=overwrite,
+                            max_examples=max_examples)
+
+
+def _aligned(rounds, ids: np.ndarray, name: str) -> np.ndarray:
+    """rounds x samples array of column ``name`` (NaN where a round lacks the sample)."""
+    out = np.full((len(rounds), len(ids)), np.nan)
+    for r, rnd in enumerate(rounds):
+        if name not in rnd:
+            continue
+        rid = rnd["sample_id"]
+        pos = np.searchsorted(rid, ids).clip(0, max(len(rid) - 1, 0))
+        present = rid[pos] == ids
+        out[r, present] = rnd[name][pos[present]]
+    return out
+
+
+def _per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    ok = np.isfinite(values)
+    sums = np.bincount(labels[ok], weights=values[ok], minlength=k)
+    counts = np.bincount(labels[ok], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _confident_joint(labels, pred, p_label, p_pred, thresholds, k) -> np.ndarray:
+    """Confident joint C[given, confident class], each row scaled to its class count."""
+    t_label = thresholds[labels]
+    same = (pred == labels) & (p_label >= t_label)
+    other = (pred != labels) & np.isfinite(p_pred) & (p_pred >= thresholds[pred.clip(0, k - 1)])
+    joint = np.zeros((k, k))
+    np.add.at(joint, (labels[same], labels[same]), 1.0)
+    np.add.at(joint, (labels[other], pred[other]), 1.0)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    rows = joint.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(rows > 0, joint / np.maximum(rows, 1) * counts[:, None], 0.0)
+    return scaled
+
+
+def _flags(suspicion: np.ndarray, labels: np.ndarray, n_flag: np.ndarray) -> np.ndarray:
+    """In every class c, the n_flag[c] most suspicious samples (ties by sample order)."""
+    flag = np.zeros(len(labels), dtype=bool)
+    order = np.lexsort((np.arange(len(labels)), -suspicion, labels))  # by class, then score
+    starts = np.searchsorted(labels[order], np.arange(len(n_flag)))
+    for c, start in enumerate(starts):
+        if n_flag[c] > 0:
+            flag[order[start : start + int(n_flag[c])]] = True
+    return flag
+
+
+def _otsu_counts(suspicion: np.ndarray, labels: np.ndarray, k: int, bins: int = 256
+                 ) -> np.ndarray:
+    """Per class, how many samples lie above the cut that best splits the class's
+    suspicion into two groups (Otsu: the largest between-group variance)."""
+    out = np.zeros(k, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    for c in range(k):  # one histogram per class
+        v = suspicion[order[bounds[c] : bounds[c + 1]]]
+        if len(v) < 2 or v.max() <= v.min():
+            continue
+        hist, edges = np.histogram(v, bins=bins)
+        w0 = np.cumsum(hist)[:-1].astype(np.float64)
+        w1 = len(v) - w0
+        centers = (edges[:-1] + edges[1:]) / 2
+        s0 = np.cumsum(hist * centers)[:-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            between = w0 * w1 * (s0 / w0 - (s0[-1] + hist[-1] * centers[-1] - s0) / w1) ** 2
+        cut = int(np.nanargmax(np.where((w0 > 0) & (w1 > 0), between, -1.0)))
+        out[c] = int((v > edges[cut + 1]).sum())
+    return out
+
+
+def flag_metrics(flag: np.ndarray, suspicion: np.ndarray, noisy: np.ndarray) -> dict:
+    """Precision, recall and F1 of ``flag`` and AUROC of ``suspicion`` against the mask of
+    samples whose label is really wrong."""
+    from sklearn.metrics import roc_auc_score
+
+    flag, noisy = np.asarray(flag, bool), np.asarray(noisy, bool)
+    tp = int((flag & noisy).sum())
+    precision = tp / flag.sum() if flag.any() else 0.0
+    recall = tp / noisy.sum() if noisy.any() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auroc = (float(roc_auc_score(noisy, suspicion)) if 0 < noisy.sum() < len(noisy)
+             else None)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "auroc": auroc, "flagged": int(flag.sum()), "noisy": int(noisy.sum()),
+            "true_positives": tp}
+
+
+def _true_labels(true_labels, ids: np.ndarray) -> np.ndarray:
+    """True labels aligned to ``ids``: an array in id order, or a labels table path."""
+    if isinstance(true_labels, (str, os.PathLike)):
+        from .noise import read_labels
+
+        t_ids, _, t_true, _ = read_labels(true_labels)
+        pos = np.searchsorted(t_ids, ids).clip(0, max(len(t_ids) - 1, 0))
+        if len(t_ids) == 0 or not (t_ids[pos] == ids).all():
+            raise ValueError(f"{true_labels} does not cover every audited sample_id")
+        return t_true[pos]
+    arr = np.asarray(true_labels)
+    if arr.shape != ids.shape:
+        raise ValueError(f"true_labels has shape {arr.shape}; expected one label per audited "
+                         f"sample ({len(ids)}, in sample_id order)")
+    return arr.astype(np.int64)
+
+
+def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
+          suspicion: str = "prob", count: str = "confident_joint", true_labels=None,
+          index=None) -> AuditResult:
+    """Audit the labels of the samples in ``scores`` (see module doc).
+
+    ``scores``: score tables (paths, pyarrow tables or DataFrames), one per scoring round
+    or several rounds in one. ``data``: the ``ImageData`` the scores came from (class
+    names, thumbnails in the report; its length and ids must match). ``true_labels``: the
+    real labels when the noise is known (an array in sample_id order or a labels table
+    from ``inject_noise``/``coreset-curate noise``), adds precision, recall, F1 and AUROC.
+    ``index``: a run's index (path or table), adds the flagged share of every epoch's
+    subset.
+    """
+    if suspicion not in SUSPICIONS:
+        raise ValueError(f"suspicion must be one of {SUSPICIONS}; got {suspicion!r}")
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}; got {count!r}")
+    sr = load_rounds(scores, _COLUMNS)
+    rounds, last = sr.rounds, sr.rounds[-1]
+    for c in ("prob_label", "pred", "margin", "evs"):
+        if c not in last:
+            raise ValueError(f"the score tables lack column {c!r}, which the audit needs")
+    ids = last["sample_id"].astype(np.int64)
+    labels = last["label"].astype(np.int64)
+    if data is not None:
+        if len(data) != len(ids) or not np.array_equal(np.sort(data.sample_ids), ids):
+            raise ValueError(f"data has {len(data)} samples but the last score round covers "
+                             f"{len(ids)} other ids: audit the scores of this dataset")
+        class_names = list(data.class_names)
+    k = int(labels.max()) + 1
+    names = list(class_names) if class_names else [str(i) for i in range(k)]
+    if len(names) < k:
+        raise ValueError(f"{len(names)} class names for labels up to {k - 1}")
+    k = len(names)
+
+    prob = _aligned(rounds, ids, "prob_label")
+    p_mean = np.nanmean(prob, axis=0)
+    p_std = np.nanstd(prob, axis=0)
+    aum = np.nanmean(_aligned(rounds, ids, "margin"), axis=0)
+    evs_mean = np.nanmean(_aligned(rounds, ids, "evs"), axis=0)
+    susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
+
+    # per-class thresholds and a calibrated confident joint for every round, averaged: a
+    # late round alone undercounts once the model starts to fit the wrong labels
+    counts = np.bincount(labels, minlength=k)
+    joints = []
+    for rnd in rounds:
+        r_lab = rnd["label"].astype(np.int64)
+        r_pred = rnd["pred"].astype(np.int64).clip(0, k - 1)
+        r_p = rnd["prob_label"].astype(np.float64)
+        t_r = np.nan_to_num(_per_class_mean(r_p, r_lab, k), nan=1.0)
+        if "max_prob" in rnd:
+            p_pred = np.where(r_pred == r_lab, r_p, rnd["max_prob"].astype(np.float64))
+        else:  # tables without max_prob: any disagreement counts as confident
+            p_pred = np.where(r_pred == r_lab, r_p, np.inf)
+        j = _confident_joint(r_lab, r_pred, r_p, p_pred, t_r, k)
+        # rounds that cover only part of the samples are scaled to the audited counts
+        r_counts = np.bincount(r_lab, minlength=k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            j = j * np.where(r_counts > 0, counts / np.maximum(r_counts, 1), 0.0)[:, None]
+        joints.append(j)
+    joint = np.mean(joints, axis=0)
+    thresholds = _per_class_mean(last["prob_label"].astype(np.float64), labels, k)
+    n_flag = np.rint(joint.sum(1) - np.diag(joint)).astype(np.int64).clip(0, counts)
+    if count == "gap":  # where the joint finds noise, also take the gap in the suspicion
+        gap = np.minimum(_otsu_counts(susp, labels, k), counts // 2)
+        n_flag = np.where(n_flag > 0, np.maximum(n_flag, gap), 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise_rates = np.where(counts > 0, n_flag / np.maximum(counts, 1), 0.0)
+    pred = last["pred"].astype(np.int64)
+    flag = _flags(susp, labels, n_flag)
+
+    # the reference's view: kind of every flagged sample, and a suggestion
+    ref_pred = last.get("ref_pred")
+    ref_prob = last.get("ref_prob_label")
+    has_ref = (ref_pred is not None and ref_prob is not None
+               and np.isfinite(np.asarray(ref_prob, np.float64)).all())
+    kind = np.full(len(ids), None, dtype=object)
+    ref_thresholds = None
+    if has_ref:
+        ref_pred = np.asarray(ref_pred).astype(np.int64)
+        ref_prob = np.asarray(ref_prob, np.float64)
+        ref_thresholds = _per_class_mean(ref_prob, labels, k)
+        r_t = ref_thresholds[labels]
+        kind_all = np.where((ref_pred != labels) & (ref_prob < r_t), "mislabeled",
+                            np.where((ref_pred == labels) & (ref_prob >= r_t), "fragile",
+                                     "ambiguous"))
+        kind[flag] = kind_all[flag]
+    else:
+        kind[flag] = "unknown"
+    suggested = np.where(pred != labels, pred, -1)
+    if has_ref:
+        suggested = np.where((suggested < 0) & (ref_pred != labels), ref_pred, suggested)
+
+    cols = {
+        "sample_id": ids, "suspicion": susp.astype(np.float32), "flag": flag,
+        "kind": kind.tolist(), "given_label": labels,
+        "suggested_label": pa.array(suggested, pa.int64(), mask=suggested < 0),
+        "prob_label_mean": p_mean.astype(np.float32), "prob_label_std": p_std.astype(np.float32),
+        "aum": aum.astype(np.float32), "evs": last["evs"].astype(np.float32),
+        "ds": _nullable(last.get("ds"), pa.float32(), len(ids)),
+        "ref_pred": _nullable(ref_pred if has_ref else None, pa.int64(), len(ids)),
+        "ref_prob_label": _nullable(ref_prob if has_ref else None, pa.float32(), len(ids)),
+    }
+    metrics, true = None, None
+    if true_labels is not None:
+        true = _true_labels(true_labels, ids)
+        cols["true_label"] = true
+        wrong = true != labels
+        metrics = {"flag": flag_metrics(flag, susp, wrong),
+                   "mislabeled_kind": flag_metrics(kind == "mislabeled", susp, wrong),
+                   "true_noise_rate": float(wrong.mean())}
+    else:
+        cols["true_label"] = pa.nulls(len(ids), pa.int64())
+    table = pa.table({f.name: pa.array(cols[f.name], f.type) if not isinstance(
+        cols[f.name], pa.Array) else cols[f.name] for f in AUDIT_SCHEMA}, schema=AUDIT_SCHEMA)
+    shares = (_subset_shares(index, ids, flag, kind, true, labels) if index is not None
+              else None)
+    table = with_metadata(table, make_metadata(
+        kind="audit", suspicion=suspicion, epochs=sr.epochs, sources=sr.sources,
+        fingerprint=sr.fingerprint, class_names=names,
+        thresholds=_floats(thresholds), noise_rates=_floats(noise_rates),
+        ref_thresholds=_floats(ref_thresholds) if ref_thresholds is not None else None,
+        metrics=metrics))
+    return AuditResult(table=table, class_names=names, epochs=sr.epochs,
+                       thresholds=thresholds, ref_thresholds=ref_thresholds,
+                       class_counts=counts, noise_rates=noise_rates, confident_joint=joint,
+                       suspicion=suspicion, metrics=metrics, subset_share=shares,
+                       sources=sr.sources, fingerprint=sr.fingerprint)
+
+
+def _nullable(values, typ: pa.DataType, n: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(n, typ)
+    v = np.asarray(values, np.float64)
+    return pa.array(v, pa.float64(), mask=~np.isfinite(v)).cast(typ)
+
+
+def _floats(a) -> list:
+    return [None if not np.isfinite(x) else round(float(x), 6) for x in np.asarray(a, float)]
+
+
+def _subset_shares(index, ids, flag, kind, true, labels) -> list[dict]:
+    """For every epoch of a run's index: subset size, flagged and mislabeled-kind share,
+    and (with true labels) the share of really noisy samples."""
+    table = index if isinstance(index, pa.Table) else read_table(index)
+    table = validate_index(table, "index" if isinstance(index, pa.Table) else str(index))
+    epochs = np.asarray(table.column("epoch").to_numpy())
+    sid = np.asarray(table.column("sample_id").to_numpy(), np.int64)
+    pos = np.searchsorted(ids, sid).clip(0, len(ids) - 1)
+    if not (ids[pos] == sid).all():
+        raise ValueError("the index names sample ids that the score tables do not have")
+    mis = np.asarray([k == "mislabeled" for k in kind])
+    wrong = None if true is None else (np.asarray(true) != labels)
+    out = []
+    for e in np.unique(epochs):
+        p = pos[epochs == e]
+        row = {"epoch": int(e), "size": int(len(p)), "flagged": float(flag[p].mean()),
+               "mislabeled_kind": float(mis[p].mean())}
+        if wrong is not None:
+            row["truly_noisy"] = float(wrong[p].mean())
+        out.append(row)
+    return out
