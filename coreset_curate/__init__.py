@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_subset": "hf", "export_subset": "hf",
     "SubsetSampler": "sampler", "DistributedSubsetSampler": "sampler",
     "TrainConfig": "trainer", "load_recipe": "trainer", "run_training": "trainer",
-    "audit": "audit", "AuditResult": "audit", "inject_noise": "noise",
+    "AuditResult": "audit", "inject_noise": "noise",
     "write_report": "report",
 }
 
