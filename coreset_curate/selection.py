@@ -602,10 +602,12 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
     if len(cols["sample_id"]) == 0:
         raise TableError("the score tables have no rows")
     for c, v in cols.items():
-        if v.dtype.kind == "f" and c not in ("ds", "ref_prob_label", "ref_pred"):
-            if not np.isfinite(v).all():
-                raise TableError(f"score column {c!r} has {int((~np.isfinite(v)).sum())} NaN or "
-                                 "infinite values")
+        if v.dtype.kind != "f" or v.ndim != 1:
+            continue
+        # columns that may be null (read as NaN) may not be infinite; the others neither NaN
+        bad = np.isinf(v) if c in ("ds", "ref_prob_label", "ref_pred") else ~np.isfinite(v)
+        if bad.any():
+            raise TableError(f"score column {c!r} has {int(bad.sum())} NaN or infinite values")
     if cols["label"].min() < 0:
         raise TableError("labels must be non-negative class indices")
     cols["label"] = _small_ints(cols["label"])

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,6 +135,11 @@ class TrainConfig:
             raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if self.teacher_sha256 is not None and not (
+                isinstance(self.teacher_sha256, str)
+                and re.fullmatch(r"[0-9a-f]{64}", self.teacher_sha256.lower())):
+            raise ValueError("teacher_sha256 must be a 64-character hex string (quote it in "
+                             f"YAML); got {self.teacher_sha256!r}")
         if self.label_noise is not None:
             from .noise import NOISE_TYPES
 
