@@ -694,7 +694,9 @@ def index_table(selections: dict[int, Selection], *, metadata: dict | None = Non
     cols = [np.concatenate([p[i] for p in parts]) if parts else np.array([], dtype=dt)
             for i, dt in enumerate((np.int32, np.int64, np.float32))]
     table = pa.table(dict(zip(INDEX_SCHEMA.names, cols)), schema=INDEX_SCHEMA)
-    return with_metadata(table, make_metadata(**(metadata or {})))
+    # no creation time: the same scores, method and seed give a byte-identical index
+    meta = {k: v for k, v in make_metadata(**(metadata or {})).items() if k != "created"}
+    return with_metadata(table, meta)
 
 
 def merge_index(existing: pa.Table, new: pa.Table) -> pa.Table:

@@ -315,6 +315,13 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *,
     return list(result.missing_keys)
 
 
+def _logged_epoch(line: str) -> int:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn or foreign line: dropped
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -460,8 +467,14 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                   "options": config.method_options, "fingerprint": train.fingerprint,
                   "sources": []}
     metrics_path = out / "metrics.jsonl"
-    if main_rank and start_epoch == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    if main_rank and metrics_path.exists():
+        # keep the lines of the epochs the checkpoint holds: a run killed between logging an
+        # epoch and checkpointing it logs that epoch again when resumed
+        kept = [line for line in metrics_path.read_text().splitlines()
+                if line.strip() and _logged_epoch(line) < start_epoch]
+        tmp = metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, metrics_path)
     top1 = None
     ref_outputs = None
     end_epoch = config.epochs if stop_after is None else min(config.epochs,
