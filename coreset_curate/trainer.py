@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = False  # deterministic kernels (bit-exact GPU runs, slower)
     num_threads: int | None = None
     eval_batch_size: int | None = None  # None: 256 on CPU (fastest there), 1024 on CUDA
     score_batch_size: int | None = None  # likewise
@@ -367,7 +368,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if device.type == "cuda":
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
     eval_bs = config.eval_batch_size or inference_batch_size(device)
     score_bs = config.score_batch_size or inference_batch_size(device)

@@ -89,6 +89,21 @@ def test_batch_size_does_not_change_scores_and_runs_repeat(setup):
     assert b.equals(c)
 
 
+def test_thread_count_does_not_change_scores(setup):
+    data, _, eval_tf, student, ref = setup
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = score_dataset(student, data, ref, transform=eval_tf).to_pandas()
+        torch.set_num_threads(2)
+        two = score_dataset(student, data, ref, transform=eval_tf).to_pandas()
+    finally:
+        torch.set_num_threads(before)
+    for col in ("evs", "ds", "loss", "margin", "entropy", "prob_label", "grand_last"):
+        assert np.abs(one[col].to_numpy() - two[col].to_numpy()).max() <= 1e-5, col
+    assert (one["pred"] == two["pred"]).all()
+
+
 def test_without_reference_the_reference_columns_are_null(setup):
     data, _, eval_tf, student, _ = setup
     table = score_dataset(student, data, transform=eval_tf)
