@@ -24,6 +24,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +315,9 @@ def _parquet_files(text: str, split: str) -> list[str]:
     elif path.is_file():
         files = [str(path)]
     elif path.is_dir():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", split) or ".." in split:
+            raise ValueError(f"split name {split!r} may hold only letters, digits, '.', '-' "
+                             "and '_' (it names files inside the dataset folder)")
         files = []
         for pattern in (f"{split}-*.parquet", f"{split}.parquet", f"{split}/*.parquet",
                         f"*/{split}-*.parquet", f"*/{split}/*.parquet"):

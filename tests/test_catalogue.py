@@ -42,7 +42,11 @@ def fx(tmp_path_factory):
                  "--fraction", "0.1", "--epoch", "0", "--epochs", "4", "--reselect-every", "4",
                  "--out", str(d / "index.parquet")]) == 0
     scores = pq.read_table(d / "scores.parquet")
-    return {"dir": d, "scores": d / "scores.parquet", "index": d / "index.parquet",
+    from coreset_curate.data import load_data, to_hf_dataset
+
+    to_hf_dataset(load_data("digits", "train")).to_parquet(
+        str(d / "pq" / "train-00000-of-00001.parquet"))
+    return {"dir": d, "parquet_dir": d / "pq", "scores": d / "scores.parquet", "index": d / "index.parquet",
             "fp": d / "fp.pt", "table": scores}
 
 
@@ -151,6 +155,9 @@ CATALOGUE = [
     ("index of another dataset", lambda fx, t: ["export", "--data", "digits", "--split", "test",
                                                 "--index", fx["index"], "--epoch", "0",
                                                 "--out", t / "e"], "another dataset"),
+    ("split name that leaves the dataset folder", lambda fx, t: [
+        "export", "--data", fx["parquet_dir"], "--split", "../pq/train", "--index", fx["index"],
+        "--epoch", "0", "--out", t / "e"], "split name"),
     ("export folder exists", lambda fx, t: ["export", "--data", "digits", "--index",
                                             fx["index"], "--epoch", "0", "--out",
                                             _export_dir(t)], "exists"),
