@@ -112,11 +112,10 @@ def _confusion(result) -> tuple[list[int], list[list[int]]]:
     t = result.table
     flag = np.asarray(t.column("flag"))
     given = np.asarray(t.column("given_label"))[flag]
-    sugg = t.column("suggested_label").to_numpy(zero_copy_only=False)[flag]
+    sugg = t.column("suggested_label").fill_null(-1).to_numpy()[flag]
     k = len(result.class_names)
     m = np.zeros((k, k + 1), dtype=np.int64)  # last column: no suggestion
-    for g, s in zip(given, sugg):  # flagged samples only: a small loop
-        m[g, k if s is None or not np.isfinite(s) else int(s)] += 1
+    np.add.at(m, (given, np.where(sugg < 0, k, sugg)), 1)
     return list(range(k)), m.tolist()
 
 
