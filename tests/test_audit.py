@@ -183,6 +183,14 @@ def test_kind_splits_mislabeled_from_quantization_fragile():
     assert result.metrics["mislabeled_kind"]["recall"] == 1.0
     sugg = np.asarray(result.table.column("suggested_label").to_pylist(), dtype=object)
     assert (sugg[mis] == true[mis]).all()
+    # the report's given-vs-suggested table counts exactly the flagged pairs
+    from coreset_curate.report import _confusion
+
+    table = np.array(_confusion(result)[1])
+    expected = np.zeros((k, k + 1), dtype=int)
+    for g, s_ in zip(given[flag], sugg[flag]):
+        expected[g, k if s_ is None else s_] += 1
+    assert np.array_equal(table, expected)
 
 
 def test_without_a_reference_kind_is_unknown():
