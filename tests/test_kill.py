@@ -86,9 +86,7 @@ def test_killed_select_leaves_the_old_index_and_resumes_identically(big_scores, 
         code = _kill_after([*sel, "--epoch", "4", "--out", index], rnd.uniform(0.5, 3.0))
         assert index.read_bytes() in (old, clean.read_bytes())
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        if code == -signal.SIGKILL:
-            killed += 1
-            assert index.read_bytes() == old or code == 0
+        killed += code == -signal.SIGKILL  # (a kill may land just after the rename)
         if index.read_bytes() != old:
             break
     assert killed >= 1  # at least one kill landed before the command finished
