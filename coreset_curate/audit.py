@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .selection import load_rounds
+from .selection import aligned_column, load_rounds
 from .tables import make_metadata, read_table, validate_index, with_metadata
 
 __all__ = ["AUDIT_SCHEMA", "COUNTS", "KINDS", "SUSPICIONS", "AuditResult", "audit", "flag_metrics"]
@@ -111,19 +111,6 @@ class AuditResult:
                             max_examples=max_examples)
 
 
-def _aligned(rounds, ids: np.ndarray, name: str) -> np.ndarray:
-    """rounds x samples array of column ``name`` (NaN where a round lacks the sample)."""
-    out = np.full((len(rounds), len(ids)), np.nan)
-    for r, rnd in enumerate(rounds):
-        if name not in rnd:
-            continue
-        rid = rnd["sample_id"]
-        pos = np.searchsorted(rid, ids).clip(0, max(len(rid) - 1, 0))
-        present = rid[pos] == ids
-        out[r, present] = rnd[name][pos[present]]
-    return out
-
-
 def _per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     ok = np.isfinite(values)
     sums = np.bincount(labels[ok], weights=values[ok], minlength=k)
@@ -132,19 +119,17 @@ def _per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def _confident_joint(labels, pred, p_label, p_pred, thresholds, k) -> np.ndarray:
-    """Confident joint C[given, confident class], each row scaled to its class count."""
+def _confident_joint(labels, pred, p_label, p_pred, thresholds, row_sizes) -> np.ndarray:
+    """Confident joint C[given, confident class], row i scaled to sum to row_sizes[i]."""
+    k = len(row_sizes)
     t_label = thresholds[labels]
     same = (pred == labels) & (p_label >= t_label)
     other = (pred != labels) & np.isfinite(p_pred) & (p_pred >= thresholds[pred.clip(0, k - 1)])
     joint = np.zeros((k, k))
     np.add.at(joint, (labels[same], labels[same]), 1.0)
     np.add.at(joint, (labels[other], pred[other]), 1.0)
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
     rows = joint.sum(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = np.where(rows > 0, joint / np.maximum(rows, 1) * counts[:, None], 0.0)
-    return scaled
+    return np.where(rows > 0, joint / np.maximum(rows, 1) * row_sizes[:, None], 0.0)
 
 
 def _flags(suspicion: np.ndarray, labels: np.ndarray, n_flag: np.ndarray) -> np.ndarray:
@@ -250,11 +235,11 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         raise ValueError(f"{len(names)} class names for labels up to {k - 1}")
     k = len(names)
 
-    prob = _aligned(rounds, ids, "prob_label")
+    prob = aligned_column(rounds, ids, "prob_label")
     p_mean = np.nanmean(prob, axis=0)
     p_std = np.nanstd(prob, axis=0)
-    aum = np.nanmean(_aligned(rounds, ids, "margin"), axis=0)
-    evs_mean = np.nanmean(_aligned(rounds, ids, "evs"), axis=0)
+    aum = np.nanmean(aligned_column(rounds, ids, "margin"), axis=0)
+    evs_mean = np.nanmean(aligned_column(rounds, ids, "evs"), axis=0)
     susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
 
     # per-class thresholds and a calibrated confident joint for every round, averaged: a
@@ -270,12 +255,9 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
             p_pred = np.where(r_pred == r_lab, r_p, rnd["max_prob"].astype(np.float64))
         else:  # tables without max_prob: any disagreement counts as confident
             p_pred = np.where(r_pred == r_lab, r_p, np.inf)
-        j = _confident_joint(r_lab, r_pred, r_p, p_pred, t_r, k)
-        # rounds that cover only part of the samples are scaled to the audited counts
-        r_counts = np.bincount(r_lab, minlength=k)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            j = j * np.where(r_counts > 0, counts / np.maximum(r_counts, 1), 0.0)[:, None]
-        joints.append(j)
+        # scaled to the audited class sizes, also for a round that covers only part
+        joints.append(_confident_joint(r_lab, r_pred, r_p, p_pred, t_r,
+                                       counts.astype(np.float64)))
     joint = np.mean(joints, axis=0)
     thresholds = _per_class_mean(last["prob_label"].astype(np.float64), labels, k)
     n_flag = np.rint(joint.sum(1) - np.diag(joint)).astype(np.int64).clip(0, counts)

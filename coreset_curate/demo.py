@@ -107,9 +107,10 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
         shutil.copyfile(out / src, out / f".{dst}.tmp")
         os.replace(out / f".{dst}.tmp", out / dst)
 
-    result = audit(rounds, data=_demo_data(config), index=out / "index.parquet",
+    data = _demo_data(config)
+    result = audit(rounds, data=data, index=out / "index.parquet",
                    true_labels=(out / "qat" / "labels.parquet") if config.label_noise else None)
-    result.write(out / "audit", data=_demo_data(config), overwrite=True)
+    result.write(out / "audit", data=data, overwrite=True)
     top = result.to_pandas()
     top = top[top.flag].sort_values("suspicion", ascending=False).head(5)
     metrics = [json.loads(x) for x in (out / "qat" / "metrics.jsonl").read_text().splitlines()]

@@ -364,14 +364,9 @@ def _random_epoch(ctx: SelectionContext) -> Selection:
 def _forgetting(ctx: SelectionContext) -> Selection:
     """Most forgetting events (correct in one round, wrong in the next) across the rounds
     up to the epoch; samples never predicted correctly rank above all others."""
-    ids = ctx.ids
-    correct = []
-    for rnd in ctx.rounds:
-        pos = np.searchsorted(rnd["sample_id"], ids).clip(0, len(rnd["sample_id"]) - 1)
-        present = rnd["sample_id"][pos] == ids
-        ok = (rnd["pred"][pos] == rnd["label"][pos]) & present
-        correct.append(np.where(present, ok, np.nan))
-    c = np.stack(correct)  # rounds x samples, NaN where a round lacks the sample
+    pred = aligned_column(ctx.rounds, ctx.ids, "pred")
+    label = aligned_column(ctx.rounds, ctx.ids, "label")
+    c = np.where(np.isnan(pred), np.nan, pred == label)  # rounds x samples, NaN: absent
     prev, nxt = c[:-1], c[1:]
     events = np.nansum((prev == 1) & (nxt == 0), axis=0)
     never = ~(c == 1).any(axis=0)
@@ -497,6 +492,22 @@ class ScoreRounds:
     rounds: list[dict[str, np.ndarray]]
     fingerprint: dict | None
     sources: list[str]
+
+
+def aligned_column(rounds: list[dict[str, np.ndarray]], ids: np.ndarray, name: str
+                   ) -> np.ndarray:
+    """rounds x len(ids) float array of column ``name`` of every round, aligned to ``ids``
+    (each round's rows are sorted by sample_id); NaN where a round lacks the sample or the
+    column."""
+    out = np.full((len(rounds), len(ids)), np.nan)
+    for r, rnd in enumerate(rounds):
+        if name not in rnd or len(rnd["sample_id"]) == 0:
+            continue
+        rid = rnd["sample_id"]
+        pos = np.searchsorted(rid, ids).clip(0, len(rid) - 1)
+        present = rid[pos] == ids
+        out[r, present] = rnd[name][pos[present]]
+    return out
 
 
 def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
