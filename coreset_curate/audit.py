@@ -124,7 +124,8 @@ def _confident_joint(labels, pred, p_label, p_pred, thresholds, row_sizes) -> np
     k = len(row_sizes)
     t_label = thresholds[labels]
     same = (pred == labels) & (p_label >= t_label)
-    other = (pred != labels) & np.isfinite(p_pred) & (p_pred >= thresholds[pred.clip(0, k - 1)])
+    # (a NaN p_pred compares False; the +inf of tables without max_prob always counts)
+    other = (pred != labels) & (p_pred >= thresholds[pred.clip(0, k - 1)])
     joint = np.zeros((k, k))
     np.add.at(joint, (labels[same], labels[same]), 1.0)
     np.add.at(joint, (labels[other], pred[other]), 1.0)

@@ -297,3 +297,12 @@ def test_trainer_label_noise_key_is_checked():
     with pytest.raises(ValueError, match="label_noise must be"):
         TrainConfig(label_noise={"rate": 0.1, "colour": "red"})
     assert TrainConfig(label_noise={"rate": 0.2, "seed": 3}).label_noise["rate"] == 0.2
+
+
+def test_tables_without_max_prob_still_flag_planted_flips():
+    # older score tables lack max_prob: every disagreement then counts as confident
+    tables, true, _ = planted(memorize=(0.0,))
+    old = [t.drop_columns(["max_prob"]) for t in tables]
+    m = audit(old, true_labels=true).metrics["flag"]
+    assert m["flagged"] > 0
+    assert m["recall"] > 0.8 and m["precision"] > 0.6
