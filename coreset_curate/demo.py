@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import atomic_path, write_text
 from .audit import audit
 from .data import load_data
 from .tables import write_table
@@ -104,8 +104,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
     index = pq.read_table(out / "qat" / "index.parquet")
     write_table(index, out / "index.parquet", overwrite=True)
     for src, dst in (("fp/model.pt", "fp.pt"), ("qat/model.pt", "student.pt")):
-        shutil.copyfile(out / src, out / f".{dst}.tmp")
-        os.replace(out / f".{dst}.tmp", out / dst)
+        with atomic_path(out / dst) as tmp:
+            shutil.copyfile(out / src, tmp)
 
     data = _demo_data(config)
     result = audit(rounds, data=data, index=out / "index.parquet",
@@ -143,9 +143,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
         "wall_s": round(time.perf_counter() - t_all, 3),
         "outputs": [str(out / n) for n in OUTPUTS],
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from .atomic import write_text
 from .data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
 from .scores import score_dataset
@@ -111,9 +112,7 @@ def extract_scores(
             shutil.rmtree(parts)
             parts.mkdir(parents=True)
         if not manifest.exists():
-            tmp = parts / ".manifest.json.tmp"
-            tmp.write_text(json.dumps(run_key, sort_keys=True))
-            os.replace(tmp, manifest)
+            write_text(manifest, json.dumps(run_key, sort_keys=True))
     _barrier(world_size)
     n = len(data)
     shards = range((n + shard_rows - 1) // shard_rows)

@@ -13,7 +13,6 @@ with the same features.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ import pyarrow as pa
 
 from .data import (ImageData, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
-from .tables import current_umask, read_table, table_metadata, validate_index
+from .atomic import atomic_path
+from .tables import read_table, table_metadata, validate_index
 
 __all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
 
@@ -134,13 +134,6 @@ def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PermissionError(f"cannot create the output folder {out_dir}: {err}") from err
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        subset.to_parquet(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        subset.to_parquet(str(tmp))
     return target

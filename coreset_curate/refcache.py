@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from torch import nn
 from .data import EvalTransform, FingerprintMismatch, ImageData, check_fingerprint, \
     fingerprint, iter_batches
 from .progress import progress
-from .tables import current_umask
+from .atomic import atomic_path
 
 __all__ = ["ReferenceOutputs", "compute_reference", "cached_reference", "DENSE_MAX_CLASSES",
            "TOP_K"]
@@ -161,13 +160,6 @@ def cached_reference(reference: nn.Module, data: ImageData, transform: EvalTrans
     else:
         arrays["top_probs"] = out.top_probs.numpy()
         arrays["top_idx"] = out.top_idx.numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return out, False

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .tables import write_table
 
 __all__ = ["write_report", "render_html", "render_markdown"]
@@ -255,9 +256,7 @@ def render_markdown(result) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def write_report(result, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .atomic import atomic_path, write_text
 from .data import default_transforms, inference_batch_size, iter_batches, load_data
 from .hf import epoch_rows, read_index
 from .models import create_model
@@ -324,9 +325,8 @@ def _logged_epoch(line: str) -> int:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _barrier(world: int) -> None:
@@ -477,9 +477,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         # epoch and checkpointing it logs that epoch again when resumed
         kept = [line for line in metrics_path.read_text().splitlines()
                 if line.strip() and _logged_epoch(line) < start_epoch]
-        tmp = metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, metrics_path)
+        write_text(metrics_path, "".join(line + "\n" for line in kept))
     top1 = None
     ref_outputs = None
     end_epoch = config.epochs if stop_after is None else min(config.epochs,
@@ -607,15 +605,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         "train_samples": len(train), "test_samples": len(test), "device": str(device),
         "model_sha256": sha256_of(out / "model.pt"),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
 def _write_config(config: TrainConfig, out: Path) -> None:
     import yaml
 
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    os.replace(tmp, out / "config.yaml")
+    write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))

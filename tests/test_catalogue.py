@@ -5,6 +5,7 @@ traceback), leaving files that already existed as they were.
 The README's "Bad input" table lists the same entries by name; a test keeps the two in step.
 """
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -178,8 +179,11 @@ CATALOGUE = [
     ("dataset missing", lambda fx, t: ["score", "--data", t / "no-such-data", "--model",
                                        "small_cnn", "--checkpoint", fx["fp"],
                                        "--out", t / "s.parquet"], "no-such-data"),
-    ("output folder cannot be written", lambda fx, t: _select(
+    ("output folder is a file", lambda fx, t: _select(
         fx["scores"], "--out", _write(t / "file", b"x") / "i.parquet"), "file"),
+    ("output folder without write permission", lambda fx, t: _select(
+        fx["scores"], "--out", _no_write_folder(t) / "i.parquet"),
+     "cannot write i.parquet in the folder"),
     ("unknown recipe key", lambda fx, t: ["train", "--recipe", _recipe(t, "epochs: 2\nepochz: 3\n"),
                                           "--out", t / "run"], "unknown recipe key"),
     ("recipe missing", lambda fx, t: ["train", "--recipe", t / "none.yaml", "--out", t / "run"],
@@ -201,6 +205,23 @@ CATALOGUE = [
         "noise", "--data", "digits", "--type", "asymmetric", "--rate", "0.2",
         "--out", t / "l.parquet"], "class map"),
 ]
+
+
+def _no_write_folder(t: Path) -> Path:
+    """A folder this process may not write in: a read-only one for a normal user; root
+    ignores permission bits, so for root a kernel folder that refuses everyone."""
+    if os.geteuid() != 0:
+        folder = t / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+    else:
+        folder = Path("/sys/fs")
+    try:  # the premise: creating a file there must fail
+        (folder / ".probe").open("x").close()
+    except OSError:
+        return folder
+    (folder / ".probe").unlink()
+    pytest.skip(f"{folder} can be written by this user; no unwritable folder to test with")
 
 
 def _write(path: Path, data: bytes) -> Path:
