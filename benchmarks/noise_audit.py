@@ -50,6 +50,44 @@ def save_results(path: Path, results: list) -> None:
     os.replace(tmp, path)
 
 
+README = ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- noise-table:start -->", "<!-- noise-table:end -->"
+
+
+def render(results: list) -> str:
+    """The README's tables: the audits side by side, then the 10% subset runs."""
+    def prf(m: dict) -> str:
+        return " | ".join(f"{m[k]:.3f}" for k in ("precision", "recall", "f1", "auroc"))
+
+    lines = ["| noise | rate | student top-1 | ours P | ours R | ours F1 | ours AUROC "
+             "| cleanlab P | cleanlab R | cleanlab F1 | cleanlab AUROC | ours, gap count F1 "
+             "| ours, last round F1 |",
+             "|" + " --- |" * 13]
+    for r in (r for r in results if r.get("kind", "audit") == "audit"):
+        lines.append(f"| {r['noise_type']} | {r['noise_rate']:.0%} | {r['qat_top1']:.2f} | "
+                     f"{prf(r['ours'])} | {prf(r['cleanlab'])} | {r['ours_gap']['f1']:.3f} | "
+                     f"{r['ours_last_round']['f1']:.3f} |")
+    subsets = [r for r in results if r.get("kind", "").startswith("subset_")]
+    if subsets:
+        lines += ["", "| method (10%, 20% symmetric noise) | top-1 final | top-1 best "
+                  "| noisy share of the subsets (mean) | per selection | wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in subsets:
+            per = ", ".join(f"{x:.2f}" for x in r["noisy_share_per_epoch"][::r["R"]])
+            lines.append(f"| {r['method']} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
+                         f"{r['noisy_share_mean']:.3f} | {per} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_readme_table(results: list) -> None:
+    text = README.read_text()
+    head, rest = text.split(TABLE_START)
+    _, tail = rest.split(TABLE_END)
+    tmp = README.with_name(".README.md.tmp")
+    tmp.write_text(f"{head}{TABLE_START}\n{render(results)}\n{TABLE_END}{tail}")
+    os.replace(tmp, README)
+
+
 def train(config, out: Path) -> dict:
     from coreset_curate.trainer import run_training
 
@@ -90,7 +128,14 @@ def main() -> None:
                         help="epochs of the 10%% runs (default: the recipe's)")
     parser.add_argument("--skip-subsets", action="store_true",
                         help="only the audits, not the 10% acs/random_epoch runs")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the results into the README's table")
     args = parser.parse_args()
+    if args.render:
+        results = load_results(Path(args.results))
+        write_readme_table(results)
+        print(render(results))
+        return
     runs, results_path = Path(args.runs_dir), Path(args.results)
     common = [f"data={args.data}"]
     common += [f"limit_train={args.limit_train}"] if args.limit_train else []
