@@ -311,9 +311,10 @@ def _acs(ctx: SelectionContext) -> Selection:
     import torch  # multi-threaded elementwise work on zero-copy views
 
     b = beta(ctx.schedule, ctx.epoch, ctx.epochs)
-    score = torch.from_numpy(ctx.column("evs")).double().mul_(b)
+    # astype copies: the in-place ops below never touch the (read-only) table's buffers
+    score = torch.from_numpy(ctx.column("evs").astype(np.float64)).mul_(b)
     if b < 1.0:  # separate multiply and add: the same rounding as the formula written out
-        score.add_(torch.from_numpy(ctx.column("ds")).double().mul_(1.0 - b))
+        score.add_(torch.from_numpy(ctx.column("ds").astype(np.float64)).mul_(1.0 - b))
     return ctx.top(score.numpy())
 
 
