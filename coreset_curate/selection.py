@@ -258,6 +258,18 @@ def _small_ints(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int16 if top < 2**15 else np.int32, copy=False)
 
 
+def _read_only_view(a: np.ndarray):
+    """A zero-copy tensor over ``a``, which may be a read-only Arrow buffer. Only for reads:
+    the callers gather from it into new tensors and never write into it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
                  per_class: bool = True, min_per_class: int = 0) -> np.ndarray:
     """Boolean mask of the highest-scoring rows, per class or overall.
@@ -276,7 +288,7 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
         lab_t, order_t = torch.sort(torch.from_numpy(_small_ints(np.asarray(labels))),
                                     stable=True)
         lab_g = lab_t.numpy()
-        s_g = torch.from_numpy(score).index_select(0, order_t).numpy()
+        s_g = _read_only_view(score).index_select(0, order_t).numpy()
         counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2,
                                                           dtype=lab_g.dtype)))
         del lab_t, lab_g
