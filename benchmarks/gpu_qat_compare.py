@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from coreset_curate.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [("acs", 0.1, 0), ("random_epoch", 0.1, 0), ("random", 0.1, 0), ("full", 1.0, 0),
         ("el2n", 0.1, 0), ("acs", 0.1, 1), ("random_epoch", 0.1, 1)]
@@ -55,9 +57,7 @@ def main() -> None:
     results = []
 
     def save() -> None:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(results, indent=2))
     with tempfile.TemporaryDirectory() as runs:
         fp = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
                          common + [f"epochs={args.epochs_fp}", "batch_size=256"])

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from coreset_curate.atomic import write_text
+from readme_table import write_between
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs"
 RESULTS = ROOT / "benchmarks" / "results" / "noise_audit.json"
@@ -45,9 +48,7 @@ def load_results(path: Path) -> list:
 
 def save_results(path: Path, results: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(results, indent=2))
 
 
 README = ROOT / "README.md"
@@ -80,12 +81,7 @@ def render(results: list) -> str:
 
 
 def write_readme_table(results: list) -> None:
-    text = README.read_text()
-    head, rest = text.split(TABLE_START)
-    _, tail = rest.split(TABLE_END)
-    tmp = README.with_name(".README.md.tmp")
-    tmp.write_text(f"{head}{TABLE_START}\n{render(results)}\n{TABLE_END}{tail}")
-    os.replace(tmp, README)
+    write_between(README, TABLE_START, TABLE_END, render(results))
 
 
 def train(config, out: Path) -> dict:

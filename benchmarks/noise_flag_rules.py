@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from coreset_curate.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"noise_sym20": ("symmetric", 0.2), "noise_sym40": ("symmetric", 0.4),
@@ -102,9 +103,7 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no finished noise runs in {args.runs_dir}: run noise_audit.py first")
     out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
-    os.replace(tmp, out)
+    write_text(out, json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     names = list(rows[0]["rules"]) + ["cleanlab"]
     print("| noise | " + " | ".join(f"{n} F1 (P/R)" for n in names) + " |")
     print("|" + " --- |" * (len(names) + 1))

@@ -22,6 +22,9 @@ import platform
 import time
 from pathlib import Path
 
+from coreset_curate.atomic import write_text
+from readme_table import write_between
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "qat_cifar10.json"
 RUNS_DIR = ROOT / "benchmarks" / "runs"
@@ -76,9 +79,7 @@ def load_results() -> list[dict]:
 
 def save_results(results: list[dict]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, RESULTS)
+    write_text(RESULTS, json.dumps(results, indent=2))
 
 
 def render(results: list[dict]) -> str:
@@ -94,13 +95,8 @@ def render(results: list[dict]) -> str:
 
 
 def write_readme_table(results: list[dict]) -> None:
-    text = README.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        raise SystemExit(f"README.md has no {TABLE_START} ... {TABLE_END} markers")
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    body = render(results) if results else "(no runs yet)"
-    README.write_text(f"{head}{TABLE_START}\n{body}\n{TABLE_END}{tail}")
+    write_between(README, TABLE_START, TABLE_END,
+                  render(results) if results else "(no runs yet)")
 
 
 def main() -> None:

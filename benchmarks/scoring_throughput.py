@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coreset_curate.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -129,9 +131,7 @@ def main() -> None:
     path = out_dir / "scoring_throughput.json"
     runs = json.loads(path.read_text()) if path.exists() else []
     runs.append(run)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(runs, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(runs, indent=2))
     print(f"wrote {path}")
 
 

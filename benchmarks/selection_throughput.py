@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coreset_curate.atomic import write_text
+
 RESULTS = Path(__file__).resolve().parent / "results" / "selection_throughput.json"
 CLASSES = 1000
 FRACTION, EPOCH, EPOCHS = 0.1, 30, 120
@@ -186,9 +188,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in run.items() if k != "machine"}))
             runs.append(run)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = RESULTS.with_suffix(".json.tmp")
-            tmp_out.write_text(json.dumps(runs, indent=2))
-            tmp_out.replace(RESULTS)
+            write_text(RESULTS, json.dumps(runs, indent=2))
     print(f"wrote {RESULTS}")
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from coreset_curate.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +37,8 @@ def _scores(run: Path, epoch: int) -> dict:
 
 def anatomy(runs_dir: Path, prefix: str, seed: int = 0) -> list[dict]:
     acs = runs_dir / f"{prefix}_acs_10_s{seed}"
+    epochs = sorted(int(p.stem.split("_")[1]) for p in (acs / "scores").glob("*.parquet"))
+    scores = {epoch: _scores(acs, epoch) for epoch in epochs}  # read once, used by every run
     rows = []
     for method in ("acs", "el2n", "random_epoch", "random"):
         run = runs_dir / f"{prefix}_{method}_10_s{seed}"
@@ -44,8 +48,7 @@ def anatomy(runs_dir: Path, prefix: str, seed: int = 0) -> list[dict]:
         ep, sid = np.asarray(index["epoch"]), np.asarray(index["sample_id"])
         summary = json.loads((run / "summary.json").read_text())
         previous = None
-        for epoch in sorted({int(p.stem.split("_")[1]) for p in (acs / "scores").glob("*")}):
-            s = _scores(acs, epoch)
+        for epoch, s in scores.items():
             chosen = np.sort(sid[ep == epoch])
             pos = np.searchsorted(s["sample_id"], chosen)
             assert np.array_equal(s["sample_id"][pos], chosen)
@@ -87,9 +90,7 @@ def main() -> None:
                           "cores": os.cpu_count()},
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_text(out, json.dumps(result, indent=2))
     cols = ["bits", "method", "top1", "epoch", "teacher_correct", "teacher_prob_label",
             "student_prob_label", "evs", "ds", "class_min", "class_max", "overlap_prev"]
     print("| " + " | ".join(cols) + " |")

@@ -255,10 +255,6 @@ def render_markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    write_text(path, text)
-
-
 def write_report(result, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
                  max_examples: int = 48) -> dict[str, Path]:
     """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``."""
@@ -277,6 +273,6 @@ def write_report(result, out_dir: str | os.PathLike, *, data=None, overwrite: bo
     summary = render_markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     write_table(result.table, paths["table"], overwrite=True)
-    _write_text(paths["html"], page)
-    _write_text(paths["markdown"], summary)
+    write_text(paths["html"], page)
+    write_text(paths["markdown"], summary)
     return paths
