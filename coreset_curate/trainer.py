@@ -48,7 +48,10 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 # settings that may differ when a run is resumed: they do not change what is computed
-RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile"}
+# settings a run may be resumed with changed: how it runs, not what it trains (score_final
+# only adds a scoring round of the finished model)
+RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile",
+                     "score_final"}
 
 
 @dataclass
@@ -102,6 +105,9 @@ class TrainConfig:
     # injected label noise for experiments, e.g. {type: symmetric, rate: 0.2, seed: 0}:
     # training labels are flipped, and RUN_DIR/labels.parquet keeps the true ones
     label_noise: dict | None = None
+    # score the finished model as one more round, scores/epoch_{epochs}.parquet (the audit's
+    # best view: the model after its last epoch; the selection rounds precede their epoch)
+    score_final: bool = False
 
     def __post_init__(self) -> None:
         def positive_int(name):
@@ -115,6 +121,10 @@ class TrainConfig:
                      "score_batch_size"):
             if getattr(self, name) is not None:
                 positive_int(name)
+        for name in ("per_channel", "kd", "nesterov", "per_class", "channels_last", "compile",
+                     "deterministic", "score_final"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.mode not in ("fp", "qat"):
             raise ValueError(f"mode must be 'fp' or 'qat'; got {self.mode!r}")
         if self.optimizer not in ("sgd", "adam"):
@@ -592,6 +602,21 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         return None
     if top1 is None:  # resumed a finished run
         top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
+    final_scores = out / "scores" / f"epoch_{config.epochs:04d}.parquet"
+    if config.score_final and not final_scores.exists():
+        t0 = time.perf_counter()
+        if teacher is not None and ref_outputs is None:
+            ref_outputs, _ = cached_reference(
+                teacher, train, eval_tf, cache_dir=out / "reference-cache",
+                checkpoint_sha256=sha256_of(config.teacher), batch_size=score_bs,
+                device=device)
+        table = score_dataset(model, train, ref_outputs, transform=eval_tf,
+                              epoch=config.epochs, batch_size=score_bs, device=device,
+                              metadata={"arch": config.model, "run": str(out), "final": True})
+        write_table(table, final_scores, overwrite=True)
+        totals["scoring_s"] += time.perf_counter() - t0
+        log.info("scored the finished model: %s (%.1fs)", final_scores,
+                 time.perf_counter() - t0)
     _save_atomic(model.state_dict(), out / "model.pt")
     summary = {
         "model": config.model, "mode": config.mode,

@@ -78,6 +78,50 @@ def test_stop_and_resume_gives_the_same_model(teacher, tmp_path):
     assert ia.select(["epoch", "sample_id"]).equals(ib.select(["epoch", "sample_id"]))
 
 
+def _final_model_preds(run_dir, w_bits=3, a_bits=3):
+    """Argmax of the run's saved model on the training split, in sample order."""
+    from coreset_curate.data import default_transforms, load_data
+    from coreset_curate.models import create_model
+    from coreset_curate.quant import quantize_model
+    from coreset_curate.trainer import load_checkpoint
+    from coreset_curate.training import predict_logits
+
+    train = load_data("digits", "train")
+    _, eval_tf = default_transforms(train)
+    model = create_model("small_cnn", num_classes=train.num_classes,
+                         in_channels=train.image_shape[0])
+    quantize_model(model, w_bits, a_bits)
+    load_checkpoint(model, run_dir / "model.pt")
+    return predict_logits(model, train, eval_tf).argmax(1).numpy(), train.sample_ids
+
+
+def test_score_final_scores_the_finished_model(teacher, tmp_path):
+    t_dir, _ = teacher
+    summary = run_training(_qat(t_dir, method="random_epoch", score_final=True), tmp_path / "a")
+    # random_epoch reads no scores, so the only round is the finished model's
+    assert sorted(p.name for p in (tmp_path / "a" / "scores").iterdir()) == ["epoch_0004.parquet"]
+    table = pq.read_table(tmp_path / "a" / "scores" / "epoch_0004.parquet")
+    assert set(table.column("epoch").to_pylist()) == {4}
+    preds, ids = _final_model_preds(tmp_path / "a")
+    assert np.array_equal(table.column("sample_id").to_numpy(), ids)
+    assert np.array_equal(table.column("pred").to_numpy(), preds)  # the model after epoch 4
+    assert summary["scoring_s"] > 0
+    # a finished run resumed with score_final gains the round; its model stays as it was
+    cfg = _qat(t_dir, method="random_epoch")
+    run_training(cfg, tmp_path / "b")
+    before = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert not (tmp_path / "b" / "scores" / "epoch_0004.parquet").exists()
+    run_training(_qat(t_dir, method="random_epoch", score_final=True), tmp_path / "b",
+                 resume=True)
+    after = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if torch.is_tensor(before[k]))
+    again = pq.read_table(tmp_path / "b" / "scores" / "epoch_0004.parquet")
+    assert np.array_equal(again.column("pred").to_numpy(), _final_model_preds(tmp_path / "b")[0])
+    with pytest.raises(ValueError, match="score_final must be true or false"):
+        load_recipe(None, ["score_final=maybe"])
+
+
 def test_recipe_errors_are_clear(tmp_path, teacher):
     with pytest.raises(ValueError, match="unknown recipe key.*'epoch'.*accepted keys"):
         load_recipe(None, ["epoch=3"])
