@@ -1,7 +1,8 @@
 """CIFAR-10 ResNet-20 QAT: accuracy and wall time of coreset methods against full data.
 
 Every run starts from the same full-precision teacher with the same recipe and number of
-epochs (recipes/cifar10_resnet20_w{B}a{B}_*.yaml); only method, fraction and seed change.
+epochs (recipes/cifar10_resnet20_w{B}a{B}_*.yaml); only method, fraction and seed change,
+except in the few ablation runs, which change one more key of ACS and say which.
 Resumable: finished runs (already in the results file) are skipped, and a run that was
 killed continues from its last checkpoint, so this can run in the background across
 several sittings:
@@ -45,14 +46,21 @@ PLAN = [
     (2, "acs", 0.1, 1), (2, "random_epoch", 0.1, 1),
     (4, "acs", 0.3, 0), (4, "random_epoch", 0.3, 0), (4, "random", 0.3, 0),
     (4, "el2n", 0.3, 0),
+    # ablations where ACS loses most (W2A2, 10%; the recipe's schedule is cos, R = 4): is it
+    # what the mixed score weights (DS only; cos^2 hands over to DS sooner) or how stale the
+    # scores get (R = 2: six selections)?
+    (2, "acs", 0.1, 0, {"schedule": "ds"}), (2, "acs", 0.1, 0, {"schedule": "cos2"}),
+    (2, "acs", 0.1, 0, {"reselect_every": 2}),
     (2, "acs", 0.3, 0), (2, "random_epoch", 0.3, 0), (2, "random", 0.3, 0),
     (2, "el2n", 0.3, 0),
 ]
 
 
-def run_name(bits: int, method: str, fraction: float, seed: int) -> str:
+def run_name(bits: int, method: str, fraction: float, seed: int,
+             overrides: dict | None = None) -> str:
     tail = "full" if method == "full" else f"{method}_{round(fraction * 100)}"
-    return f"w{bits}a{bits}_{tail}_s{seed}"
+    extra = "".join(f"_{k}-{v}" for k, v in sorted((overrides or {}).items()))
+    return f"w{bits}a{bits}_{tail}_s{seed}{extra}"
 
 
 def recipe_path(bits: int, method: str, fraction: float) -> Path:
@@ -83,6 +91,24 @@ def save_results(results: list[dict]) -> None:
 
 
 def render(results: list[dict]) -> str:
+    """The plan's table, then the ablations beside the run they change."""
+    plain = [r for r in results if not r.get("overrides")]
+    table = _render_plan(plain)
+    ablations = [r for r in results if r.get("overrides")]
+    if not ablations:
+        return table
+    rows = ["| W/A | method | fraction | seed | schedule | R | top-1 final | top-1 best "
+            "| wall (s) | scoring (s) |", "|" + " --- |" * 10]
+    bases = {(r["w_bits"], r["method"], r["fraction"], r["seed"]) for r in ablations}
+    shown = [r for r in plain if (r["w_bits"], r["method"], r["fraction"], r["seed"]) in bases]
+    for r in shown + ablations:
+        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['method']} | {r['fraction']:g} | "
+                    f"{r['seed']} | {r.get('schedule', 'cos')} | {r['R']} | {r['top1']:.2f} | "
+                    f"{r['best_top1']:.2f} | {r['wall_s']:.0f} | {r['scoring_s']:.0f} |")
+    return table + "\n\nAblations of ACS (everything else as the recipe):\n\n" + "\n".join(rows)
+
+
+def _render_plan(results: list[dict]) -> str:
     rows = ["| W/A | method | fraction | seed | epochs | R | top-1 final | top-1 best | wall (s) "
             "| scoring (s) | selection (s) | train (s) | eval (s) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -122,14 +148,16 @@ def main() -> None:
     start = time.perf_counter()
     done = {r["name"] for r in results}
     info = machine()
-    for bits, method, fraction, seed in PLAN:
-        name = run_name(bits, method, fraction, seed)
+    for bits, method, fraction, seed, *more in PLAN:
+        overrides = more[0] if more else {}
+        name = run_name(bits, method, fraction, seed, overrides)
         if name in done or bits not in args.bits or (args.only and name not in args.only):
             continue
         if args.max_minutes and (time.perf_counter() - start) / 60 > args.max_minutes:
             print(f"time budget reached before {name}; run again to continue")
             break
-        config = load_recipe(recipe_path(bits, method, fraction), [f"seed={seed}"])
+        config = load_recipe(recipe_path(bits, method, fraction),
+                             [f"seed={seed}"] + [f"{k}={v}" for k, v in overrides.items()])
         out = RUNS_DIR / name
         resume = (out / "last.pt").exists()
         print(f"{name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
@@ -138,7 +166,8 @@ def main() -> None:
         results.append({"name": name, **{k: summary[k] for k in (
             "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
             "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
-            "resumed": resume, "machine": info, "date": time.strftime("%Y-%m-%d")})
+            "schedule": config.schedule, "overrides": overrides, "resumed": resume,
+            "machine": info, "date": time.strftime("%Y-%m-%d")})
         save_results(results)
         print(json.dumps(results[-1]), flush=True)
     write_readme_table(load_results())
