@@ -4,11 +4,17 @@
     result.write("audit/")        # audit.parquet, report.html, summary.md
 
 **Suspicion** (higher = more likely mislabeled) comes from the score rounds of the
-quantized student: by default ``1 - mean(prob_label)`` over the rounds (the area under
-the self-confidence curve: a mislabeled sample stays unlikely under its given label
-through training, a hard one is learned); ``aum`` uses the mean margin instead and
-``evs`` the mean error vector score. One round works; more rounds add the dynamics
-(``prob_label_std`` and ``aum`` are in the table either way).
+quantized student. ``channel`` (the default when a round has the ``probs`` column, the
+whole softmax): the posterior probability that the given label is wrong under the noise
+the confident joint estimates, from the latest round's softmax (see
+``_channel_suspicion``): a sample labeled i is suspected for its mass on the classes that
+really are flipped to i, not for any doubt at all, which is what class-dependent noise
+needs. Without ``probs`` the default is ``prob``: ``1 - mean(prob_label)`` over the rounds
+(the area under the self-confidence curve: a mislabeled sample stays unlikely under its
+given label through training, a hard one is learned); ``aum`` uses the mean margin
+instead and ``evs`` the mean error vector score. One round works; more rounds add the
+dynamics (the joint is averaged over them; ``prob_label_std`` and ``aum`` are in the
+table either way).
 
 **Flags** use thresholds estimated per class from the data, confident-learning style:
 in each round the threshold of class j is the mean self-confidence of the samples labeled
@@ -51,7 +57,7 @@ __all__ = ["AUDIT_SCHEMA", "COUNTS", "KINDS", "SUSPICIONS", "AuditResult", "audi
 
 KINDS = ("mislabeled", "fragile", "ambiguous", "unknown")
 COUNTS = ("confident_joint", "gap")
-SUSPICIONS = ("prob", "aum", "evs")
+SUSPICIONS = ("auto", "channel", "prob", "aum", "evs")
 
 AUDIT_SCHEMA = pa.schema([
     pa.field("sample_id", pa.int64(), nullable=False),
@@ -168,6 +174,65 @@ def _otsu_counts(suspicion: np.ndarray, labels: np.ndarray, k: int, bins: int = 
     return out
 
 
+def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None, int | None]:
+    """The ``probs`` column of the latest round that has one, aligned to ``ids``."""
+    sources = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    best = None
+    for src in sources:
+        sr = load_rounds(src, ["probs"])
+        for epoch, rnd in zip(sr.epochs, sr.rounds):
+            if "probs" in rnd and (best is None or epoch >= best[0]):
+                best = (epoch, rnd)
+    if best is None:
+        return None, None
+    epoch, rnd = best
+    p = rnd["probs"]
+    if p.dtype == object:  # lists from a DataFrame
+        try:
+            p = np.stack([np.asarray(v, np.float64) for v in p])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"the probs column of epoch {epoch} is not one list of class "
+                             f"probabilities per sample: {err}") from err
+    p = np.asarray(p, np.float64)
+    if p.ndim != 2 or p.shape[1] < k:
+        raise ValueError(f"the probs column of epoch {epoch} has {p.shape[-1]} classes; the "
+                         f"labels need {k}")
+    pos = np.searchsorted(rnd["sample_id"], ids).clip(0, len(rnd["sample_id"]) - 1)
+    if not (rnd["sample_id"][pos] == ids).all():
+        raise ValueError(f"the round of epoch {epoch} with probs does not cover every sample "
+                         "of the latest round")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"the probs column of epoch {epoch} has NaN, infinite or negative "
+                         "values")
+    return p[pos], epoch
+
+
+def _channel_suspicion(softmax: np.ndarray, labels: np.ndarray, joint: np.ndarray
+                       ) -> np.ndarray:
+    """Posterior probability that the given label is wrong under the estimated noise.
+
+    ``joint[i, j]`` counts samples labeled i whose true class is j, so column j
+    normalised is T[i, j] = P(given i | true j). With the student's softmax as the prior
+    over the true class, P(true = given | x, given) = p_i T[i, i] / sum_j p_j T[i, j].
+    A sample labeled i is suspicious in proportion to its mass on classes that really
+    are flipped to i: under class-dependent noise, a cat labeled dog is suspected more
+    than a hard dog that looks a little like a ship.
+    """
+    n = len(labels)
+    cols = joint.sum(0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flip = np.where(cols > 0, joint / np.where(cols > 0, cols, 1.0), 0.0)
+    k = flip.shape[0]
+    p = softmax[:, :k]
+    rows = flip[labels]  # (n, k): P(given label of the row | true j)
+    right = p[np.arange(n), labels] * rows[np.arange(n), labels]
+    total = (p * rows).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        post = np.where(total > 0, right / np.where(total > 0, total, 1.0),
+                        p[np.arange(n), labels])
+    return 1.0 - post
+
+
 def flag_metrics(flag: np.ndarray, suspicion: np.ndarray, noisy: np.ndarray) -> dict:
     """Precision, recall and F1 of ``flag`` and AUROC of ``suspicion`` against the mask of
     samples whose label is really wrong."""
@@ -203,7 +268,7 @@ def _true_labels(true_labels, ids: np.ndarray) -> np.ndarray:
 
 
 def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
-          suspicion: str = "prob", count: str = "confident_joint", true_labels=None,
+          suspicion: str = "auto", count: str = "confident_joint", true_labels=None,
           index=None) -> AuditResult:
     """Audit the labels of the samples in ``scores`` (see module doc).
 
@@ -242,7 +307,15 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
     p_std = np.nanstd(prob, axis=0)
     aum = np.nanmean(aligned_column(rounds, ids, "margin"), axis=0)
     evs_mean = np.nanmean(aligned_column(rounds, ids, "evs"), axis=0)
-    susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
+    softmax, softmax_epoch = (None, None) if suspicion in ("prob", "aum", "evs") else \
+        _latest_softmax(scores, ids, k)
+    if suspicion == "channel" and softmax is None:
+        raise ValueError("suspicion 'channel' needs the student's whole softmax: a score "
+                         "round with the 'probs' column (score_dataset(probs=True), "
+                         "coreset-curate score --probs; the trainer writes it up to "
+                         "256 classes)")
+    if suspicion == "auto":
+        suspicion = "channel" if softmax is not None else "prob"
 
     # per-class thresholds and a calibrated confident joint for every round, averaged: a
     # late round alone undercounts once the model starts to fit the wrong labels
@@ -261,6 +334,10 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         joints.append(_confident_joint(r_lab, r_pred, r_p, p_pred, t_r,
                                        counts.astype(np.float64)))
     joint = np.mean(joints, axis=0)
+    if suspicion == "channel":
+        susp = _channel_suspicion(softmax, labels, joint)
+    else:
+        susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
     thresholds = _per_class_mean(last["prob_label"].astype(np.float64), labels, k)
     n_flag = np.rint(joint.sum(1) - np.diag(joint)).astype(np.int64).clip(0, counts)
     if count == "gap":  # where the joint finds noise, also take the gap in the suspicion
@@ -319,6 +396,7 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
               else None)
     table = with_metadata(table, make_metadata(
         kind="audit", suspicion=suspicion, epochs=sr.epochs, sources=sr.sources,
+        softmax_epoch=softmax_epoch if suspicion == "channel" else None,
         fingerprint=sr.fingerprint, class_names=names,
         thresholds=_floats(thresholds), noise_rates=_floats(noise_rates),
         ref_thresholds=_floats(ref_thresholds) if ref_thresholds is not None else None,

@@ -139,8 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--true-labels", default=None, metavar="LABELS.parquet",
                     help="labels table with true_label (from `noise` or a run trained with "
                          "label_noise): adds precision, recall, F1 and AUROC")
-    au.add_argument("--suspicion", default="prob", choices=["prob", "aum", "evs"],
-                    help="what ranks samples (prob: 1 - mean prob of the given label)")
+    au.add_argument("--suspicion", default="auto",
+                    choices=["auto", "channel", "prob", "aum", "evs"],
+                    help="what ranks samples (channel: posterior that the label is wrong "
+                         "under the estimated noise, needs a round with probs; prob: 1 - mean "
+                         "prob of the given label; auto: channel when it can)")
     au.add_argument("--count", default="confident_joint", choices=["confident_joint", "gap"],
                     help="how many to flag per class (confident_joint; gap: at least the "
                          "split in the class's suspicion where the joint finds noise)")
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cache-dir", default=None,
                     help="where reference outputs are cached (default: beside --out)")
     sc.add_argument("--embeddings", action="store_true", help="add penultimate features")
+    sc.add_argument("--probs", action="store_true",
+                    help="add the whole softmax (the audit's channel suspicion reads it)")
     sc.add_argument("--bf16", action="store_true", help="bfloat16 autocast forward (CUDA)")
     sc.add_argument("--channels-last", action="store_true", help="channels-last batches")
     sc.add_argument("--normalize-from", default="train", metavar="SPLIT",
@@ -304,7 +309,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                                                 checkpoint_sha256=sha256_of(args.reference))
     path = extract_scores(student, data, args.out, reference=reference, transform=eval_tf,
                           epoch=args.epoch, batch_size=args.batch_size, device=args.device,
-                          shard_rows=args.shard_rows, embeddings=args.embeddings,
+                          shard_rows=args.shard_rows, embeddings=args.embeddings, probs=args.probs,
                           metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
                           overwrite=args.overwrite, rank=rank, world_size=world,
                           bf16=args.bf16, channels_last=args.channels_last)

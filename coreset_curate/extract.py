@@ -80,6 +80,7 @@ def extract_scores(
     device=None,
     shard_rows: int = 8192,
     embeddings: bool = False,
+    probs: bool = False,
     metadata: dict | None = None,
     overwrite: bool = False,
     rank: int = 0,
@@ -99,7 +100,7 @@ def extract_scores(
               state_sha256(reference) if reference is not None else None)
     run_key = {"fingerprint": data.fingerprint, "student": state_sha256(student),
                "reference": ref_id, "transform": transform.to_dict(), "epoch": epoch,
-               "shard_rows": shard_rows, "embeddings": embeddings, "bf16": bf16}
+               "shard_rows": shard_rows, "embeddings": embeddings, "probs": probs, "bf16": bf16}
     run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
     manifest = parts / "manifest.json"
     if rank == 0:
@@ -129,7 +130,7 @@ def extract_scores(
         ref = reference.subset(rows) if isinstance(reference, ReferenceOutputs) else reference
         table = score_dataset(student, data.subset(rows), ref, transform=transform, epoch=epoch,
                               batch_size=batch_size, device=device, embeddings=embeddings,
-                              metadata=metadata, bf16=bf16, channels_last=channels_last)
+                              probs=probs, metadata=metadata, bf16=bf16, channels_last=channels_last)
         write_table(table, path, overwrite=True)
         done += 1
     seconds = time.perf_counter() - start

@@ -197,6 +197,7 @@ def score_dataset(
     device: str | torch.device | None = None,
     scores: list[str] | None = None,
     embeddings: bool = False,
+    probs: bool = False,
     metadata: dict | None = None,
     bf16: bool = False,
     channels_last: bool = False,
@@ -214,6 +215,8 @@ def score_dataset(
     ``grand_last``, and any extra registered ``scores`` asked for. ``embeddings=True`` adds
     ``embedding``, the student's penultimate features (the input of its last linear layer)
     as a fixed-size list of float16, for the diversity-based selection methods.
+    ``probs=True`` adds ``probs``, the student's whole softmax as a fixed-size list of
+    float32 (what the noise audit's ``channel`` suspicion reads).
     ``metadata`` (for example the architecture name) is merged into the table's metadata.
     """
     _check_model(student, "student")
@@ -241,6 +244,7 @@ def score_dataset(
     columns: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     batch_features: list[torch.Tensor] = []
     kept_features: list[torch.Tensor] = []
+    kept_probs: list[torch.Tensor] = []
     hook = _feature_hook(student, batch_features)
     cuda = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -268,6 +272,8 @@ def score_dataset(
                         columns[name].append(value.cpu())
                 if embeddings:
                     kept_features.append(feats.to(torch.float16).cpu())
+                if probs:
+                    kept_probs.append(out.probs.float().cpu())
                 bar.update(len(labels))
     finally:
         hook.remove()
@@ -294,6 +300,11 @@ def score_dataset(
         arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)),
                                                                 emb.shape[1])
         schema = schema.append(pa.field("embedding", arrays["embedding"].type))
+    if probs:
+        soft = torch.cat(kept_probs).numpy()
+        arrays["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.reshape(-1)),
+                                                            soft.shape[1])
+        schema = schema.append(pa.field("probs", arrays["probs"].type))
     table = pa.table(arrays, schema=schema)
     meta = make_metadata(
         **config_dict(student),

@@ -118,9 +118,10 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     for f in schema:
         col = table.column(f.name)
         if col.type != f.type:
-            ok = (pa.types.is_integer(f.type) and pa.types.is_integer(col.type)) or (
-                pa.types.is_floating(f.type) and (pa.types.is_floating(col.type)
-                                                  or pa.types.is_integer(col.type)))
+            # floats may fill integer columns when every value is whole: pandas turns an
+            # integer column with missing values (ref_pred without a reference) into floats
+            numeric = pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
+            ok = (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)) and numeric
             if not ok:
                 raise TableError(f"{what} column {f.name!r} has type {col.type}; expected {f.type}")
             try:

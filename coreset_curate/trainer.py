@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 # settings that may differ when a run is resumed: they do not change what is computed
+MAX_PROBS_CLASSES = 256  # CIFAR-100: 400 bytes a sample and round; ImageNet-1K: none
+
 # settings a run may be resumed with changed: how it runs, not what it trains (score_final
 # only adds a scoring round of the finished model)
 RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile",
@@ -409,6 +411,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         train = train.with_labels(noise.labels)
     train_tf, eval_tf = default_transforms(train)
     in_ch = train.image_shape[0]
+    # score tables keep the whole softmax (the audit's channel suspicion) while it is small
+    keep_probs = train.num_classes <= MAX_PROBS_CLASSES
 
     model = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
                          **config.model_kwargs)
@@ -517,7 +521,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                             checkpoint_sha256=sha256_of(config.teacher),
                             batch_size=score_bs, device=device)
                     table = score_dataset(model, train, ref_outputs, transform=eval_tf,
-                                          epoch=epoch,
+                                          epoch=epoch, probs=keep_probs,
                                           batch_size=score_bs, device=device,
                                           metadata={"arch": config.model, "run": str(out)})
                     path = out / "scores" / f"epoch_{epoch:04d}.parquet"
@@ -611,7 +615,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                 checkpoint_sha256=sha256_of(config.teacher), batch_size=score_bs,
                 device=device)
         table = score_dataset(model, train, ref_outputs, transform=eval_tf,
-                              epoch=config.epochs, batch_size=score_bs, device=device,
+                              epoch=config.epochs, probs=keep_probs, batch_size=score_bs,
+                              device=device,
                               metadata={"arch": config.model, "run": str(out), "final": True})
         write_table(table, final_scores, overwrite=True)
         totals["scoring_s"] += time.perf_counter() - t0

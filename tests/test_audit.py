@@ -15,8 +15,9 @@ from coreset_curate.scores import DEFAULT_SCORES, SCORES, BatchOutputs, compute_
 EYE = np.eye
 
 
-def score_table(logits, labels, epoch, ref_logits=None, ids=None):
-    """A score table computed by the package's own score functions from given logits."""
+def score_table(logits, labels, epoch, ref_logits=None, ids=None, probs=False):
+    """A score table computed by the package's own score functions from given logits
+    (``probs=True`` adds the softmax column as ``score_dataset(probs=True)`` writes it)."""
     out = BatchOutputs(torch.as_tensor(logits, dtype=torch.float32),
                        torch.as_tensor(labels, dtype=torch.int64),
                        ref_logits=None if ref_logits is None
@@ -32,6 +33,9 @@ def score_table(logits, labels, epoch, ref_logits=None, ids=None):
         v = values[name]
         cols[name] = (pa.nulls(n, typ) if v is None
                       else pa.array(v.numpy().astype(typ.to_pandas_dtype()), typ))
+    if probs:
+        soft = out.probs.numpy().astype(np.float32)
+        cols["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.reshape(-1)), soft.shape[1])
     return pa.table(cols)
 
 
@@ -132,6 +136,54 @@ def test_gap_count_recovers_what_the_confident_joint_misses():
     gap = audit(tables, count="gap", true_labels=true).metrics["flag"]
     assert gap["recall"] > joint["recall"] + 0.1
     assert gap["precision"] > 0.95
+
+
+def class_dependent(seed=0):
+    """Flips only from class 0 to class 1 (a quarter of class 0). The student puts most of
+    a flipped sample's mass on class 0; a fifth of the real class-1 samples are hard, with
+    most of their mass on classes 2 and 3, so they have a lower probability of label 1 than
+    the flipped ones."""
+    rng = np.random.default_rng(seed)
+    true = np.repeat(np.arange(4), 400)
+    given = true.copy()
+    flipped = np.flatnonzero(true == 0)[:100]
+    given[flipped] = 1
+    p = np.zeros((len(true), 4))
+    p[true == 0] = [0.70, 0.10, 0.10, 0.10]
+    p[flipped] = [0.80, 0.15, 0.025, 0.025]
+    p[true == 1] = [0.03, 0.91, 0.03, 0.03]
+    hard = np.flatnonzero(true == 1)[:80]
+    p[hard] = [0.0, 0.10, 0.45, 0.45]
+    p[true >= 2] = [0.03, 0.03, 0.03, 0.03]
+    p[true == 2, 2] = p[true == 3, 3] = 0.91
+    p *= np.exp(rng.normal(0, 0.05, p.shape))  # jitter, so thresholds split classes
+    logits = np.log(np.maximum(p, 1e-6))
+    return logits, given, true
+
+
+def test_channel_suspicion_finds_class_dependent_flips_that_self_confidence_misses():
+    logits, given, true = class_dependent()
+    with_probs = audit([score_table(logits, given, 0, probs=True)], true_labels=true)
+    assert with_probs.suspicion == "channel"  # auto picks it when the softmax is there
+    m = with_probs.metrics["flag"]
+    assert m["recall"] > 0.95 and m["precision"] > 0.7 and m["auroc"] > 0.99
+    # the same rounds without the softmax: 1 - prob_label ranks the hard class-1 samples
+    # (0.10) above the flipped ones (0.15) and flags them instead
+    plain = audit([score_table(logits, given, 0)], true_labels=true)
+    assert plain.suspicion == "prob"
+    hard = np.flatnonzero(true == 1)[:80]
+    assert plain.to_pandas().flag.to_numpy()[hard].all()
+    assert plain.metrics["flag"]["precision"] < 0.4
+    assert with_probs.num_flagged == plain.num_flagged  # same joint, same counts
+    table = with_probs.to_pandas()
+    assert not table.flag.to_numpy()[hard].any()  # the hard ones stay
+    with pytest.raises(ValueError, match="needs the student's whole softmax"):
+        audit([score_table(logits, given, 0)], suspicion="channel")
+    # the latest round with probs is read, also from a DataFrame of lists
+    df = score_table(logits, given, 3, probs=True).to_pandas()
+    again = audit([score_table(logits, given, 0), df], true_labels=true)
+    assert again.suspicion == "channel"
+    assert again.metrics["flag"]["recall"] > 0.95
 
 
 def test_thresholds_are_per_class_not_global():

@@ -142,6 +142,22 @@ def test_max_prob_and_embeddings(setup):
     assert np.allclose(row, feats["x"][0].numpy(), atol=1e-2, rtol=1e-2)
 
 
+def test_probs_column_is_the_whole_softmax(setup):
+    data, _, eval_tf, student, ref = setup
+    table = score_dataset(student, data, ref, transform=eval_tf, probs=True)
+    col = table.column("probs")
+    assert col.type.value_type == pa.float32() and col.type.list_size == data.num_classes
+    p = np.asarray(col.combine_chunks().flatten().to_numpy()).reshape(len(data), -1)
+    df = table.to_pandas()
+    assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(p.argmax(1), df.pred.to_numpy())
+    assert np.allclose(p[np.arange(len(df)), df.label], df.prob_label, atol=1e-6)
+    with torch.no_grad():  # one row against the student's own softmax
+        want = torch.softmax(student(eval_tf(data.images[7:8])).float(), 1)[0].numpy()
+    assert np.allclose(p[7], want, atol=1e-5)
+    assert "probs" not in score_dataset(student, data, ref, transform=eval_tf).column_names
+
+
 def test_grand_last_equals_the_autograd_gradient_norm():
     torch.manual_seed(1)
     data = load_data("digits", "train").subset(np.arange(40))
