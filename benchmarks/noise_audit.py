@@ -6,17 +6,19 @@ For each setting (20% and 40% symmetric, 20% asymmetric noise; labels flipped by
 1. a full-precision ResNet-20 trained from scratch on the noisy labels (``--fp-epochs``,
    short on purpose: a model trained to memorise its labels cannot audit them);
 2. W4A4 QAT from it on all the data (``acs`` at fraction 1.0, so every epoch is scored:
-   ``--qat-epochs`` scoring rounds, the first on the calibrated student);
-3. ``audit`` of those rounds (ours: ``confident_joint`` and ``gap`` counts) against
-   cleanlab's ``find_label_issues`` (default filter) and its self-confidence ranking on the
-   softmax of the same final student (eval transform), precision/recall/F1/AUROC each.
+   ``--qat-epochs`` scoring rounds, the first on the calibrated student, and with
+   ``score_final`` one more round of the finished student);
+3. ``audit`` of those rounds (ours: ``confident_joint`` and ``gap`` counts; also the
+   finished student's round alone, and the rounds without it) against cleanlab's
+   ``find_label_issues`` (default filter) and its self-confidence ranking on the softmax of
+   the same finished student (eval transform), precision/recall/F1/AUROC each.
 
 Then, at 20% symmetric noise, QAT at 10% with ``acs`` and with ``random_epoch`` from the
 same noisy teacher (the CPU table's recipe), with their test top-1 and the share of noisy
 samples in each epoch's subset.
 
 Every run lives in ``benchmarks/runs/noise_*`` and resumes from its last epoch; finished
-settings are skipped. Results: ``benchmarks/results/noise_audit.json``. cleanlab is a
+settings are skipped (``--reaudit`` recomputes their audits without training). Results: ``benchmarks/results/noise_audit.json``. cleanlab is a
 benchmark requirement only: ``pip install -r benchmarks/requirements.txt``.
 
     nohup python benchmarks/noise_audit.py > noise.log 2>&1 &
@@ -42,6 +44,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "noise_audit.json"
 SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.2)]
 
 
+def _key(r: dict) -> tuple:
+    return r["noise_type"], r["noise_rate"], r.get("kind", "audit"), r.get("noise_seed", 0)
+
+
 def load_results(path: Path) -> list:
     return json.loads(path.read_text()) if path.exists() else []
 
@@ -60,14 +66,16 @@ def render(results: list) -> str:
     def prf(m: dict) -> str:
         return " | ".join(f"{m[k]:.3f}" for k in ("precision", "recall", "f1", "auroc"))
 
-    lines = ["| noise | rate | student top-1 | ours P | ours R | ours F1 | ours AUROC "
-             "| cleanlab P | cleanlab R | cleanlab F1 | cleanlab AUROC | ours, gap count F1 "
-             "| ours, last round F1 |",
-             "|" + " --- |" * 13]
+    lines = ["| noise | rate | noise seed | student top-1 | ours P | ours R | ours F1 | ours AUROC "
+             "| cleanlab P | cleanlab R | cleanlab F1 | cleanlab AUROC "
+             "| ours, self-confidence suspicion F1 | ours, gap count F1 "
+             "| ours, finished model alone F1 |",
+             "|" + " --- |" * 15]
     for r in (r for r in results if r.get("kind", "audit") == "audit"):
-        lines.append(f"| {r['noise_type']} | {r['noise_rate']:.0%} | {r['qat_top1']:.2f} | "
-                     f"{prf(r['ours'])} | {prf(r['cleanlab'])} | {r['ours_gap']['f1']:.3f} | "
-                     f"{r['ours_last_round']['f1']:.3f} |")
+        lines.append(f"| {r['noise_type']} | {r['noise_rate']:.0%} | {r.get('noise_seed', 0)} | "
+                     f"{r['qat_top1']:.2f} | "
+                     f"{prf(r['ours'])} | {prf(r['cleanlab'])} | {r['ours_prob']['f1']:.3f} | "
+                     f"{r['ours_gap']['f1']:.3f} | {r['ours_final_round']['f1']:.3f} |")
     subsets = [r for r in results if r.get("kind", "").startswith("subset_")]
     if subsets:
         lines += ["", "| method (10%, 20% symmetric noise) | top-1 final | top-1 best "
@@ -101,7 +109,14 @@ def cleanlab_flags(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, n
     return np.asarray(flags, bool), 1.0 - np.asarray(quality)
 
 
-def main() -> None:
+def audit_entry(run: Path, args) -> dict:
+    """Our audit and cleanlab's on a finished QAT run of the noisy labels.
+
+    Ours reads every scoring round: those before each epoch and the finished model's
+    (``score_final``, with the softmax, so the suspicion is ``channel``); cleanlab gets the
+    finished model's softmax. ``ours_prob`` is ours with the self-confidence suspicion,
+    ``ours_final_round`` ours on the finished model's round alone.
+    """
     import torch
 
     from coreset_curate.audit import audit, flag_metrics
@@ -109,8 +124,47 @@ def main() -> None:
     from coreset_curate.models import create_model
     from coreset_curate.noise import read_labels
     from coreset_curate.quant import quantize_model
-    from coreset_curate.trainer import load_checkpoint, load_recipe
+    from coreset_curate.trainer import load_checkpoint
     from coreset_curate.training import predict_logits
+
+    rounds = sorted(str(p) for p in (run / "scores").glob("epoch_*.parquet"))
+    final = run / "scores" / f"epoch_{args.qat_epochs:04d}.parquet"
+    if str(final) not in rounds:
+        raise SystemExit(f"{final} is missing: the run did not score its finished model")
+    labels_path = run / "labels.parquet"
+    ids, noisy, true, _ = read_labels(labels_path)
+    entry = {"realised_noise": float((noisy != true).mean()), "rounds": len(rounds),
+             "train_samples": len(ids)}
+    for count in ("confident_joint", "gap"):
+        res = audit(rounds, count=count, true_labels=labels_path)
+        entry["ours" if count == "confident_joint" else "ours_gap"] = res.metrics["flag"]
+        entry.setdefault("ours_mislabeled_kind", res.metrics["mislabeled_kind"])
+    entry["ours_suspicion"] = res.suspicion  # "channel": the final round has the softmax
+    entry["ours_prob"] = audit(rounds, suspicion="prob", true_labels=labels_path
+                               ).metrics["flag"]
+    entry["ours_final_round"] = audit([str(final)], true_labels=labels_path).metrics["flag"]
+    # cleanlab on the softmax of the same finished student
+    train_data = load_data(args.data, "train")
+    if args.limit_train:
+        train_data = train_data.subset(np.arange(min(args.limit_train, len(train_data))))
+    _, eval_tf = default_transforms(train_data)
+    student = create_model("resnet20", num_classes=train_data.num_classes)
+    quantize_model(student, 4, 4)
+    load_checkpoint(student, run / "model.pt")
+    probs = torch.softmax(predict_logits(student, train_data, eval_tf, batch_size=256),
+                          1).numpy()
+    order = np.argsort(train_data.sample_ids)
+    assert np.array_equal(train_data.sample_ids[order], ids)
+    cl_flags, cl_susp = cleanlab_flags(noisy, probs[order])
+    entry["cleanlab"] = flag_metrics(cl_flags, cl_susp, noisy != true)
+    return entry
+
+
+def main() -> None:
+    import torch
+
+    from coreset_curate.audit import audit
+    from coreset_curate.trainer import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
@@ -123,7 +177,15 @@ def main() -> None:
     parser.add_argument("--subset-epochs", type=int, default=None,
                         help="epochs of the 10%% runs (default: the recipe's)")
     parser.add_argument("--skip-subsets", action="store_true",
-                        help="only the audits, not the 10% acs/random_epoch runs")
+                        help="only the audits, not the 10%% acs/random_epoch runs")
+    parser.add_argument("--noise-seed", type=int, default=0,
+                        help="seed of the label noise (runs of another seed live beside)")
+    parser.add_argument("--settings", nargs="*",
+                        default=[f"{t}-{r:g}" for t, r in SETTINGS],
+                        choices=[f"{t}-{r:g}" for t, r in SETTINGS])
+    parser.add_argument("--reaudit", action="store_true",
+                        help="recompute the audits of finished settings (no training; scores "
+                             "a finished model that has no final round yet)")
     parser.add_argument("--render", action="store_true",
                         help="only write the results into the README's table")
     args = parser.parse_args()
@@ -139,61 +201,50 @@ def main() -> None:
     common += ["compile=false"] if args.limit_train else []  # smoke runs: no compile wait
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    done = {(r["noise_type"], r["noise_rate"], r.get("kind", "audit"))
-            for r in load_results(results_path)}
-
+    done = {_key(r) for r in load_results(results_path)}
+    seed = args.noise_seed
     for noise_type, rate in SETTINGS:
-        if (noise_type, rate, "audit") in done:
+        key = (noise_type, rate, "audit", seed)
+        if f"{noise_type}-{rate:g}" not in args.settings or (key in done and not args.reaudit):
             continue
-        tag = f"noise_{noise_type[:3]}{round(rate * 100)}"
-        noise = f"label_noise={{type: {noise_type}, rate: {rate}, seed: 0}}"
+        tag = f"noise_{noise_type[:3]}{round(rate * 100)}" + (f"_seed{seed}" if seed else "")
+        noise = f"label_noise={{type: {noise_type}, rate: {rate}, seed: {seed}}}"
         t0 = time.perf_counter()
-        fp = train(load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
-                               common + [noise, f"epochs={args.fp_epochs}"]), runs / tag / "fp")
+        fp_cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
+                             common + [noise, f"epochs={args.fp_epochs}"])
         qat_cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_w4a4_full.yaml", common + [
             noise, f"teacher={runs / tag / 'fp' / 'model.pt'}", "teacher_sha256=null",
-            f"epochs={args.qat_epochs}", "method=acs", "fraction=1.0", "reselect_every=1"])
-        qat = train(qat_cfg, runs / tag / "qat")
-        rounds = sorted(str(p) for p in (runs / tag / "qat" / "scores").glob("epoch_*.parquet"))
-        labels_path = runs / tag / "qat" / "labels.parquet"
-        ids, noisy, true, _ = read_labels(labels_path)
-        entry = {"kind": "audit", "noise_type": noise_type, "noise_rate": rate,
-                 "realised_noise": float((noisy != true).mean()), "fp_epochs": args.fp_epochs,
-                 "fp_top1": fp["top1"], "qat_epochs": args.qat_epochs, "qat_top1": qat["top1"],
-                 "rounds": len(rounds), "train_samples": len(ids)}
-        for count in ("confident_joint", "gap"):
-            res = audit(rounds, count=count, true_labels=labels_path)
-            entry["ours" if count == "confident_joint" else "ours_gap"] = res.metrics["flag"]
-            entry.setdefault("ours_mislabeled_kind", res.metrics["mislabeled_kind"])
-        # cleanlab on the softmax of the same final student
-        train_data = load_data(args.data, "train")
-        if args.limit_train:
-            train_data = train_data.subset(np.arange(min(args.limit_train, len(train_data))))
-        _, eval_tf = default_transforms(train_data)
-        student = create_model("resnet20", num_classes=train_data.num_classes)
-        quantize_model(student, 4, 4)
-        load_checkpoint(student, runs / tag / "qat" / "model.pt")
-        probs = torch.softmax(predict_logits(student, train_data, eval_tf, batch_size=256),
-                              1).numpy()
-        order = np.argsort(train_data.sample_ids)
-        assert np.array_equal(train_data.sample_ids[order], ids)
-        cl_flags, cl_susp = cleanlab_flags(noisy, probs[order])
-        entry["cleanlab"] = flag_metrics(cl_flags, cl_susp, noisy != true)
-        last = audit(rounds[-1:], true_labels=labels_path)  # ours on the last round alone
-        entry["ours_last_round"] = last.metrics["flag"]
-        entry["wall_s"] = round(time.perf_counter() - t0, 1)
+            f"epochs={args.qat_epochs}", "method=acs", "fraction=1.0", "reselect_every=1",
+            "score_final=true"])
+        if key in done:  # --reaudit: the runs are finished; only the final round may be new
+            old = next(r for r in load_results(results_path) if _key(r) == key)
+            # what the training measured stays; every audit figure is computed again
+            entry = {k: old[k] for k in ("kind", "noise_type", "noise_rate", "fp_epochs",
+                                         "fp_top1", "qat_epochs", "qat_top1", "wall_s")}
+            entry["noise_seed"] = seed
+            train(qat_cfg, runs / tag / "qat")  # scores the finished model if not yet done
+        else:
+            fp = train(fp_cfg, runs / tag / "fp")
+            qat = train(qat_cfg, runs / tag / "qat")
+            entry = {"kind": "audit", "noise_type": noise_type, "noise_rate": rate,
+                     "noise_seed": seed, "fp_epochs": args.fp_epochs, "fp_top1": fp["top1"],
+                     "qat_epochs": args.qat_epochs, "qat_top1": qat["top1"]}
+        entry.update(audit_entry(runs / tag / "qat", args))
+        if "wall_s" not in entry:
+            entry["wall_s"] = round(time.perf_counter() - t0, 1)
         entry.update(machine=machine, date=time.strftime("%Y-%m-%d"))
-        results = load_results(results_path)
-        results.append(entry)
+        results = [r for r in load_results(results_path) if _key(r) != key] + [entry]
+        results.sort(key=lambda r: (r.get("kind", "audit") != "audit", _key(r)[3],
+                                    SETTINGS.index((r["noise_type"], r["noise_rate"]))))
         save_results(results_path, results)
         print(json.dumps({k: entry[k] for k in ("noise_type", "noise_rate", "ours", "cleanlab")}),
               flush=True)
 
-    if args.skip_subsets:
+    if args.skip_subsets or seed != 0:
         return
     tag = "noise_sym20"
     for method in ("acs", "random_epoch"):
-        if ("symmetric", 0.2, f"subset_{method}") in done:
+        if ("symmetric", 0.2, f"subset_{method}", 0) in done:
             continue
         cfg = load_recipe(ROOT / "recipes" / f"cifar10_resnet20_w4a4_{method}_10.yaml", common + [
             "label_noise={type: symmetric, rate: 0.2, seed: 0}",

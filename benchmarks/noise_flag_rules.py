@@ -4,9 +4,10 @@ score rounds and labels that ``benchmarks/noise_audit.py`` left in ``benchmarks/
 Every rule flags from the same confident joint (``audit``'s, averaged over the rounds);
 they differ in how the flagged samples are chosen:
 
-- ``class/prob``, ``class/aum``, ``class/evs``: the audit's rule, the estimated number of
-  wrong labels of each class taken from the class's most suspicious samples, with the
-  audit's three suspicion scores;
+- ``class/channel``, ``class/prob``, ``class/aum``, ``class/evs``: the audit's rule, the
+  estimated number of wrong labels of each class taken from the class's most suspicious
+  samples, with the audit's four suspicion scores (``channel`` reads the finished model's
+  softmax, which the runs' last round holds);
 - ``cell/margin``: per off-diagonal cell (given i, confident class j) of the joint, that many
   of the samples labeled i that the last round predicts as j, largest ``max_prob -
   prob_label`` first (the per-cell pruning of confident learning, on what a score table
@@ -67,15 +68,15 @@ def compare(run: Path) -> dict:
     ids, noisy, true, _ = read_labels(labels_path)
     wrong = noisy != true
     rules = {}
-    for s in ("prob", "aum", "evs"):
+    for s in ("channel", "prob", "aum", "evs"):
         res = audit(rounds, suspicion=s, true_labels=labels_path)
         rules[f"class/{s}"] = res.metrics["flag"]
         if s == "prob":
             joint, susp = res.confident_joint, res.table.column("suspicion").to_numpy()
-    last = pq.read_table(rounds[-1]).to_pydict()
+    names = ("sample_id", "label", "pred", "prob_label", "max_prob")
+    last = pq.read_table(rounds[-1], columns=list(names)).to_pydict()
     order = np.argsort(last["sample_id"])
-    col = {k: np.asarray(last[k])[order] for k in ("sample_id", "label", "pred", "prob_label",
-                                                   "max_prob")}
+    col = {k: np.asarray(last[k])[order] for k in names}
     assert np.array_equal(col["sample_id"], ids)
     cell = _cell_flags(joint, col["label"], col["pred"], col["max_prob"] - col["prob_label"])
     rules["cell/margin"] = flag_metrics(cell, susp, wrong)
