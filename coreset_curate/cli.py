@@ -309,7 +309,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                                                 checkpoint_sha256=sha256_of(args.reference))
     path = extract_scores(student, data, args.out, reference=reference, transform=eval_tf,
                           epoch=args.epoch, batch_size=args.batch_size, device=args.device,
-                          shard_rows=args.shard_rows, embeddings=args.embeddings, probs=args.probs,
+                          shard_rows=args.shard_rows, embeddings=args.embeddings,
+                          probs=args.probs,
                           metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
                           overwrite=args.overwrite, rank=rank, world_size=world,
                           bf16=args.bf16, channels_last=args.channels_last)

@@ -130,7 +130,8 @@ def extract_scores(
         ref = reference.subset(rows) if isinstance(reference, ReferenceOutputs) else reference
         table = score_dataset(student, data.subset(rows), ref, transform=transform, epoch=epoch,
                               batch_size=batch_size, device=device, embeddings=embeddings,
-                              probs=probs, metadata=metadata, bf16=bf16, channels_last=channels_last)
+                              probs=probs, metadata=metadata, bf16=bf16,
+                              channels_last=channels_last)
         write_table(table, path, overwrite=True)
         done += 1
     seconds = time.perf_counter() - start

@@ -47,11 +47,11 @@ __all__ = ["TrainConfig", "run_training", "load_recipe", "sha256_of"]
 log = logging.getLogger(__name__)
 
 FULL = "full"
-# settings that may differ when a run is resumed: they do not change what is computed
-MAX_PROBS_CLASSES = 256  # CIFAR-100: 400 bytes a sample and round; ImageNet-1K: none
-
-# settings a run may be resumed with changed: how it runs, not what it trains (score_final
-# only adds a scoring round of the finished model)
+# score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
+# sample and round; ImageNet-1K would need 4 kB, so it gets none)
+MAX_PROBS_CLASSES = 256
+# settings that may differ when a run is resumed: how it runs, not what it trains
+# (score_final only adds a scoring round of the finished model)
 RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile",
                      "score_final"}
 
@@ -411,8 +411,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         train = train.with_labels(noise.labels)
     train_tf, eval_tf = default_transforms(train)
     in_ch = train.image_shape[0]
-    # score tables keep the whole softmax (the audit's channel suspicion) while it is small
-    keep_probs = train.num_classes <= MAX_PROBS_CLASSES
+    keep_probs = train.num_classes <= MAX_PROBS_CLASSES  # for the audit's channel suspicion
 
     model = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
                          **config.model_kwargs)

@@ -72,3 +72,18 @@ def _nan_only_in_ds(table: pa.Table) -> bool:
     """ds may be null (NaN is how a null reads), so a NaN there is accepted."""
     others = [c for c in FLOAT_COLS if c in table.column_names and c != "ds"]
     return not any(np.isnan(table.column(c).to_numpy()).any() for c in others)
+
+
+def test_integer_columns_that_went_through_pandas_as_floats():
+    """pandas stores an integer column with missing values as floats; whole floats read
+    back as the contract's integers (missing stays missing), fractional ones are refused."""
+    import pandas as pd
+
+    df = pd.DataFrame({"sample_id": [2, 0, 1], "label": [1.0, 0.0, 2.0],
+                       "epoch": [0, 0, 0], "evs": [0.1, 0.2, 0.3],
+                       "ref_pred": [1.0, np.nan, 2.0]})
+    got = load_rounds(df, ["evs", "ref_pred"]).rounds[0]
+    assert got["label"].tolist() == [0, 2, 1]
+    assert np.array_equal(got["ref_pred"], [np.nan, 2.0, 1.0], equal_nan=True)
+    with pytest.raises(TableError, match="'label' does not fit int64"):
+        load_rounds(df.assign(label=[1.5, 0.0, 2.0]), ["evs"])
