@@ -18,8 +18,10 @@ same noisy teacher (the CPU table's recipe), with their test top-1 and the share
 samples in each epoch's subset.
 
 Every run lives in ``benchmarks/runs/noise_*`` and resumes from its last epoch; finished
-settings are skipped (``--reaudit`` recomputes their audits without training). Results: ``benchmarks/results/noise_audit.json``. cleanlab is a
-benchmark requirement only: ``pip install -r benchmarks/requirements.txt``.
+settings are skipped (``--reaudit`` recomputes their audits without training;
+``--noise-seed N --settings asymmetric-0.2`` adds a setting with other flips). Results:
+``benchmarks/results/noise_audit.json``. cleanlab is a benchmark requirement only:
+``pip install -r benchmarks/requirements.txt``.
 
     nohup python benchmarks/noise_audit.py > noise.log 2>&1 &
 """

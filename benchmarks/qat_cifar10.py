@@ -51,6 +51,9 @@ PLAN = [
     # scores get (R = 2: six selections)?
     (2, "acs", 0.1, 0, {"schedule": "ds"}), (2, "acs", 0.1, 0, {"schedule": "cos2"}),
     (2, "acs", 0.1, 0, {"reselect_every": 2}),
+    # R = 2 put ACS first on seed 0: its control is per-epoch random re-drawn as often, and
+    # a second seed
+    (2, "random_epoch", 0.1, 0, {"reselect_every": 2}), (2, "acs", 0.1, 1, {"reselect_every": 2}),
     (2, "acs", 0.3, 0), (2, "random_epoch", 0.3, 0), (2, "random", 0.3, 0),
     (2, "el2n", 0.3, 0),
 ]
