@@ -220,16 +220,14 @@ def _channel_suspicion(softmax: np.ndarray, labels: np.ndarray, joint: np.ndarra
     """
     n = len(labels)
     cols = joint.sum(0, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        flip = np.where(cols > 0, joint / np.where(cols > 0, cols, 1.0), 0.0)
+    # (the inner wheres keep the denominators nonzero, so nothing divides by zero)
+    flip = np.where(cols > 0, joint / np.where(cols > 0, cols, 1.0), 0.0)
     k = flip.shape[0]
     p = softmax[:, :k]
     rows = flip[labels]  # (n, k): P(given label of the row | true j)
     right = p[np.arange(n), labels] * rows[np.arange(n), labels]
     total = (p * rows).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        post = np.where(total > 0, right / np.where(total > 0, total, 1.0),
-                        p[np.arange(n), labels])
+    post = np.where(total > 0, right / np.where(total > 0, total, 1.0), p[np.arange(n), labels])
     return 1.0 - post
 
 

@@ -493,6 +493,24 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         write_text(metrics_path, "".join(line + "\n" for line in kept))
     top1 = None
     ref_outputs = None
+
+    def round_path(epoch: int) -> Path:
+        return out / "scores" / f"epoch_{epoch:04d}.parquet"
+
+    def score_round(epoch: int, **meta) -> Path:
+        """Score every training sample with the current student into scores/epoch_E."""
+        nonlocal ref_outputs
+        if teacher is not None and ref_outputs is None:
+            # the teacher never changes: its outputs are computed once per run
+            ref_outputs, _ = cached_reference(
+                teacher, train, eval_tf, cache_dir=out / "reference-cache",
+                checkpoint_sha256=sha256_of(config.teacher), batch_size=score_bs,
+                device=device)
+        table = score_dataset(model, train, ref_outputs, transform=eval_tf, epoch=epoch,
+                              probs=keep_probs, batch_size=score_bs, device=device,
+                              metadata={"arch": config.model, "run": str(out), **meta})
+        write_table(table, round_path(epoch), overwrite=True)
+        return round_path(epoch)
     end_epoch = config.epochs if stop_after is None else min(config.epochs,
                                                              start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
@@ -513,18 +531,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                 needs_scores = bool(METHODS[config.method].columns)
                 if needs_scores:
                     t0 = time.perf_counter()
-                    if teacher is not None and ref_outputs is None:
-                        # the teacher never changes: its outputs are computed once per run
-                        ref_outputs, _ = cached_reference(
-                            teacher, train, eval_tf, cache_dir=out / "reference-cache",
-                            checkpoint_sha256=sha256_of(config.teacher),
-                            batch_size=score_bs, device=device)
-                    table = score_dataset(model, train, ref_outputs, transform=eval_tf,
-                                          epoch=epoch, probs=keep_probs,
-                                          batch_size=score_bs, device=device,
-                                          metadata={"arch": config.model, "run": str(out)})
-                    path = out / "scores" / f"epoch_{epoch:04d}.parquet"
-                    write_table(table, path, overwrite=True)
+                    score_round(epoch)
                     t["scoring_s"] = time.perf_counter() - t0
                     sources = sorted(str(p) for p in (out / "scores").glob("epoch_*.parquet")
                                      if int(p.stem.split("_")[1]) <= epoch)
@@ -605,22 +612,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         return None
     if top1 is None:  # resumed a finished run
         top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
-    final_scores = out / "scores" / f"epoch_{config.epochs:04d}.parquet"
-    if config.score_final and not final_scores.exists():
+    if config.score_final and not round_path(config.epochs).exists():
         t0 = time.perf_counter()
-        if teacher is not None and ref_outputs is None:
-            ref_outputs, _ = cached_reference(
-                teacher, train, eval_tf, cache_dir=out / "reference-cache",
-                checkpoint_sha256=sha256_of(config.teacher), batch_size=score_bs,
-                device=device)
-        table = score_dataset(model, train, ref_outputs, transform=eval_tf,
-                              epoch=config.epochs, probs=keep_probs, batch_size=score_bs,
-                              device=device,
-                              metadata={"arch": config.model, "run": str(out), "final": True})
-        write_table(table, final_scores, overwrite=True)
+        path = score_round(config.epochs, final=True)
         totals["scoring_s"] += time.perf_counter() - t0
-        log.info("scored the finished model: %s (%.1fs)", final_scores,
-                 time.perf_counter() - t0)
+        log.info("scored the finished model: %s (%.1fs)", path, time.perf_counter() - t0)
     _save_atomic(model.state_dict(), out / "model.pt")
     summary = {
         "model": config.model, "mode": config.mode,
