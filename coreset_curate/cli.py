@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--data", default=None,
                     help="the dataset the scores came from (class names, thumbnails)")
     au.add_argument("--split", default="train")
+    au.add_argument("--stream", action="store_true",
+                    help="read --data's images only for the thumbnails shown (ImageNet)")
     au.add_argument("--id-column", default=None, help="column holding sample ids")
     au.add_argument("--index", default=None, help="a run's index: flagged share per epoch")
     au.add_argument("--true-labels", default=None, metavar="LABELS.parquet",
@@ -215,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--channels-last", action="store_true", help="channels-last batches")
     sc.add_argument("--normalize-from", default="train", metavar="SPLIT",
                     help="split whose pixel statistics normalise the input (train)")
+    sc.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                    help="normalise with these per-channel means instead (with --std), e.g. "
+                         "0.485 0.456 0.406 for torchvision's ImageNet models")
+    sc.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                    help="per-channel standard deviations (with --mean)")
+    sc.add_argument("--stream", action="store_true",
+                    help="decode images batch by batch instead of into memory (ImageNet), "
+                         "as centre crops of --crop-size")
+    sc.add_argument("--crop-size", type=_positive_int, default=None,
+                    help="with --stream: crop side (224)")
+    sc.add_argument("--resize-size", type=_positive_int, default=None,
+                    help="with --stream: shorter side before the centre crop (crop / 0.875)")
+    sc.add_argument("--workers", type=int, default=None,
+                    help="with --stream: decoding processes (cores - 1, at most 16)")
     sc.add_argument("--out", required=True, help="score table to write")
     sc.add_argument("--overwrite", action="store_true")
     sc.set_defaults(func=_cmd_score)
@@ -225,8 +241,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
     from .data import load_data
 
-    data = (load_data(args.data, args.split, id_column=args.id_column) if args.data
-            else None)
+    data = (load_data(args.data, args.split, id_column=args.id_column, stream=args.stream)
+            if args.data else None)
     result = audit(args.scores, data=data, suspicion=args.suspicion, count=args.count,
                    true_labels=args.true_labels, index=args.index)
     paths = result.write(args.out, data=data, overwrite=args.overwrite,
@@ -263,7 +279,9 @@ def _cmd_noise(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data import default_transforms, inference_batch_size, load_data
+    import numpy as np
+
+    from .data import default_transforms, inference_batch_size, iter_batches, load_data
     from .extract import distributed_context, extract_scores
     from .models import create_model
     from .quant import FLOAT_BITS, calibrate_, quantize_model
@@ -274,10 +292,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     rank, world = distributed_context()
     args.batch_size = args.batch_size or inference_batch_size(args.device)
-    data = load_data(args.data, args.split, id_column=args.id_column)
-    stats = data if args.normalize_from == args.split else load_data(args.data,
-                                                                      args.normalize_from)
-    _, eval_tf = default_transforms(stats)
+    view = ({"stream": True, "crop_size": args.crop_size, "resize_size": args.resize_size,
+             "num_workers": args.workers} if args.stream else {})
+    if not args.stream and (args.crop_size or args.resize_size or args.workers is not None):
+        raise ValueError("--crop-size, --resize-size and --workers apply to --stream")
+    data = load_data(args.data, args.split, id_column=args.id_column, **view)
+    if args.mean is not None or args.std is not None:
+        _, eval_tf = default_transforms(data, mean=args.mean, std=args.std)
+    else:
+        stats = data if args.normalize_from == args.split else load_data(
+            args.data, args.normalize_from, **view)
+        _, eval_tf = default_transforms(stats)
     student = create_model(args.model, num_classes=data.num_classes,
                            in_channels=data.image_shape[0])
     quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
@@ -287,7 +312,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if missing:
         log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
                  args.w_bits, args.a_bits, args.split)
-        calibrate_(student, (eval_tf(data.images[i : i + 256]) for i in range(0, 2048, 256)),
+        first = np.arange(min(len(data), 1024))
+        calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(data, 256, first)),
                    max_batches=4)
     reference = None
     if args.reference:

@@ -47,6 +47,9 @@ __all__ = [
     "FingerprintMismatch",
     "parquet_dataset",
     "to_hf_dataset",
+    "iter_batches",
+    "load_batches",
+    "LabelledRows",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,59 @@ def check_fingerprint(expected: dict, actual: dict, what: str = "table") -> None
             )
 
 
+class LabelledRows:
+    """What every dataset of this toolkit shares, whether its images are decoded in memory
+    (``ImageData``) or decoded batch by batch (``stream.StreamingImageData``): labels,
+    sample ids, class names, the fingerprint and the id -> position map."""
+
+    labels: torch.Tensor
+    sample_ids: np.ndarray
+    class_names: list[str]
+    split: str
+    name: str
+
+    def _check_rows(self, n: int) -> None:
+        if n == 0:
+            raise ValueError(f"dataset {self.name!r} split {self.split!r} is empty")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64)
+        if self.labels.shape != (n,) or self.sample_ids.shape != (n,):
+            raise ValueError("images, labels and sample_ids must have the same length")
+        if len(np.unique(self.sample_ids)) != n:
+            raise ValueError("sample ids must be unique")
+        k = len(self.class_names)
+        lo, hi = int(self.labels.min()), int(self.labels.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"labels must lie in 0..{k - 1} ({k} classes); found {lo}..{hi}")
+        self._fingerprint = fingerprint(self.labels.numpy(), self.split, self.sample_ids)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._fingerprint)
+
+    def positions(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``sample_ids``; raises if an id is not in the dataset."""
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        order = np.argsort(self.sample_ids, kind="stable")
+        sorted_ids = self.sample_ids[order]
+        pos = np.searchsorted(sorted_ids, ids)
+        pos = np.clip(pos, 0, len(sorted_ids) - 1)
+        missing = sorted_ids[pos] != ids
+        if missing.any():
+            raise KeyError(f"{int(missing.sum())} sample ids are not in the dataset, e.g. "
+                           f"{ids[missing][:5].tolist()}")
+        return order[pos]
+
+
 @dataclass
-class ImageData:
+class ImageData(LabelledRows):
     """A split decoded into memory.
 
     images: (N, C, H, W) uint8; labels: (N,) int64; sample_ids: (N,) int64 numpy array
@@ -107,48 +161,11 @@ class ImageData:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError("images must be a (N, C, H, W) uint8 tensor")
-        n = self.images.shape[0]
-        if n == 0:
-            raise ValueError(f"dataset {self.name!r} split {self.split!r} is empty")
-        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
-        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64)
-        if self.labels.shape != (n,) or self.sample_ids.shape != (n,):
-            raise ValueError("images, labels and sample_ids must have the same length")
-        if len(np.unique(self.sample_ids)) != n:
-            raise ValueError("sample ids must be unique")
-        k = len(self.class_names)
-        lo, hi = int(self.labels.min()), int(self.labels.max())
-        if lo < 0 or hi >= k:
-            raise ValueError(f"labels must lie in 0..{k - 1} ({k} classes); found {lo}..{hi}")
-        self._fingerprint = fingerprint(self.labels.numpy(), self.split, self.sample_ids)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def fingerprint(self) -> dict:
-        return dict(self._fingerprint)
+        self._check_rows(int(self.images.shape[0]))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def positions(self, sample_ids: np.ndarray) -> np.ndarray:
-        """Row positions of ``sample_ids``; raises if an id is not in the dataset."""
-        ids = np.asarray(sample_ids, dtype=np.int64)
-        order = np.argsort(self.sample_ids, kind="stable")
-        sorted_ids = self.sample_ids[order]
-        pos = np.searchsorted(sorted_ids, ids)
-        pos = np.clip(pos, 0, len(sorted_ids) - 1)
-        missing = sorted_ids[pos] != ids
-        if missing.any():
-            raise KeyError(f"{int(missing.sum())} sample ids are not in the dataset, e.g. "
-                           f"{ids[missing][:5].tolist()}")
-        return order[pos]
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Exact per-channel mean and std of the pixels, scaled to [0, 1]."""
@@ -232,16 +249,33 @@ class TrainTransform(EvalTransform):
         return self.normalize(x)
 
 
-def default_transforms(train: ImageData, *, flip: bool | None = None,
-                       padding: int | None = None) -> tuple[TrainTransform, EvalTransform]:
-    """Train and eval transforms normalised with the statistics of ``train``.
+def default_transforms(train, *, flip: bool | None = None, padding: int | None = None,
+                       mean=None, std=None) -> tuple[TrainTransform, EvalTransform]:
+    """Train and eval transforms normalised with the statistics of ``train`` (or the given
+    ``mean`` and ``std``, one per channel on the [0, 1] scale, for example the ones a
+    pretrained model was trained with).
 
-    Padding defaults to 1/8 of the image side (4 for 32x32); flipping defaults to on,
-    except for digit datasets where a mirrored digit is another symbol.
+    Padding defaults to 1/8 of the image side (4 for 32x32), and to none for a streamed
+    dataset, which crops while it decodes; flipping defaults to on, except for digit
+    datasets where a mirrored digit is another symbol.
     """
-    mean, std = train.channel_stats()
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if mean is None:
+        mean, std = train.channel_stats()
+    else:
+        channels = train.image_shape[0]
+        for name, v in (("mean", mean), ("std", std)):
+            if (not isinstance(v, (list, tuple)) or len(v) != channels or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise ValueError(f"{name} must be {channels} numbers (one per channel); "
+                                 f"got {v!r}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive; got {std!r}")
+        mean, std = tuple(float(x) for x in mean), tuple(float(x) for x in std)
     if padding is None:
-        padding = max(1, train.image_shape[-1] // 8)
+        padding = 0 if getattr(train, "crops_on_decode", False) \
+            else max(1, train.image_shape[-1] // 8)
     if flip is None:
         flip = train.name not in ("digits", "torchvision:MNIST")
     return TrainTransform(mean, std, padding=padding, flip=flip), EvalTransform(mean, std)
@@ -258,10 +292,28 @@ def load_data(
     root: str | os.PathLike | None = None,
     download: bool = False,
     num_threads: int | None = None,
-) -> ImageData:
-    """Load one split of an image-classification dataset into memory (see module doc)."""
+    stream: bool = False,
+    crop_size: int | None = None,
+    resize_size: int | None = None,
+    num_workers: int | None = None,
+):
+    """Load one split of an image-classification dataset into memory (see module doc).
+
+    ``stream=True`` keeps the images encoded and returns a ``stream.StreamingImageData``
+    that decodes them batch by batch, cropped to ``crop_size`` (default 224; eval view:
+    shorter side resized to ``resize_size``, default ``crop_size / 0.875``, then the centre
+    crop) in ``num_workers`` processes: for datasets of many or differently sized images
+    (ImageNet). It takes a Hugging Face dataset, Parquet files or ``imagefolder:PATH``.
+    """
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string; got {split!r}")
+    if not isinstance(stream, bool):
+        raise ValueError(f"stream must be true or false; got {stream!r}")
+    view = {"crop_size": 224 if crop_size is None else crop_size, "resize_size": resize_size,
+            "num_workers": num_workers}
+    if not stream and (crop_size is not None or resize_size is not None):
+        raise ValueError("crop_size and resize_size apply to streamed datasets (stream=True); "
+                         "in-memory datasets keep their images' size")
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
@@ -272,17 +324,24 @@ def load_data(
         source = source[split]
     if datasets is not None and isinstance(source, datasets.Dataset):
         return _from_hf(source, split, "hf:" + (source.info.dataset_name or "dataset"),
-                        image_column, label_column, id_column, num_threads)
+                        image_column, label_column, id_column, num_threads,
+                        view if stream else None)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
                         f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
     text = os.fspath(source)
+    if text.startswith("imagefolder:"):
+        return _image_folder(text, split, view if stream else None, num_threads)
+    if stream and (text == "digits" or text.startswith("torchvision:")):
+        raise ValueError(f"stream=True takes a Hugging Face dataset, Parquet files or "
+                         f"'imagefolder:PATH'; {text!r} is small enough to load into memory")
     if text == "digits":
         return _digits(split)
     if text.startswith("torchvision:"):
         return _torchvision(text.split(":", 1)[1], split, root, download)
     ds = parquet_dataset(text, split)
-    return _from_hf(ds, split, text, image_column, label_column, id_column, num_threads)
+    return _from_hf(ds, split, text, image_column, label_column, id_column, num_threads,
+                    view if stream else None)
 
 
 def parquet_dataset(source: str | os.PathLike, split: str = "train"):
@@ -300,6 +359,10 @@ def to_hf_dataset(data: ImageData):
 
     if data.hf_dataset is not None:
         return data.hf_dataset
+    if not hasattr(data, "images"):
+        raise ValueError(f"{data.name!r} is streamed from an image folder: load it with "
+                         "datasets.load_dataset('imagefolder', data_dir=...) to use it as a "
+                         "datasets.Dataset")
     arr = data.images.permute(0, 2, 3, 1).numpy()
     images = [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
     features = datasets.Features({"image": datasets.Image(),
@@ -353,7 +416,7 @@ def find_column(features, what: str, name: str | None) -> str:
     return name
 
 
-def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads) -> ImageData:
+def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads, view):
     import datasets
 
     feats = ds.features
@@ -371,6 +434,14 @@ def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads
            else np.arange(len(ds), dtype=np.int64))
     if len(ds) == 0:
         raise ValueError(f"dataset {name!r} split {split!r} is empty")
+    if view is not None:
+        from .stream import streaming_from_hf
+
+        if not isinstance(feats[image_column], datasets.Image):
+            raise ValueError(f"stream=True needs an Image column of encoded images; "
+                             f"{image_column!r} is {feats[image_column]}")
+        return streaming_from_hf(ds, split, name, image_column, labels, class_names, ids,
+                                 **view)
     if isinstance(feats[image_column], datasets.Image):
         images = _decode_image_column(ds, image_column, num_threads)
     else:
@@ -379,22 +450,39 @@ def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads
     return ImageData(images, torch.from_numpy(labels), ids, class_names, split, name, hf_dataset=ds)
 
 
+def _image_folder(text: str, split: str, view: dict | None, num_threads) -> ImageData:
+    """``imagefolder:ROOT``: the split is ``ROOT/SPLIT/CLASS/IMAGE`` files."""
+    from .stream import image_folder_files, streaming_from_folder
+
+    root = Path(text.split(":", 1)[1]) / split
+    if view is not None:
+        return streaming_from_folder(root, split, text, **view)
+    paths, labels, classes = image_folder_files(root)
+    images = _decode_all(paths, num_threads)
+    return ImageData(images, torch.from_numpy(labels), np.arange(len(paths), dtype=np.int64),
+                     classes, split, text)
+
+
 def _decode_image_column(ds, column: str, num_threads: int | None) -> torch.Tensor:
     import datasets
-    from PIL import Image
 
     table = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     table = table.with_format("arrow")[:]
     structs = table.column(column).combine_chunks()
     blobs = structs.field("bytes").to_pylist()
     paths = structs.field("path").to_pylist()
+    return _decode_all([b if b is not None else p for b, p in zip(blobs, paths)], num_threads)
+
+
+def _decode_all(items: list, num_threads: int | None) -> torch.Tensor:
+    """Encoded images (bytes or paths) of one size and mode as an (N, C, H, W) uint8 tensor."""
+    from PIL import Image
 
     def decode(i: int) -> np.ndarray:
-        raw = blobs[i]
-        img = Image.open(io.BytesIO(raw)) if raw is not None else Image.open(paths[i])
-        return np.asarray(img)
+        raw = items[i]
+        return np.asarray(Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw))
 
-    n = len(blobs)
+    n = len(items)
     first = decode(0)
     out = np.empty((n, *first.shape), dtype=np.uint8)
     workers = num_threads or min(4, os.cpu_count() or 1)
@@ -406,7 +494,8 @@ def _decode_image_column(ds, column: str, num_threads: int | None) -> torch.Tens
                 if a.shape != first.shape or a.dtype != np.uint8:
                     raise ValueError(
                         f"image {i} has shape {a.shape} ({a.dtype}), image 0 has {first.shape} "
-                        "(uint8): in-memory loading needs images of one size and mode")
+                        "(uint8): in-memory loading needs images of one size and mode; "
+                        "stream=True crops them to one size as it decodes")
                 out[i] = a
             return min(start + chunk, n) - start
 
@@ -474,15 +563,33 @@ def inference_batch_size(device: "torch.device | str | None" = None) -> int:
     return 1024 if torch.device(device).type == "cuda" else 256
 
 
-def iter_batches(data: ImageData, batch_size: int, positions: np.ndarray | None = None, *,
-                 shuffle: bool = False, generator: torch.Generator | None = None):
-    """Yield ``(positions, uint8 images, labels)`` over ``positions`` (default: all rows)."""
+def iter_batches(data, batch_size: int, positions: np.ndarray | None = None, *,
+                 shuffle: bool = False, generator: torch.Generator | None = None,
+                 view: str = "eval"):
+    """Yield ``(positions, uint8 images, labels)`` over ``positions`` (default: all rows).
+
+    ``view`` matters for streamed datasets only: ``"train"`` decodes random resized crops
+    (seeded from ``generator``), ``"eval"`` the centre crops.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     pos = torch.arange(len(data)) if positions is None else torch.as_tensor(
         np.asarray(positions, dtype=np.int64))
     if shuffle:
         pos = pos[torch.randperm(len(pos), generator=generator)]
-    for i in range(0, len(pos), batch_size):
-        p = pos[i : i + batch_size]
-        yield p, data.images[p], data.labels[p]
+    yield from load_batches(data, [pos[i : i + batch_size] for i in range(0, len(pos), batch_size)],
+                            view=view, generator=generator)
+
+
+def load_batches(data, batches: list, *, view: str = "eval",
+                 generator: torch.Generator | None = None):
+    """Yield ``(positions, uint8 images, labels)`` for each array of positions in
+    ``batches``: indexed from memory, or decoded by a streamed dataset's workers (the train
+    view's crops seeded by one draw from ``generator``)."""
+    if not hasattr(data, "decode_batches"):
+        for p in batches:
+            p = torch.as_tensor(np.asarray(p, dtype=np.int64))
+            yield p, data.images[p], data.labels[p]
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if view == "train" else 0
+    yield from data.decode_batches(batches, view=view, seed=seed)

@@ -101,6 +101,8 @@ def extract_scores(
     run_key = {"fingerprint": data.fingerprint, "student": state_sha256(student),
                "reference": ref_id, "transform": transform.to_dict(), "epoch": epoch,
                "shard_rows": shard_rows, "embeddings": embeddings, "probs": probs, "bf16": bf16}
+    if hasattr(data, "view_key"):  # a streamed dataset: its crop decides the pixels too
+        run_key["view"] = data.view_key()
     run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
     manifest = parts / "manifest.json"
     if rank == 0:

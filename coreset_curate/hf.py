@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .data import (ImageData, check_fingerprint, find_column, fingerprint, parquet_dataset,
+from .data import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
 from .atomic import atomic_path
 from .tables import read_table, table_metadata, validate_index
@@ -57,7 +57,7 @@ def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = 
 
 
 def _as_hf(dataset, split: str):
-    if isinstance(dataset, ImageData):
+    if isinstance(dataset, LabelledRows):  # ImageData, or a streamed dataset
         return to_hf_dataset(dataset)
     if isinstance(dataset, (str, os.PathLike)):
         if os.fspath(dataset) == "digits":

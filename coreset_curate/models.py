@@ -171,12 +171,20 @@ def mobilenetv2_cifar(num_classes: int, in_channels: int = 3, width: float = 1.0
     return model
 
 
-@register_model("resnet18")
-def resnet18(num_classes: int, in_channels: int = 3, weights=None) -> nn.Module:
-    """torchvision's ImageNet ResNet-18 (``weights`` as torchvision takes them; downloads)."""
-    model = torchvision.models.resnet18(weights=weights, num_classes=num_classes)
-    model.conv1 = _set_in_channels(model.conv1, in_channels)
-    return model
+def _imagenet_resnet(depth: int):
+    def build(num_classes: int, in_channels: int = 3, weights=None) -> nn.Module:
+        model = getattr(torchvision.models, f"resnet{depth}")(weights=weights,
+                                                              num_classes=num_classes)
+        model.conv1 = _set_in_channels(model.conv1, in_channels)
+        return model
+
+    build.__doc__ = (f"torchvision's ImageNet ResNet-{depth} (7x7 stem and max-pool, for "
+                     "224x224 inputs; ``weights`` as torchvision takes them, which downloads).")
+    return build
+
+
+for _depth in (18, 34, 50, 101):
+    register_model(f"resnet{_depth}")(_imagenet_resnet(_depth))
 
 
 @register_model("mobilenet_v2")

@@ -120,9 +120,12 @@ def compute_reference(reference: nn.Module, data: ImageData, transform: EvalTran
 
 
 def cache_key(data: ImageData, checkpoint_sha256: str, transform: EvalTransform) -> str:
-    blob = json.dumps({"format": _FORMAT, "fingerprint": data.fingerprint,
-                       "checkpoint": checkpoint_sha256, "transform": transform.to_dict(),
-                       "num_classes": data.num_classes}, sort_keys=True)
+    parts = {"format": _FORMAT, "fingerprint": data.fingerprint,
+             "checkpoint": checkpoint_sha256, "transform": transform.to_dict(),
+             "num_classes": data.num_classes}
+    if hasattr(data, "view_key"):  # a streamed dataset: its crop decides the pixels too
+        parts["view"] = data.view_key()
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

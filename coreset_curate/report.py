@@ -83,13 +83,19 @@ def _plots(result) -> dict[str, str]:
     return out
 
 
-def _thumb(image: np.ndarray, scale: int = 3) -> str:
+def _thumb(image: np.ndarray, side: int = 96) -> str:
+    """A (C, H, W) uint8 image as an inline PNG about ``side`` pixels wide: small images
+    enlarged by a whole factor (pixels kept sharp), large ones shrunk."""
     from PIL import Image
 
     arr = np.asarray(image)
     arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
     img = Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if img.width <= side:
+        scale = max(1, side // img.width)
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    else:
+        img = img.resize((side, max(1, round(img.height * side / img.width))), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -202,8 +208,8 @@ def _examples_html(result, data, max_examples: int) -> str:
     given = np.asarray(t.column("given_label"))
     sugg = t.column("suggested_label").to_pylist()
     kinds = np.asarray(t.column("kind").to_pylist(), dtype=object)
-    images = data is not None and getattr(data, "images", None) is not None \
-        and data.images.ndim == 4
+    images = data is not None and (hasattr(data, "decode") or (
+        getattr(data, "images", None) is not None and data.images.ndim == 4))
     parts = []
     for key, title, blurb in _GROUPS:
         rows = np.flatnonzero(kinds == key)
@@ -213,8 +219,11 @@ def _examples_html(result, data, max_examples: int) -> str:
         parts.append(f"<h2>{_e(title)} ({int((kinds == key).sum()):,})</h2><p>{_e(blurb)}; "
                      f"the {len(rows)} most suspicious:</p><div>")
         pos = data.positions(ids[rows]) if images else None
+        pixels = None
+        if images:  # a streamed dataset decodes just these rows (centre crops)
+            pixels = data.decode(pos) if hasattr(data, "decode") else data.images[pos]
         for j, r in enumerate(rows):
-            img = (f"<img src='{_thumb(data.images[int(pos[j])].numpy())}' alt=''><br>"
+            img = (f"<img src='{_thumb(pixels[j].numpy())}' alt=''><br>"
                    if images else "")
             parts.append(f"<div class='ex'>{img}id {_e(ids[r])}<br>given <b>"
                          f"{_e(_name(result, int(given[r])))}</b><br>suggested "

@@ -72,8 +72,16 @@ class TrainConfig:
     first_last: str = "int8"
     quant_init: str = "mse"
     calibration_batches: int = 4
-    teacher: str | None = None  # full-precision checkpoint: QAT init, reference and teacher
+    # full-precision checkpoint of the teacher (distillation); without `init`, also the QAT
+    # starting point and the reference of the disagreement score (DS)
+    teacher: str | None = None
     teacher_sha256: str | None = None
+    teacher_model: str | None = None  # the teacher's architecture (default: model)
+    teacher_model_kwargs: dict = field(default_factory=dict)
+    # full-precision checkpoint of the student's architecture: where training starts and the
+    # DS reference (the paper's ImageNet runs start ResNet-18 here, distil from ResNet-101)
+    init: str | None = None
+    init_sha256: str | None = None
     kd: bool = True  # distil from the teacher in QAT (soft cross-entropy, T = 1)
     label_weight: float = 0.0  # weight of the label cross-entropy added to distillation
     epochs: int = 30
@@ -104,6 +112,17 @@ class TrainConfig:
     score_batch_size: int | None = None  # likewise
     limit_train: int | None = None  # only the first N training rows (smoke runs, tests)
     limit_test: int | None = None
+    # decode images batch by batch instead of into memory (ImageNet), cropped to crop_size:
+    # random resized crops to train, centre crops of the shorter side resized to resize_size
+    # (default crop_size / 0.875) to score and evaluate; decoded by data_workers processes
+    stream: bool = False
+    crop_size: int | None = None
+    resize_size: int | None = None
+    data_workers: int | None = None
+    # normalisation, one number per channel on the [0, 1] scale (default: the training
+    # split's statistics); pretrained torchvision models need ImageNet's
+    mean: list | None = None
+    std: list | None = None
     # injected label noise for experiments, e.g. {type: symmetric, rate: 0.2, seed: 0}:
     # training labels are flipped, and RUN_DIR/labels.parquet keeps the true ones
     label_noise: dict | None = None
@@ -120,11 +139,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "reselect_every", "calibration_batches"):
             positive_int(name)
         for name in ("limit_train", "limit_test", "num_threads", "eval_batch_size",
-                     "score_batch_size"):
+                     "score_batch_size", "crop_size", "resize_size"):
             if getattr(self, name) is not None:
                 positive_int(name)
+        if self.data_workers is not None and (isinstance(self.data_workers, bool) or not
+                                              isinstance(self.data_workers, int)
+                                              or self.data_workers < 0):
+            raise ValueError(f"data_workers must be a non-negative integer; got "
+                             f"{self.data_workers!r}")
         for name in ("per_channel", "kd", "nesterov", "per_class", "channels_last", "compile",
-                     "deterministic", "score_final"):
+                     "deterministic", "score_final", "stream"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.mode not in ("fp", "qat"):
@@ -145,15 +169,25 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name} must be a non-negative number; got {v!r}")
-        if self.mode == "qat" and not self.teacher:
-            raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH")
+        if self.mode == "qat" and not (self.teacher or self.init):
+            raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH "
+                             "(or init=PATH)")
+        if self.mode == "qat" and self.kd and not self.teacher:
+            raise ValueError("kd=true distils from a teacher: set teacher=PATH (or kd=false)")
+        if self.teacher_model not in (None, self.model) and not self.init and self.teacher:
+            raise ValueError(f"the teacher is a {self.teacher_model!r}, the student a "
+                             f"{self.model!r}: set init=PATH, a full-precision checkpoint of "
+                             "the student's architecture to start from")
+        if not self.stream and (self.crop_size or self.resize_size or self.data_workers):
+            raise ValueError("crop_size, resize_size and data_workers apply to stream=true")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
-        if self.teacher_sha256 is not None and not (
-                isinstance(self.teacher_sha256, str)
-                and re.fullmatch(r"[0-9a-f]{64}", self.teacher_sha256.lower())):
-            raise ValueError("teacher_sha256 must be a 64-character hex string (quote it in "
-                             f"YAML); got {self.teacher_sha256!r}")
+        for name in ("teacher_sha256", "init_sha256"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, str)
+                                      and re.fullmatch(r"[0-9a-f]{64}", v.lower())):
+                raise ValueError(f"{name} must be a 64-character hex string (quote it in "
+                                 f"YAML); got {v!r}")
         if self.label_noise is not None:
             from .noise import NOISE_TYPES
 
@@ -390,8 +424,10 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     score_bs = config.score_batch_size or inference_batch_size(device)
     t_wall = time.perf_counter()
 
-    train = load_data(config.data, config.train_split)
-    test = load_data(config.data, config.test_split)
+    view = ({"stream": True, "crop_size": config.crop_size, "resize_size": config.resize_size,
+             "num_workers": config.data_workers} if config.stream else {})
+    train = load_data(config.data, config.train_split, **view)
+    test = load_data(config.data, config.test_split, **view)
     if config.limit_train:
         train = train.subset(np.arange(min(config.limit_train, len(train))))
     if config.limit_test:
@@ -409,29 +445,50 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         log.info("label noise: %d of %d training labels flipped (%s, rate %s)",
                  int(noise.flipped.sum()), len(train), noise.noise_type, noise.rate)
         train = train.with_labels(noise.labels)
-    train_tf, eval_tf = default_transforms(train)
+    train_tf, eval_tf = default_transforms(train, mean=config.mean, std=config.std)
     in_ch = train.image_shape[0]
     keep_probs = train.num_classes <= MAX_PROBS_CLASSES  # for the audit's channel suspicion
 
     model = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
                          **config.model_kwargs)
-    teacher = None
-    if config.teacher:
-        if config.teacher_sha256 and sha256_of(config.teacher) != config.teacher_sha256:
-            raise ValueError(f"teacher {config.teacher} does not have the sha256 the recipe "
-                             f"names ({config.teacher_sha256})")
-        teacher = create_model(config.model, num_classes=train.num_classes, in_channels=in_ch,
-                               **config.model_kwargs)
+
+    def fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: dict):
+        """A full-precision model from a weights-only checkpoint, its sha256 checked."""
+        digest = sha256_of(path)
+        if sha256 and digest != sha256.lower():
+            raise ValueError(f"{what} {path} does not have the sha256 the recipe names "
+                             f"({sha256})")
+        fp = create_model(arch, num_classes=train.num_classes, in_channels=in_ch, **kwargs)
         try:
-            teacher.load_state_dict(_load_state(config.teacher))
+            fp.load_state_dict(_load_state(path))
         except RuntimeError as err:
-            raise ValueError(f"teacher {config.teacher} does not fit model {config.model!r}: "
+            raise ValueError(f"{what} {path} does not fit model {arch!r}: "
                              f"{str(err).splitlines()[0]}") from err
-        teacher.eval().requires_grad_(False).to(device)
+        return fp.eval().requires_grad_(False), digest
+
+    teacher = init = None
+    if config.teacher:
+        teacher, teacher_digest = fp_checkpoint(
+            "teacher", config.teacher, config.teacher_sha256,
+            config.teacher_model or config.model,
+            config.teacher_model_kwargs if config.teacher_model else config.model_kwargs)
+        teacher.to(device)
+    if config.init:
+        init, init_digest = fp_checkpoint("init", config.init, config.init_sha256, config.model,
+                                          config.model_kwargs)
+    # the DS reference: the full-precision weights of the student's architecture
+    reference, reference_digest = ((init, init_digest) if init is not None else
+                                   (teacher, teacher_digest) if teacher is not None else
+                                   (None, None))
+    if init is not None or config.mode == "qat":
+        model.load_state_dict(reference.state_dict())
     if config.mode == "qat":
-        model.load_state_dict(teacher.state_dict())
         model.to(device)
-        calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256))
+        # calibration batches spread over the split (an image folder lists class by class)
+        calib_pos = (np.linspace(0, len(train) - 1, min(len(train),
+                                                          256 * config.calibration_batches))
+                     .astype(np.int64) if config.stream else None)
+        calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
         quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
                        first_last=config.first_last, init=config.quant_init)
         calibrate_(model, calib, max_batches=config.calibration_batches)
@@ -500,12 +557,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     def score_round(epoch: int, **meta) -> Path:
         """Score every training sample with the current student into scores/epoch_E."""
         nonlocal ref_outputs
-        if teacher is not None and ref_outputs is None:
-            # the teacher never changes: its outputs are computed once per run
+        if reference is not None and ref_outputs is None:
+            # the reference never changes: its outputs are computed once per run
             ref_outputs, _ = cached_reference(
-                teacher, train, eval_tf, cache_dir=out / "reference-cache",
-                checkpoint_sha256=sha256_of(config.teacher), batch_size=score_bs,
-                device=device)
+                reference, train, eval_tf, cache_dir=out / "reference-cache",
+                checkpoint_sha256=reference_digest, batch_size=score_bs, device=device)
         table = score_dataset(model, train, ref_outputs, transform=eval_tf, epoch=epoch,
                               probs=keep_probs, batch_size=score_bs, device=device,
                               metadata={"arch": config.model, "run": str(out), **meta})
@@ -619,7 +675,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         log.info("scored the finished model: %s (%.1fs)", path, time.perf_counter() - t0)
     _save_atomic(model.state_dict(), out / "model.pt")
     summary = {
-        "model": config.model, "mode": config.mode,
+        "model": config.model, "mode": config.mode, "teacher_model": config.teacher_model,
         "w_bits": config.w_bits if config.mode == "qat" else 32,
         "a_bits": config.a_bits if config.mode == "qat" else 32,
         "method": config.method, "fraction": config.fraction, "epochs": config.epochs,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import EvalTransform, ImageData, TrainTransform, iter_batches
+from .data import EvalTransform, ImageData, TrainTransform, iter_batches, load_batches
 from .progress import progress
 
 __all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits", "rank_plan"]
@@ -63,12 +63,13 @@ def train_epoch(
     total, count = 0.0, 0
     if plan is None:
         batches = ((pos, images, labels, None) for pos, images, labels in
-                   iter_batches(data, batch_size, positions, shuffle=True, generator=generator))
+                   iter_batches(data, batch_size, positions, shuffle=True, generator=generator,
+                                view="train"))
         n_total = len(positions)
     else:  # an explicit batch plan: (positions, extra per-sample weights) in order
-        batches = ((torch.as_tensor(p), data.images[torch.as_tensor(p)],
-                    data.labels[torch.as_tensor(p)], torch.as_tensor(w, dtype=torch.float32))
-                   for p, w in plan)
+        loaded = load_batches(data, [p for p, _ in plan], view="train", generator=generator)
+        batches = ((pos, images, labels, torch.as_tensor(w, dtype=torch.float32))
+                   for (pos, images, labels), (_, w) in zip(loaded, plan))
         n_total = sum(len(p) for p, _ in plan)
     with progress(total=n_total, desc="train", unit="img") as bar:
         for pos, images, labels, extra_w in batches:
