@@ -84,6 +84,21 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
+def code_version() -> str | None:
+    """The commit the runs are made with (``+dirty`` when the package has local changes),
+    so that rows made before and after a change of the trainer can be told apart."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "coreset_curate"], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
 def load_results() -> list[dict]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
@@ -170,7 +185,7 @@ def main() -> None:
             "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
             "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
             "schedule": config.schedule, "overrides": overrides, "resumed": resume,
-            "machine": info, "date": time.strftime("%Y-%m-%d")})
+            "machine": info, "date": time.strftime("%Y-%m-%d"), "commit": code_version()})
         save_results(results)
         print(json.dumps(results[-1]), flush=True)
     write_readme_table(load_results())

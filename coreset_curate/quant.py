@@ -120,6 +120,9 @@ def _mse_step(values: torch.Tensor, qn: int, qp: int, grid: int = 100) -> torch.
     return best_step
 
 
+_MIN_STEP = 1e-8  # also the smallest step initialisation gives
+
+
 def _lsq_step(values: torch.Tensor, qp: int) -> torch.Tensor:
     return (2.0 * values.float().abs().mean(dim=1) / math.sqrt(qp)).clamp_min(1e-8)
 
@@ -237,6 +240,11 @@ class LsqQuantizer(nn.Module):
         qn, qp = self.bounds
         per_step = x[0].numel() if not self.num_channels else x.numel() // self.num_channels
         s = grad_scale(self.step, 1.0 / math.sqrt(per_step * qp))
+        # the quantizer uses |step|: one SGD update larger than a small step (an 8-bit
+        # first layer's is ~1e-2) would otherwise make it negative, which zeroes the layer's
+        # output and its gradients for good (a W2A2 run collapsed to chance that way);
+        # a positive step is used as it is, so this changes nothing until then
+        s = s.abs().clamp_min(_MIN_STEP)
         if self.num_channels:
             s = s.view(-1, *([1] * (x.dim() - 1)))
         else:

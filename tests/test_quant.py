@@ -94,6 +94,25 @@ def test_step_gradient_matches_lsq_formula():
     assert v2.grad.tolist() == [[0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
 
 
+def test_a_step_pushed_below_zero_keeps_quantizing_with_its_magnitude():
+    # one SGD update larger than a small step (an 8-bit layer's) drives the parameter
+    # negative; an unsigned activation quantizer that divided by it would clamp every
+    # positive input to 0 and pass no gradient again (a W2A2 run collapsed to chance so)
+    q = LsqQuantizer(2, signed=False, init="lsq")
+    x = torch.tensor([[0.1, 0.4, 0.7, 1.2, 3.0]])
+    q.init_from(x)
+    with torch.no_grad():
+        q.step.fill_(0.3)
+    positive = q(x).detach()
+    with torch.no_grad():
+        q.step.fill_(-0.3)
+    x2 = x.clone().requires_grad_(True)
+    out = q(x2)
+    assert torch.equal(out.detach(), positive) and out.abs().sum() > 0
+    out.sum().backward()
+    assert q.step.grad.abs().item() > 0 and x2.grad.abs().sum() > 0  # still learning
+
+
 def _rel_err(model_q, model_f, x):
     with torch.no_grad():
         a, b = model_q(x), model_f(x)
