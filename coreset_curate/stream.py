@@ -20,7 +20,9 @@ Horizontal flips and normalisation stay in the batched ``TrainTransform`` /
 ``EvalTransform`` (``default_transforms`` gives no padding for these datasets). JPEGs are
 decoded at the smallest power-of-two reduction (``PIL.Image.draft``) that still leaves the
 crop at least ``crop_size`` pixels wide and high, which saves most of the decoding time on
-large photos and changes pixels only by the resampling.
+large photos and changes pixels only by the resampling (``benchmarks/stream_decode.py``: no
+gain at ImageNet's usual 500x375 with 224 crops, where no reduction is small enough; 1.6x
+to 1.8x on photos 2.5 times that size).
 
 A ``StreamingImageData`` has what an ``ImageData`` has except ``images``: labels, sample
 ids, fingerprint, ``positions``, ``subset``, ``with_labels``; ``iter_batches`` of
@@ -154,15 +156,16 @@ def center_box(w: int, h: int, crop: int, resize: int) -> tuple[float, float, fl
 
 
 def decode_one(item, view: str, crop: int, resize: int, scale, ratio,
-               rng: np.random.Generator | None) -> np.ndarray:
-    """One encoded image as a (crop, crop, 3) uint8 array in the given view."""
+               rng: np.random.Generator | None, draft: bool = True) -> np.ndarray:
+    """One encoded image as a (crop, crop, 3) uint8 array in the given view (``draft``:
+    decode JPEGs at a reduced size where the crop allows)."""
     from PIL import Image
 
     img = _open(item)
     w, h = img.size
     box = (random_resized_box(w, h, scale, ratio, rng) if view == "train"
            else center_box(w, h, crop, resize))
-    if img.format == "JPEG":
+    if draft and img.format == "JPEG":
         bw, bh = box[2] - box[0], box[3] - box[1]
         want = (math.ceil(w * crop / bw), math.ceil(h * crop / bh))
         if want[0] < w and want[1] < h:
@@ -194,6 +197,7 @@ class StreamingImageData(LabelledRows):
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     num_workers: int | None = None
+    draft: bool = True
     hf_dataset: Any = field(default=None, repr=False)
 
     # the batched train transform must not crop again: the crop happens while decoding
@@ -234,12 +238,14 @@ class StreamingImageData(LabelledRows):
 
     def view_key(self) -> dict:
         """What decides the eval view's pixels (part of the reference cache's key)."""
-        return {"crop_size": self.crop_size, "resize_size": self.resize_size}
+        return {"crop_size": self.crop_size, "resize_size": self.resize_size,
+                "draft": self.draft}
 
     def _replace(self, **changes) -> StreamingImageData:
         values = {k: getattr(self, k) for k in ("labels", "sample_ids", "class_names", "split",
                                                 "name", "source", "rows", "crop_size",
-                                                "resize_size", "scale", "ratio", "num_workers")}
+                                                "resize_size", "scale", "ratio", "num_workers",
+                                                "draft")}
         values.update(changes)
         return StreamingImageData(**values)
 
@@ -267,7 +273,7 @@ class StreamingImageData(LabelledRows):
             rng = np.random.default_rng([seed, int(p)]) if view == "train" else None
             try:
                 out[j] = decode_one(item, view, self.crop_size, self.resize_size, self.scale,
-                                    self.ratio, rng)
+                                    self.ratio, rng, self.draft)
             except (OSError, ValueError, SyntaxError) as err:
                 raise ValueError(f"cannot decode the image of sample id "
                                  f"{int(self.sample_ids[p])} ({self.name}, split "
