@@ -166,6 +166,7 @@ def main() -> None:
     start = time.perf_counter()
     done = {r["name"] for r in results}
     info = machine()
+    commit = code_version()  # at start: the code this process imported
     for bits, method, fraction, seed, *more in PLAN:
         overrides = more[0] if more else {}
         name = run_name(bits, method, fraction, seed, overrides)
@@ -185,7 +186,7 @@ def main() -> None:
             "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
             "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
             "schedule": config.schedule, "overrides": overrides, "resumed": resume,
-            "machine": info, "date": time.strftime("%Y-%m-%d"), "commit": code_version()})
+            "machine": info, "date": time.strftime("%Y-%m-%d"), "commit": commit})
         save_results(results)
         print(json.dumps(results[-1]), flush=True)
     write_readme_table(load_results())
