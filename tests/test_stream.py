@@ -292,3 +292,58 @@ def test_imagenet_recipe_runs_on_a_small_stand_in(photos, tmp_path):
     assert [x["subset_size"] for x in lines] == [16, 16]  # 10% of 4 classes of 40
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "teacher_model: resnet101" in config and "stream: true" in config
+
+
+def test_torchrun_two_gloo_ranks_train_a_streamed_epoch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(7)
+    for split, n in (("train", 64), ("test", 16)):
+        for i in range(n):
+            k = i % len(CLASSES)
+            folder = tmp_path / "folder" / split / CLASSES[k]
+            folder.mkdir(parents=True, exist_ok=True)
+            w, h = rng.integers(40, 90, 2)
+            Image.fromarray(_photo(rng, k, int(w), int(h))).save(folder / f"{i:03d}.jpg")
+    env = {**os.environ, "CORESET_CURATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "ddp"
+    sets = [f"data=imagefolder:{tmp_path / 'folder'}", "stream=true", "crop_size=32",
+            "data_workers=1", "model=small_cnn", "epochs=1", "channels_last=false",
+            "batch_size=16", "method=random_epoch", "fraction=0.5"]
+    args = ["train", *[a for kv in sets for a in ("--set", kv)], "--out", str(out)]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "coreset_curate", *args], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_samples"] == 64 and summary["test_samples"] == 16
+    ids, _ = epoch_rows(read_index(out / "index.parquet"), 0)
+    assert len(ids) == 32  # half of each of 4 classes of 16
+    line = json.loads((out / "metrics.jsonl").read_text())
+    assert line["subset_size"] == 32 and np.isfinite(line["train_loss"])
+
+
+def test_cli_scores_and_audits_a_streamed_split(photos, init_ckpt, tmp_path, capsys):
+    from coreset_curate.cli import main
+
+    out = tmp_path / "scores.parquet"
+    assert main(["score", "--data", str(photos), "--stream", "--crop-size", "32",
+                 "--workers", "0", "--model", "small_cnn", "--checkpoint", str(init_ckpt),
+                 "--reference", str(init_ckpt), "--w-bits", "4", "--a-bits", "4",
+                 "--probs", "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 160 and table.column("ds").null_count == 0
+    meta = json.loads(pq.read_schema(out).metadata[b"coreset_curate"])
+    assert meta["fingerprint"]["length"] == 160
+    assert main(["audit", "--scores", str(out), "--data", str(photos), "--stream",
+                 "--out", str(tmp_path / "audit")]) == 0
+    html = (tmp_path / "audit" / "report.html").read_text()
+    flagged = pq.read_table(tmp_path / "audit" / "audit.parquet").column("flag").to_numpy()
+    # every flagged sample shown gets a thumbnail decoded from the stream
+    assert html.count("<div class='ex'><img src='data:image/png;base64,") == int(flagged.sum()) > 0
+    assert main(["score", "--data", str(photos), "--crop-size", "32", "--model", "small_cnn",
+                 "--checkpoint", str(init_ckpt), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "apply to --stream" in capsys.readouterr().err
