@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coreset_curate.atomic import write_text
+from results_file import append_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,12 +126,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(run))
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "scoring_throughput.json"
-    runs = json.loads(path.read_text()) if path.exists() else []
-    runs.append(run)
-    write_text(path, json.dumps(runs, indent=2))
+    path = append_record("scoring_throughput.json", run)
     print(f"wrote {path}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coreset_curate.atomic import write_text
+from results_file import append_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(500, 375), (500, 333), (375, 500), (500, 400), (640, 480), (333, 500)]
@@ -121,12 +120,7 @@ def main() -> None:
     from PIL import __version__ as pil_version
 
     record["pillow"] = pil_version
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "stream_decode.json"
-    runs = json.loads(path.read_text()) if path.exists() else []
-    runs.append(record)
-    write_text(path, json.dumps(runs, indent=2))
+    path = append_record("stream_decode.json", record)
     print(f"wrote {path}")
 
 
