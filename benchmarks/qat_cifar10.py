@@ -108,10 +108,19 @@ def save_results(results: list[dict]) -> None:
     write_text(RESULTS, json.dumps(results, indent=2))
 
 
+def _method(r: dict) -> str:
+    # rows record their commit since the quantizer divides by |step| (commit 907dac0);
+    # the rows before it were made with a step that could cross zero
+    return r["method"] + (" *" if r.get("commit") else "")
+
+
 def render(results: list[dict]) -> str:
     """The plan's table, then the ablations beside the run they change."""
     plain = [r for r in results if not r.get("overrides")]
     table = _render_plan(plain)
+    if any(r.get("commit") for r in results):
+        table += ("\n\n\\* made after the quantizer change to |step| (commit 907dac0); the "
+                  "other rows before it")
     ablations = [r for r in results if r.get("overrides")]
     if not ablations:
         return table
@@ -120,7 +129,7 @@ def render(results: list[dict]) -> str:
     bases = {(r["w_bits"], r["method"], r["fraction"], r["seed"]) for r in ablations}
     shown = [r for r in plain if (r["w_bits"], r["method"], r["fraction"], r["seed"]) in bases]
     for r in shown + ablations:
-        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['method']} | {r['fraction']:g} | "
+        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {_method(r)} | {r['fraction']:g} | "
                     f"{r['seed']} | {r.get('schedule', 'cos')} | {r['R']} | {r['top1']:.2f} | "
                     f"{r['best_top1']:.2f} | {r['wall_s']:.0f} | {r['scoring_s']:.0f} |")
     return table + "\n\nAblations of ACS (everything else as the recipe):\n\n" + "\n".join(rows)
@@ -131,7 +140,7 @@ def _render_plan(results: list[dict]) -> str:
             "| scoring (s) | selection (s) | train (s) | eval (s) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (-r["w_bits"], r["fraction"], r["method"], r["seed"])):
-        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['method']} | {r['fraction']:g} | "
+        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {_method(r)} | {r['fraction']:g} | "
                     f"{r['seed']} | {r['epochs']} | {r['R']} | {r['top1']:.2f} | "
                     f"{r['best_top1']:.2f} | {r['wall_s']:.0f} | {r['scoring_s']:.0f} | "
                     f"{r['selection_s']:.1f} | {r['train_s']:.0f} | {r['eval_s']:.0f} |")
