@@ -289,9 +289,10 @@ class StreamingImageData(LabelledRows):
                 p = torch.as_tensor(np.asarray(p, dtype=np.int64))
                 yield p, self.decode(p.numpy(), view, seed), self.labels[p]
             return
+        # two batches in flight per worker: at 512 crops of 224 a batch is 77 MB (pinned)
         loader = torch.utils.data.DataLoader(
             _Batches(self, batches, view, seed), batch_size=None, shuffle=False,
-            num_workers=min(workers, len(batches)), prefetch_factor=4,
+            num_workers=min(workers, len(batches)), prefetch_factor=2,
             pin_memory=torch.cuda.is_available(), worker_init_fn=_one_thread)
         yield from loader
 
