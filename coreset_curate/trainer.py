@@ -89,6 +89,10 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" or "adam"
     lr: float = 0.1
     step_lr: float | None = None  # learning rate of the LSQ step sizes (default: lr)
+    # learning rate of the 8-bit quantizers' step sizes (the first and last layers with
+    # first_last: int8; default: step_lr): an 8-bit step is small, and at step_lr one
+    # update can move it by more than its own size
+    step_lr_8bit: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -165,7 +169,8 @@ class TrainConfig:
         if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
             raise ValueError(f"fraction must be a number in (0, 1]; got {self.fraction!r}")
         for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_weight",
-                     "label_smoothing"):
+                     "label_smoothing") + tuple(k for k in ("step_lr", "step_lr_8bit")
+                                                if getattr(self, k) is not None):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name} must be a non-negative number; got {v!r}")
@@ -306,12 +311,17 @@ def _device(config: TrainConfig) -> torch.device:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    steps, decay, no_decay = [], [], []
+    from .quant import LsqQuantizer
+
+    eight_bit = {id(m.step) for m in model.modules()
+                 if isinstance(m, LsqQuantizer) and m.bits == 8}
+    steps, steps8, decay, no_decay = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.endswith(".step"):
-            steps.append(p)
+            (steps8 if id(p) in eight_bit and config.step_lr_8bit is not None
+             else steps).append(p)
         elif p.dim() <= 1:
             no_decay.append(p)  # batch-norm weights and biases
         else:
@@ -321,6 +331,8 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     if steps:
         groups.append({"params": steps, "weight_decay": 0.0,
                        "lr": config.step_lr if config.step_lr is not None else config.lr})
+    if steps8:
+        groups.append({"params": steps8, "weight_decay": 0.0, "lr": config.step_lr_8bit})
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0)

@@ -233,3 +233,31 @@ def test_resume_refuses_other_settings(teacher, tmp_path):
     done = run_training(_qat(t_dir, method="random_epoch", epochs=2, eval_batch_size=100),
                         tmp_path / "r", resume=True)
     assert done is not None and done["epochs"] == 2
+
+
+def test_step_lr_8bit_gives_the_8bit_steps_their_own_rate():
+    from coreset_curate.models import create_model
+    from coreset_curate.quant import LsqQuantizer, quantize_model
+    from coreset_curate.trainer import _optimizer
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.randint(0, 10, (32,))
+    model = quantize_model(create_model("small_cnn", num_classes=10, in_channels=1), 3, 3,
+                           first_last="int8", calibration=[x])
+    quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+    by_bits = {b: [q.step for q in quantizers if q.bits == b] for b in (3, 8)}
+    assert len(by_bits[8]) == 4 and len(by_bits[3]) == 2  # first conv and fc: 8 bits
+    cfg = TrainConfig(**{**BASE, "mode": "fp", "step_lr": 0.05, "step_lr_8bit": 0.0})
+    opt = _optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {lr_of[id(p)] for p in by_bits[8]} == {0.0}
+    assert {lr_of[id(p)] for p in by_bits[3]} == {0.05}
+    before = {id(p): p.detach().clone() for p in by_bits[8] + by_bits[3]}
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert all(torch.equal(p, before[id(p)]) for p in by_bits[8])
+    assert all(not torch.equal(p, before[id(p)]) for p in by_bits[3])
+    # without the key every step size shares step_lr, as before
+    groups = _optimizer(model, TrainConfig(**{**BASE, "step_lr": 0.05})).param_groups
+    assert len(groups) == 3 and len(groups[2]["params"]) == 6
