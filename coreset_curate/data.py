@@ -474,13 +474,18 @@ def _decode_image_column(ds, column: str, num_threads: int | None) -> torch.Tens
     return _decode_all([b if b is not None else p for b, p in zip(blobs, paths)], num_threads)
 
 
-def _decode_all(items: list, num_threads: int | None) -> torch.Tensor:
-    """Encoded images (bytes or paths) of one size and mode as an (N, C, H, W) uint8 tensor."""
+def open_image(item):
+    """A PIL image from encoded bytes or a file path (not decoded until its pixels are read)."""
     from PIL import Image
 
+    return Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
+
+
+def _decode_all(items: list, num_threads: int | None) -> torch.Tensor:
+    """Encoded images (bytes or paths) of one size and mode as an (N, C, H, W) uint8 tensor."""
+
     def decode(i: int) -> np.ndarray:
-        raw = items[i]
-        return np.asarray(Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw))
+        return np.asarray(open_image(items[i]))
 
     n = len(items)
     first = decode(0)

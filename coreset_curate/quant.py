@@ -120,11 +120,11 @@ def _mse_step(values: torch.Tensor, qn: int, qp: int, grid: int = 100) -> torch.
     return best_step
 
 
-_MIN_STEP = 1e-8  # also the smallest step initialisation gives
+_MIN_STEP = 1e-8  # the smallest step a quantizer divides by (and the lsq init's floor)
 
 
 def _lsq_step(values: torch.Tensor, qp: int) -> torch.Tensor:
-    return (2.0 * values.float().abs().mean(dim=1) / math.sqrt(qp)).clamp_min(1e-8)
+    return (2.0 * values.float().abs().mean(dim=1) / math.sqrt(qp)).clamp_min(_MIN_STEP)
 
 
 class LsqQuantizer(nn.Module):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text
+from .data import LabelledRows, load_batches
 from .tables import write_table
 
 __all__ = ["write_report", "render_html", "render_markdown"]
@@ -208,8 +209,7 @@ def _examples_html(result, data, max_examples: int) -> str:
     given = np.asarray(t.column("given_label"))
     sugg = t.column("suggested_label").to_pylist()
     kinds = np.asarray(t.column("kind").to_pylist(), dtype=object)
-    images = data is not None and (hasattr(data, "decode") or (
-        getattr(data, "images", None) is not None and data.images.ndim == 4))
+    images = isinstance(data, LabelledRows)  # in memory, or streamed
     parts = []
     for key, title, blurb in _GROUPS:
         rows = np.flatnonzero(kinds == key)
@@ -219,9 +219,8 @@ def _examples_html(result, data, max_examples: int) -> str:
         parts.append(f"<h2>{_e(title)} ({int((kinds == key).sum()):,})</h2><p>{_e(blurb)}; "
                      f"the {len(rows)} most suspicious:</p><div>")
         pos = data.positions(ids[rows]) if images else None
-        pixels = None
-        if images:  # a streamed dataset decodes just these rows (centre crops)
-            pixels = data.decode(pos) if hasattr(data, "decode") else data.images[pos]
+        # one batch of just these rows (a streamed dataset decodes their centre crops)
+        pixels = next(load_batches(data, [pos]))[1] if images else None
         for j, r in enumerate(rows):
             img = (f"<img src='{_thumb(pixels[j].numpy())}' alt=''><br>"
                    if images else "")

@@ -31,18 +31,17 @@ ids, fingerprint, ``positions``, ``subset``, ``with_labels``; ``iter_batches`` o
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .data import LabelledRows
+from .data import LabelledRows, open_image
 
 __all__ = ["StreamingImageData", "IMAGE_SUFFIXES", "default_workers", "image_folder_files"]
 
@@ -113,12 +112,6 @@ def image_folder_files(root: str | os.PathLike) -> tuple[list[str], np.ndarray, 
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def _open(item):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item)
-
-
 def random_resized_box(w: int, h: int, scale: tuple[float, float], ratio: tuple[float, float],
                        rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of a random crop covering ``scale`` of the area with an
@@ -161,7 +154,7 @@ def decode_one(item, view: str, crop: int, resize: int, scale, ratio,
     decode JPEGs at a reduced size where the crop allows)."""
     from PIL import Image
 
-    img = _open(item)
+    img = open_image(item)
     w, h = img.size
     box = (random_resized_box(w, h, scale, ratio, rng) if view == "train"
            else center_box(w, h, crop, resize))
@@ -241,25 +234,18 @@ class StreamingImageData(LabelledRows):
         return {"crop_size": self.crop_size, "resize_size": self.resize_size,
                 "draft": self.draft}
 
-    def _replace(self, **changes) -> StreamingImageData:
-        values = {k: getattr(self, k) for k in ("labels", "sample_ids", "class_names", "split",
-                                                "name", "source", "rows", "crop_size",
-                                                "resize_size", "scale", "ratio", "num_workers",
-                                                "draft")}
-        values.update(changes)
-        return StreamingImageData(**values)
-
     def subset(self, positions: np.ndarray, split: str | None = None) -> StreamingImageData:
         """The rows at ``positions`` (ids kept), still streaming."""
         pos = np.asarray(positions, dtype=np.int64)
-        return self._replace(labels=self.labels[torch.as_tensor(pos)],
-                             sample_ids=self.sample_ids[pos], rows=self.rows[pos],
-                             class_names=list(self.class_names), split=split or self.split)
+        return replace(self, hf_dataset=None, labels=self.labels[torch.as_tensor(pos)],
+                       sample_ids=self.sample_ids[pos], rows=self.rows[pos],
+                       class_names=list(self.class_names), split=split or self.split)
 
     def with_labels(self, labels) -> StreamingImageData:
         """The same images with other labels (for example with injected noise)."""
-        return self._replace(labels=torch.as_tensor(np.asarray(labels), dtype=torch.int64),
-                             sample_ids=self.sample_ids.copy())
+        return replace(self, hf_dataset=None,
+                       labels=torch.as_tensor(np.asarray(labels), dtype=torch.int64),
+                       sample_ids=self.sample_ids.copy())
 
     def decode(self, positions: np.ndarray, view: str = "eval", seed: int = 0) -> torch.Tensor:
         """The samples at ``positions`` as a (n, 3, crop, crop) uint8 tensor, decoded in this
@@ -284,14 +270,13 @@ class StreamingImageData(LabelledRows):
         """Yield ``(positions, uint8 images, labels)`` for each array of positions in
         ``batches``, in order, decoded by ``num_workers`` worker processes (0: here)."""
         workers = default_workers() if self.num_workers is None else self.num_workers
+        jobs = _Batches(self, batches, view, seed)
         if workers == 0 or len(batches) <= 1:
-            for p in batches:
-                p = torch.as_tensor(np.asarray(p, dtype=np.int64))
-                yield p, self.decode(p.numpy(), view, seed), self.labels[p]
+            yield from (jobs[k] for k in range(len(jobs)))
             return
         # two batches in flight per worker: at 512 crops of 224 a batch is 77 MB (pinned)
         loader = torch.utils.data.DataLoader(
-            _Batches(self, batches, view, seed), batch_size=None, shuffle=False,
+            jobs, batch_size=None, shuffle=False,
             num_workers=min(workers, len(batches)), prefetch_factor=2,
             pin_memory=torch.cuda.is_available(), worker_init_fn=_one_thread)
         yield from loader

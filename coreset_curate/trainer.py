@@ -34,7 +34,7 @@ from .atomic import atomic_path, write_text
 from .data import default_transforms, inference_batch_size, iter_batches, load_data
 from .hf import epoch_rows, read_index
 from .models import create_model
-from .quant import calibrate_, quantize_model
+from .quant import LsqQuantizer, calibrate_, quantize_model
 from .refcache import cached_reference
 from .scores import score_dataset
 from .selection import METHODS, SCHEDULES, add_to_index, select
@@ -311,8 +311,6 @@ def _device(config: TrainConfig) -> torch.device:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    from .quant import LsqQuantizer
-
     eight_bit = {id(m.step) for m in model.modules()
                  if isinstance(m, LsqQuantizer) and m.bits == 8}
     steps, steps8, decay, no_decay = [], [], [], []
