@@ -33,7 +33,7 @@ KEYS = ("model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed"
 def main() -> None:
     import torch
 
-    from coreset_curate.trainer import load_recipe, run_training
+    from coreset_curate.training import load_recipe, run_training
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))

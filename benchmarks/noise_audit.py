@@ -59,7 +59,7 @@ def save_results(path: Path, results: list) -> None:
     write_text(path, json.dumps(results, indent=2))
 
 
-README = ROOT / "README.md"
+README = ROOT / "benchmarks" / "README.md"
 TABLE_START, TABLE_END = "<!-- noise-table:start -->", "<!-- noise-table:end -->"
 
 
@@ -95,7 +95,7 @@ def write_readme_table(results: list) -> None:
 
 
 def train(config, out: Path) -> dict:
-    from coreset_curate.trainer import run_training
+    from coreset_curate.training import run_training
 
     resume = (out / "last.pt").exists()
     summary = run_training(config, out, resume=resume, overwrite=not resume)
@@ -121,12 +121,12 @@ def audit_entry(run: Path, args) -> dict:
     """
     import torch
 
-    from coreset_curate.audit import audit, flag_metrics
+    from coreset_curate.noise_audit import audit, flag_metrics
     from coreset_curate.data import default_transforms, load_data
     from coreset_curate.models import create_model
     from coreset_curate.noise import read_labels
     from coreset_curate.quant import quantize_model
-    from coreset_curate.trainer import load_checkpoint
+    from coreset_curate.training import load_checkpoint
     from coreset_curate.training import predict_logits
 
     rounds = sorted(str(p) for p in (run / "scores").glob("epoch_*.parquet"))
@@ -165,8 +165,8 @@ def audit_entry(run: Path, args) -> dict:
 def main() -> None:
     import torch
 
-    from coreset_curate.audit import audit
-    from coreset_curate.trainer import load_recipe
+    from coreset_curate.noise_audit import audit
+    from coreset_curate.training import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))

@@ -60,7 +60,7 @@ def _fill(flag, joint, labels, suspicion) -> np.ndarray:
 def compare(run: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from coreset_curate.audit import audit, flag_metrics
+    from coreset_curate.noise_audit import audit, flag_metrics
     from coreset_curate.noise import read_labels
 
     rounds = sorted(str(p) for p in (run / "scores").glob("epoch_*.parquet"))

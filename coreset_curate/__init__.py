@@ -9,18 +9,21 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ImageData": "data", "load_data": "data", "default_transforms": "data",
+    "AdaptiveSelector": "selector", "RoundScorer": "selector",
+    "ImageData": "data", "load_data": "data", "default_transforms": "data", "as_rows": "data",
     "EvalTransform": "data", "TrainTransform": "data",
     "create_model": "models", "list_models": "models", "register_model": "models",
     "quantize_model": "quant", "calibrate_": "quant", "QuantConfig": "quant",
-    "score_dataset": "scores", "register_score": "scores",
-    "select": "selection", "index_table": "selection", "register_method": "selection",
+    "score_dataset": "scores", "register_score": "scores", "list_scores": "scores",
+    "select": "selection", "register_method": "selection", "list_methods": "selection",
+    "list_schedules": "selection", "index_table": "index", "read_index": "index",
+    "add_to_index": "index",
     "read_table": "tables", "write_table": "tables",
     "extract_scores": "extract",
     "load_subset": "hf", "export_subset": "hf",
     "SubsetSampler": "sampler", "DistributedSubsetSampler": "sampler",
-    "TrainConfig": "trainer", "load_recipe": "trainer", "run_training": "trainer",
-    "AuditResult": "audit", "inject_noise": "noise",
+    "TrainConfig": "training", "load_recipe": "training", "run_training": "training",
+    "audit": "noise_audit", "AuditResult": "noise_audit", "inject_noise": "noise",
     "write_report": "report",
 }
 

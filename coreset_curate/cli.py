@@ -1,7 +1,8 @@
 """Command line: ``coreset-curate [--version] [-v|-q] COMMAND ...``.
 
-User errors (bad arguments, bad files) end with one line on stderr and exit status 2;
-anything else is a bug and keeps its traceback.
+User errors (bad arguments, bad files: the ValueError and OSError the toolkit raises on
+purpose) end with one line on stderr and exit status 2; anything else is a bug and ends
+with its traceback and exit status 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import __version__
 
 log = logging.getLogger("coreset_curate")
 
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def _positive_int(text: str) -> int:
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit
+    from .noise_audit import audit
     from .data import load_data
 
     data = (load_data(args.data, args.split, id_column=args.id_column, stream=args.stream)
@@ -279,14 +280,15 @@ def _cmd_noise(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
 
-    from .data import default_transforms, inference_batch_size, iter_batches, load_data
-    from .extract import distributed_context, extract_scores
+    from .data import (default_transforms, inference_batch_size, iter_batches, load_data,
+                       spread_positions)
+    from .distributed import distributed_context
+    from .extract import extract_scores
     from .models import create_model
     from .quant import FLOAT_BITS, calibrate_, quantize_model
     from .refcache import cached_reference
-    from .trainer import load_checkpoint, sha256_of
+    from .training import load_checkpoint, sha256_of
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
@@ -312,8 +314,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if missing:
         log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
                  args.w_bits, args.a_bits, args.split)
-        first = np.arange(min(len(data), 1024))
-        calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(data, 256, first)),
+        rows = spread_positions(len(data), 1024)  # a class-sorted folder gives every class
+        calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(data, 256, rows)),
                    max_batches=4)
     reference = None
     if args.reference:
@@ -353,7 +355,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
-    from .trainer import load_recipe, run_training
+    from .training import load_recipe, run_training
 
     config = load_recipe(args.recipe, args.set)
     summary = run_training(config, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -366,7 +368,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: list[str]) -> dict:
-    from .trainer import parse_assignments
+    from .training import parse_assignments
 
     return parse_assignments(items, "--option")
 
@@ -374,7 +376,8 @@ def _parse_options(items: list[str]) -> dict:
 def _cmd_select(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .selection import METHODS, add_to_index, load_rounds, select
+    from .index import add_to_index
+    from .selection import METHODS, load_rounds, select
 
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
@@ -437,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"coreset-curate {args.command}: error: {msg}", file=sys.stderr)
+        print(f"coreset-curate {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
-from .audit import audit
+from .noise_audit import audit
 from .data import load_data
 from .tables import write_table
-from .trainer import TrainConfig, run_training
+from .training import TrainConfig, run_training
 
 __all__ = ["DemoConfig", "run_demo", "format_summary"]
 

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from .atomic import write_text
+from .distributed import barrier, distributed_context
 from .data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
 from .scores import score_dataset
 from .tables import TableError, table_metadata, with_metadata, write_table
 
-__all__ = ["extract_scores", "state_sha256", "distributed_context"]
+__all__ = ["extract_scores", "state_sha256", "distributed_context"]  # the last re-exported
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +49,6 @@ def state_sha256(model: nn.Module) -> str:
         else:
             h.update(json.dumps(value, sort_keys=True, default=str).encode())
     return h.hexdigest()
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size) under torchrun (initialising the process group: gloo on CPU,
-    nccl on CUDA), (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    dist = torch.distributed
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def extract_scores(
@@ -116,7 +99,7 @@ def extract_scores(
             parts.mkdir(parents=True)
         if not manifest.exists():
             write_text(manifest, json.dumps(run_key, sort_keys=True))
-    _barrier(world_size)
+    barrier(world_size)
     n = len(data)
     shards = range((n + shard_rows - 1) // shard_rows)
     start = time.perf_counter()
@@ -139,7 +122,7 @@ def extract_scores(
     seconds = time.perf_counter() - start
     log.info("rank %d: scored %d shards (%d already done) in %.1f s", rank, done, skipped,
              seconds)
-    _barrier(world_size)
+    barrier(world_size)
     if rank != 0:
         return None
     files = [parts / f"part-{k:06d}.parquet" for k in shards]

@@ -16,34 +16,16 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from .data import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
 from .atomic import atomic_path
-from .tables import read_table, table_metadata, validate_index
+from .checks import UnknownIds
+from .index import epoch_rows, read_index
+from .tables import table_metadata
+
 
 __all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
-
-
-def read_index(index: str | os.PathLike | pa.Table) -> pa.Table:
-    """An index from a path or a table, checked against the index contract."""
-    table = index if isinstance(index, pa.Table) else read_table(index)
-    return validate_index(table, "index" if isinstance(index, pa.Table) else str(index))
-
-
-def epoch_rows(index: pa.Table, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sample_ids ascending, weights) of ``epoch`` in ``index``."""
-    epochs = index.column("epoch").to_numpy()
-    rows = np.flatnonzero(epochs == epoch)
-    if len(rows) == 0:
-        have = sorted(set(epochs.tolist()))
-        raise ValueError(f"epoch {epoch} is not in the index; it has epochs "
-                         f"{have[:20]}{' ...' if len(have) > 20 else ''}")
-    ids = index.column("sample_id").to_numpy()[rows]
-    weights = index.column("weight").to_numpy()[rows]
-    order = np.argsort(ids, kind="stable")
-    return ids[order], weights[order]
 
 
 def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = None,
@@ -102,12 +84,12 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
         pos = np.searchsorted(all_ids[order], ids).clip(0, max(len(all_ids) - 1, 0))
         found = all_ids[order][pos] == ids
         if not found.all():
-            raise KeyError(f"{int((~found).sum())} sample ids of the index are not in the "
+            raise UnknownIds(f"{int((~found).sum())} sample ids of the index are not in the "
                            f"dataset's {id_column!r} column")
         positions = order[pos]
     else:
         if len(ids) and (ids.min() < 0 or ids.max() >= len(ds)):
-            raise KeyError(f"index sample ids reach {int(ids.max())} but the dataset has "
+            raise UnknownIds(f"index sample ids reach {int(ids.max())} but the dataset has "
                            f"{len(ds)} rows")
         positions = ids
     subset = ds.select(positions)

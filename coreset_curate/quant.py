@@ -341,7 +341,7 @@ def quant_config(model: nn.Module) -> QuantConfig | None:
 
 def quantize_model(
     model: nn.Module,
-    w_bits: int = 4,
+    w_bits: int | QuantConfig = 4,
     a_bits: int = 4,
     *,
     per_channel: bool = True,
@@ -354,8 +354,12 @@ def quantize_model(
     ``calibration``: optional iterable of input batches (tensors, or tuples whose first
     item is the input) used to initialise the activation step sizes right away; without
     it, call ``calibrate_`` before the first forward (or load a quantized checkpoint).
+
+    The settings may also come as one ``QuantConfig``: ``quantize_model(model,
+    QuantConfig(w_bits=2, a_bits=2))`` (then the other setting arguments are not read).
     """
-    config = QuantConfig(w_bits, a_bits, per_channel, first_last, init)
+    config = (w_bits if isinstance(w_bits, QuantConfig)
+              else QuantConfig(w_bits, a_bits, per_channel, first_last, init))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if is_quantized(model):

@@ -21,8 +21,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Sampler
 
+from .checks import UnknownIds
 from .data import ImageData
-from .hf import epoch_rows, read_index
+from .index import epoch_rows, read_index
 
 __all__ = ["SubsetSampler", "DistributedSubsetSampler"]
 
@@ -79,7 +80,7 @@ class SubsetSampler(Sampler[int]):
                          dtype=np.int64)
         at = np.searchsorted(self._positions, pos).clip(0, max(len(self._positions) - 1, 0))
         if len(pos) and not (self._positions[at] == pos).all():
-            raise KeyError("some positions are not in this epoch's subset")
+            raise UnknownIds("some positions are not in this epoch's subset")
         return torch.from_numpy(self._weights[at])
 
 

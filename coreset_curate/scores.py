@@ -24,14 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import EvalTransform, ImageData, iter_batches
+from .checks import non_negative_int
+from .data import EvalTransform, as_rows, iter_batches
+from .data.adapter import IdentityTransform
 from .models import last_linear
 from .progress import progress
 from .quant import config_dict
 from .refcache import ReferenceOutputs
 from .tables import SCORE_SCHEMA, make_metadata, with_metadata
 
-__all__ = ["BatchOutputs", "SCORES", "register_score", "score_dataset", "compute_scores"]
+__all__ = ["BatchOutputs", "SCORES", "register_score", "list_scores", "score_dataset",
+           "compute_scores", "scoring_transform"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,11 @@ class ScoreSpec:
 
 
 SCORES: dict[str, ScoreSpec] = {}
+
+
+def list_scores() -> list[str]:
+    """Names of the registered scores (columns a score table can hold)."""
+    return sorted(SCORES)
 
 
 def register_score(name: str, dtype: pa.DataType, needs_reference: bool = False) -> Callable:
@@ -139,12 +147,12 @@ def _max_prob(o: BatchOutputs) -> torch.Tensor:
 
 
 @register_score("grand_last", pa.float32())
-def _grand_last(o: BatchOutputs) -> torch.Tensor:
+def _grand_last(o: BatchOutputs) -> torch.Tensor | None:
     """Exact norm of the per-sample gradient of the cross-entropy w.r.t. the weight matrix
     of the last linear layer (as the layer uses it, after fake quantization):
     ||softmax - onehot|| * ||input features||."""
     if o.features is None:
-        raise RuntimeError("grand_last needs the last layer's input features")
+        return None  # a model without an nn.Linear classifier
     return (o.probs - o.onehot).norm(dim=1) * o.features.float().norm(dim=1)
 
 
@@ -176,22 +184,144 @@ def _check_model(model: nn.Module, what: str) -> None:
         raise TypeError(f"{what} must be a torch.nn.Module; got {type(model).__name__}")
 
 
-def _feature_hook(student: nn.Module, sink: list) -> torch.utils.hooks.RemovableHandle:
+def _feature_hook(student: nn.Module, sink: list) -> torch.utils.hooks.RemovableHandle | None:
     """Capture what the last linear layer multiplies by its weights: its input, after the
-    layer's own input quantization when it has one."""
-    layer = last_linear(student)
+    layer's own input quantization when it has one. None for a model without a Linear
+    layer (its ``grand_last`` and ``embedding`` cannot be computed)."""
+    try:
+        layer = last_linear(student)
+    except ValueError:
+        return None
     a_quant = getattr(layer, "a_quant", None)
     if a_quant is not None:
         return a_quant.register_forward_hook(lambda m, args, out: sink.append(out.flatten(1)))
     return layer.register_forward_pre_hook(lambda m, args: sink.append(args[0].flatten(1)))
 
 
+def _logits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+    out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        kind = type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        raise TypeError(f"the {what} must return a (batch, classes) tensor of logits; got {kind}")
+    return out.float()
+
+
+def _score_names(extra: list[str] | None) -> list[str]:
+    names = list(DEFAULT_SCORES)
+    for name in extra or []:
+        if name not in SCORES:
+            raise ValueError(f"unknown score {name!r}; registered scores: {sorted(SCORES)}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def scoring_transform(rows, transform):
+    """The eval transform of ``rows``: the deterministic ``EvalTransform`` for the toolkit's
+    own images, the dataset's own transforms (identity) for a torch Dataset."""
+    if getattr(rows, "transformed", False):
+        if transform is not None and not isinstance(transform, IdentityTransform):
+            raise TypeError("a torch Dataset applies its own transforms: leave transform unset")
+        return IdentityTransform()
+    if transform is None:
+        raise TypeError("scoring a dataset of this toolkit needs transform=, its deterministic "
+                        "EvalTransform (default_transforms(train)[1])")
+    if type(transform) is not EvalTransform:
+        raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
+    return transform
+
+
+@dataclass
+class _Collected:
+    columns: dict[str, list[torch.Tensor]]
+    features: list[torch.Tensor]
+    probs: list[torch.Tensor]
+
+
+def _run_batches(student, live_ref, cached, rows, transform, names, *, batch_size, device,
+                 embeddings, probs, bf16, channels_last) -> _Collected:
+    """One forward of each model per batch; the scores of every batch, on the CPU."""
+    got = _Collected({n: [] for n in names}, [], [])
+    batch_features: list[torch.Tensor] = []
+    hook = _feature_hook(student, batch_features)
+    if hook is None and embeddings:
+        raise ValueError("embeddings=True needs a model with an nn.Linear classifier layer")
+    num_classes = None
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    try:
+        with torch.inference_mode(), autocast, \
+                progress(total=len(rows), desc="score", unit="img") as bar:
+            for pos, images, labels in iter_batches(rows, batch_size):
+                if cuda and images.device.type == "cpu":
+                    images, labels = images.pin_memory(), labels.pin_memory()
+                x = transform(images.to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = labels.to(device, non_blocking=True)
+                batch_features.clear()
+                logits = _logits(student, x, "student")
+                if num_classes is None:
+                    num_classes = logits.shape[1]
+                    if int(rows.labels.max()) >= num_classes:
+                        raise ValueError(f"labels reach {int(rows.labels.max())} but the "
+                                         f"student outputs {num_classes} classes")
+                feats = batch_features[-1] if batch_features else None
+                out = BatchOutputs(
+                    logits, y,
+                    ref_logits=None if live_ref is None else _logits(live_ref, x, "reference"),
+                    given_ref_probs=cached.rows(pos, device) if cached is not None else None,
+                    features=feats)
+                for name, value in compute_scores(out, names).items():
+                    if value is not None:
+                        got.columns[name].append(value.cpu())
+                if embeddings:
+                    got.features.append(feats.to(torch.float16).cpu())
+                if probs:
+                    got.probs.append(out.probs.float().cpu())
+                bar.update(len(labels))
+    finally:
+        if hook is not None:
+            hook.remove()
+    return got
+
+
+def _fixed_list(rows: list[torch.Tensor]) -> pa.FixedSizeListArray:
+    values = torch.cat(rows).numpy()
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def _table(rows, names: list[str], epoch: int, got: _Collected, embeddings: bool,
+           probs: bool) -> pa.Table:
+    n = len(rows)
+    arrays = {
+        "sample_id": pa.array(rows.sample_ids, pa.int64()),
+        "label": pa.array(rows.labels.numpy(), pa.int64()),
+        "epoch": pa.array(np.full(n, epoch, dtype=np.int32), pa.int32()),
+    }
+    for name in names:
+        dtype = SCORES[name].dtype
+        if got.columns[name]:
+            values = torch.cat(got.columns[name]).numpy()
+            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype()), dtype)
+        else:
+            arrays[name] = pa.nulls(n, dtype)
+    schema = pa.schema(list(SCORE_SCHEMA) + [pa.field(n, SCORES[n].dtype) for n in names
+                                             if n not in SCORE_SCHEMA.names])
+    for key, wanted, parts in (("embedding", embeddings, got.features),
+                               ("probs", probs, got.probs)):
+        if wanted:
+            arrays[key] = _fixed_list(parts)
+            schema = schema.append(pa.field(key, arrays[key].type))
+    return pa.table(arrays, schema=schema)
+
+
 def score_dataset(
     student: nn.Module,
-    data: ImageData,
+    data,
     reference: nn.Module | ReferenceOutputs | None = None,
     *,
-    transform: EvalTransform,
+    transform: EvalTransform | None = None,
     epoch: int = 0,
     batch_size: int = 512,
     device: str | torch.device | None = None,
@@ -204,119 +334,66 @@ def score_dataset(
 ) -> pa.Table:
     """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
 
+    ``data``: a dataset of this toolkit (``load_data``; then ``transform`` is its
+    deterministic ``EvalTransform``), or any map-style torch ``Dataset`` or ``DataLoader``
+    whose items are ``(x, y)`` or ``(sample_id, x, y)``, taken through its own transforms
+    (see ``data.adapter``). ``student`` and ``reference`` are any ``nn.Module`` that
+    return logits.
+
     ``bf16=True`` runs the forward passes under bfloat16 autocast (CUDA; the scores
     themselves are computed in float32 from the logits); ``channels_last=True`` feeds
     channels-last batches. On CUDA, batches are copied from pinned memory without blocking.
 
     ``reference`` is a full-precision model, or its outputs computed once
     (``refcache.cached_reference``), which gives the same scores without its forward pass.
-    Models run in eval mode with the eval ``transform``; the table has one row per sample,
-    sorted by position in ``data``, with the contract's columns, ``max_prob`` and
-    ``grand_last``, and any extra registered ``scores`` asked for. ``embeddings=True`` adds
-    ``embedding``, the student's penultimate features (the input of its last linear layer)
-    as a fixed-size list of float16, for the diversity-based selection methods.
-    ``probs=True`` adds ``probs``, the student's whole softmax as a fixed-size list of
-    float32 (what the noise audit's ``channel`` suspicion reads).
-    ``metadata`` (for example the architecture name) is merged into the table's metadata.
+    Models run in eval mode (their mode is restored after); the table has one row per
+    sample, sorted by position in ``data``, with the contract's columns, ``max_prob`` and
+    ``grand_last`` (null for a model without an ``nn.Linear`` classifier), and any extra
+    registered ``scores`` asked for. ``embeddings=True`` adds ``embedding``, the student's
+    penultimate features (the input of its last linear layer) as a fixed-size list of
+    float16, for the diversity-based selection methods. ``probs=True`` adds ``probs``, the
+    student's whole softmax as a fixed-size list of float32 (what the noise audit's
+    ``channel`` suspicion reads). ``metadata`` (for example the architecture name) is
+    merged into the table's metadata.
     """
     _check_model(student, "student")
-    cached = isinstance(reference, ReferenceOutputs)
-    if cached:
-        reference.check(data)
+    rows = as_rows(data)
+    cached = reference if isinstance(reference, ReferenceOutputs) else None
+    if cached is not None:
+        cached.check(rows)
     elif reference is not None:
         _check_model(reference, "reference")
-    if type(transform) is not EvalTransform:
-        raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
-    names = list(DEFAULT_SCORES)
-    for extra in scores or []:
-        if extra not in SCORES:
-            raise ValueError(f"unknown score {extra!r}; registered scores: {sorted(SCORES)}")
-        if extra not in names:
-            names.append(extra)
+    transform = scoring_transform(rows, transform)
+    non_negative_int("epoch", epoch)
+    names = _score_names(scores)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    live_ref = None if cached else reference
+    live_ref = None if cached is not None else reference
     models = [m for m in (student, live_ref) if m is not None]
     modes = [m.training for m in models]
     for m in models:
         m.eval().to(device)
-    columns: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    batch_features: list[torch.Tensor] = []
-    kept_features: list[torch.Tensor] = []
-    kept_probs: list[torch.Tensor] = []
-    hook = _feature_hook(student, batch_features)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), autocast, \
-                progress(total=len(data), desc="score", unit="img") as bar:
-            for pos, images, labels in iter_batches(data, batch_size):
-                if cuda and images.device.type == "cpu":
-                    images, labels = images.pin_memory(), labels.pin_memory()
-                x = transform(images.to(device, non_blocking=True))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = labels.to(device, non_blocking=True)
-                batch_features.clear()
-                logits = student(x).float()
-                feats = batch_features[-1]
-                out = BatchOutputs(
-                    logits, y,
-                    ref_logits=None if live_ref is None else live_ref(x).float(),
-                    given_ref_probs=reference.rows(pos, device) if cached else None,
-                    features=feats)
-                for name, value in compute_scores(out, names).items():
-                    if value is not None:
-                        columns[name].append(value.cpu())
-                if embeddings:
-                    kept_features.append(feats.to(torch.float16).cpu())
-                if probs:
-                    kept_probs.append(out.probs.float().cpu())
-                bar.update(len(labels))
+        got = _run_batches(student, live_ref, cached, rows, transform, names,
+                           batch_size=batch_size, device=device, embeddings=embeddings,
+                           probs=probs, bf16=bf16, channels_last=channels_last)
     finally:
-        hook.remove()
         for m, mode in zip(models, modes):
             m.train(mode)
     seconds = time.perf_counter() - start
-    n = len(data)
-    arrays = {
-        "sample_id": pa.array(data.sample_ids, pa.int64()),
-        "label": pa.array(data.labels.numpy(), pa.int64()),
-        "epoch": pa.array(np.full(n, epoch, dtype=np.int32), pa.int32()),
-    }
-    for name in names:
-        dtype = SCORES[name].dtype
-        if columns[name]:
-            values = torch.cat(columns[name]).numpy()
-            arrays[name] = pa.array(values.astype(dtype.to_pandas_dtype()), dtype)
-        else:
-            arrays[name] = pa.nulls(n, dtype)
-    schema = pa.schema(list(SCORE_SCHEMA) + [pa.field(n, SCORES[n].dtype) for n in names
-                                             if n not in SCORE_SCHEMA.names])
-    if embeddings:
-        emb = torch.cat(kept_features).numpy()
-        arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)),
-                                                                emb.shape[1])
-        schema = schema.append(pa.field("embedding", arrays["embedding"].type))
-    if probs:
-        soft = torch.cat(kept_probs).numpy()
-        arrays["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.reshape(-1)),
-                                                            soft.shape[1])
-        schema = schema.append(pa.field("probs", arrays["probs"].type))
-    table = pa.table(arrays, schema=schema)
+    table = _table(rows, names, epoch, got, embeddings, probs)
     meta = make_metadata(
         **config_dict(student),
-        fingerprint=data.fingerprint,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
+        fingerprint=rows.fingerprint,
+        num_classes=rows.num_classes,
+        class_names=rows.class_names,
         transform=transform.to_dict(),
         epoch=epoch,
         has_reference=reference is not None,
-        reference_cache=reference.key if cached else None,
+        reference_cache=cached.key if cached is not None else None,
         **(metadata or {}),
     )
+    n = len(rows)
     log.info("scored %d samples at epoch %d in %.1f s (%.0f img/s)", n, epoch, seconds,
              n / max(seconds, 1e-9))
     return with_metadata(table, meta)

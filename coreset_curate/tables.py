@@ -64,9 +64,13 @@ class TableError(ValueError):
 
 
 def make_metadata(**fields) -> dict:
-    """Metadata dict with the package version and creation time added."""
+    """Metadata dict with the package version and creation time added. The time is
+    ``$SOURCE_DATE_EPOCH`` when set (the reproducible-builds convention), so that runs
+    repeated with it write byte-identical tables."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = time.gmtime(int(epoch)) if epoch and epoch.isdigit() else time.gmtime()
     return {"package_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", when), **fields}
 
 
 def table_metadata(table: pa.Table | pa.Schema) -> dict:

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from coreset_curate.audit import AUDIT_SCHEMA, audit, flag_metrics
+from coreset_curate.noise_audit import AUDIT_SCHEMA, audit, flag_metrics
 from coreset_curate.noise import inject_noise, read_labels
 from coreset_curate.scores import DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores
 
@@ -342,7 +342,7 @@ def test_report_shows_thumbnails_of_flagged_images(tmp_path):
 
 
 def test_trainer_label_noise_key_is_checked():
-    from coreset_curate.trainer import TrainConfig
+    from coreset_curate.training import TrainConfig
 
     with pytest.raises(ValueError, match="label_noise type"):
         TrainConfig(label_noise={"rate": 0.1, "type": "uniform"})

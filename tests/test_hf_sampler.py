@@ -4,9 +4,11 @@ import torch
 
 from coreset_curate.cli import main
 from coreset_curate.data import FingerprintMismatch, load_data, to_hf_dataset
-from coreset_curate.hf import epoch_rows, export_subset, load_subset, read_index
+from coreset_curate.hf import export_subset, load_subset
+from coreset_curate.index import epoch_rows, read_index
 from coreset_curate.sampler import DistributedSubsetSampler, SubsetSampler
-from coreset_curate.selection import Selection, index_table
+from coreset_curate.index import index_table
+from coreset_curate.selection import Selection
 from coreset_curate.tables import write_table
 
 datasets = pytest.importorskip("datasets")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coreset_curate.selection import (METHODS, beta, class_budget, index_table, merge_index,
-                                      select)
+from coreset_curate.index import index_table, merge_index
+from coreset_curate.selection import METHODS, beta, class_budget, select
 from coreset_curate.tables import INDEX_SCHEMA, SCORE_SCHEMA, TableError, validate_index
 
 

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import LabelledRows, open_image
+from .decode import open_image
+from .memory import LabelledRows
 
 __all__ = ["StreamingImageData", "IMAGE_SUFFIXES", "default_workers", "image_folder_files"]
 

@@ -1,0 +1,15 @@
+"""Coreset selection: score tables in, the subset of an epoch out.
+
+``core`` holds the registries, ``Selection``, the per-class top-k and ``select``;
+``methods`` the registered methods; ``rounds`` the reading of score tables.
+"""
+
+from . import methods as _methods  # noqa: F401  (registers the methods)
+from .core import (METHODS, SCHEDULES, Selection, SelectionContext, beta, class_budget,
+                   list_methods, list_schedules, register_method, register_schedule, select,
+                   top_fraction)
+from .rounds import BASE_COLUMNS, ScoreRounds, aligned_column, load_rounds
+
+__all__ = ["METHODS", "SCHEDULES", "Selection", "SelectionContext", "beta", "class_budget",
+           "list_methods", "list_schedules", "register_method", "register_schedule", "select",
+           "top_fraction", "BASE_COLUMNS", "ScoreRounds", "aligned_column", "load_rounds"]

@@ -1,0 +1,357 @@
+"""Coreset selection: score tables in, the subset of an epoch out.
+
+``select(scores, "acs", fraction=0.1, epoch=t, epochs=E)`` returns the sample ids (and
+loss weights) to train on at epoch ``t``; ``index.index_table`` turns selections into
+the index contract. Methods and schedules are registered by name in
+plain dicts; a new method is one decorated function of a ``SelectionContext``::
+
+    @register_method("my_method", columns=("loss",))
+    def my_method(ctx):
+        return ctx.top(ctx.column("loss"))
+
+Conventions, the same for every method:
+
+* per class (default), keep ``floor(S * n_c + 0.5)`` samples of class c (``round`` with
+  halves up), at least ``min_per_class`` of them where the class has that many (a class
+  smaller than its budget gives all it has); ``per_class=False`` keeps
+  ``floor(S * n + 0.5)`` overall;
+* "highest score first"; ties go to the smaller ``sample_id``, so results never depend on
+  row order;
+* a method that reads scores uses the latest scoring round at or before ``epoch``
+  (``forgetting`` reads every round up to it); ``random`` / ``random_epoch`` read only ids
+  and labels.
+"""
+
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..checks import is_int
+from ..tables import TableError
+from .rounds import ScoreRounds, load_rounds, small_ints
+
+__all__ = ["SCHEDULES", "METHODS", "register_method", "register_schedule", "list_methods",
+           "list_schedules", "beta", "select", "Selection", "SelectionContext", "top_fraction",
+           "class_budget"]
+
+
+# ------------------------------------------------------------------ registries
+SCHEDULES: dict[str, Callable[[float, float], float]] = {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    fn: Callable[[SelectionContext], Selection]
+    columns: tuple[str, ...]
+    options: dict[str, Any]
+    exact_size: bool
+    all_rounds: bool
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_schedule(name: str) -> Callable:
+    def add(fn):
+        if name in SCHEDULES:
+            raise ValueError(f"schedule {name!r} is already registered")
+        SCHEDULES[name] = fn
+        return fn
+
+    return add
+
+
+def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
+                    exact_size: bool = True, all_rounds: bool = False) -> Callable:
+    """Register a selection method.
+
+    columns: score columns it reads (besides sample_id, label, epoch); options: the
+    method-specific options it accepts, with defaults; exact_size: whether it returns
+    exactly the class budget (False for methods that decide their own size);
+    all_rounds: whether it reads every round up to the epoch rather than the latest.
+    """
+    def add(fn):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = MethodSpec(fn, tuple(columns), dict(options or {}), exact_size,
+                                   all_rounds)
+        return fn
+
+    return add
+
+
+def list_methods() -> list[str]:
+    """Names of the registered selection methods."""
+    return sorted(METHODS)
+
+
+def list_schedules() -> list[str]:
+    """Names of the registered ACS schedules (the weight of EVS over the run)."""
+    return sorted(SCHEDULES)
+
+
+@register_schedule("cos")
+def _cos(t: float, total: float) -> float:
+    """The paper's beta(t) = cos(pi t / 2E): EVS leads early, DS late."""
+    return math.cos(math.pi * t / (2 * total))
+
+
+@register_schedule("cos2")
+def _cos2(t: float, total: float) -> float:
+    """beta(t) = cos^2(pi t / 2E), as the method's reference code computes it."""
+    return math.cos(math.pi * t / (2 * total)) ** 2
+
+
+@register_schedule("linear")
+def _linear(t: float, total: float) -> float:
+    return 1.0 - t / total
+
+
+@register_schedule("evs")
+def _evs_only(t: float, total: float) -> float:
+    return 1.0
+
+
+@register_schedule("ds")
+def _ds_only(t: float, total: float) -> float:
+    return 0.0
+
+
+def beta(schedule: str, epoch: int, epochs: int) -> float:
+    """Weight of EVS (DS gets ``1 - beta``) at ``epoch`` of a run of ``epochs`` epochs."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
+    _check_epochs(epoch, epochs)
+    return float(SCHEDULES[schedule](epoch, epochs))
+
+
+def _check_epochs(epoch: int, epochs: int | None) -> None:
+    if not is_int(epoch) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
+    if epochs is not None:
+        if not is_int(epochs) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
+        if epoch >= epochs:
+            raise ValueError(f"epoch {epoch} is past the run's end (epochs={epochs}: "
+                             f"valid epochs are 0..{epochs - 1})")
+
+
+# ------------------------------------------------------------------ results and context
+@dataclass
+class Selection:
+    """Sample ids (ascending) and their loss weights."""
+
+    sample_ids: np.ndarray
+    weights: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.sample_ids, dtype=np.int64)
+        w = (np.ones(len(ids), dtype=np.float32) if self.weights is None
+             else np.asarray(self.weights, dtype=np.float32))
+        if len(w) != len(ids):
+            raise ValueError("sample_ids and weights must have the same length")
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            order = np.argsort(ids, kind="stable")
+            ids, w = ids[order], w[order]
+        self.sample_ids, self.weights = ids, w
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+@dataclass
+class SelectionContext:
+    """What a method sees: the scoring round in use (columns as numpy arrays, rows sorted
+    by sample_id), the rounds up to the epoch, the request and its options."""
+
+    columns: dict[str, np.ndarray]
+    rounds: list[dict[str, np.ndarray]]
+    fraction: float
+    epoch: int
+    epochs: int | None
+    schedule: str
+    seed: int
+    per_class: bool
+    min_per_class: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.columns["sample_id"]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.columns["label"]
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise ValueError(f"this method needs score column {name!r}; the table has "
+                             f"{sorted(self.columns)}")
+        values = self.columns[name]
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            hint = " (score with a reference model)" if name in ("ds", "ref_prob_label") else ""
+            raise ValueError(f"score column {name!r} has missing values{hint}")
+        return values
+
+    def rng(self, per_epoch: bool) -> np.random.Generator:
+        key = [self.seed, self.epoch] if per_epoch else [self.seed]
+        return np.random.default_rng(np.random.SeedSequence(key))
+
+    def budget(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, samples to keep per class) for per-class selection."""
+        classes, counts = np.unique(self.labels, return_counts=True)
+        return classes, class_budget(counts, self.fraction, self.min_per_class)
+
+    def total_budget(self) -> int:
+        n = len(self.ids)
+        return min(n, max(int(math.floor(self.fraction * n + 0.5)), self.min_per_class))
+
+    def top(self, score: np.ndarray) -> Selection:
+        keep = top_fraction(score, self.labels, self.fraction, per_class=self.per_class,
+                            min_per_class=self.min_per_class)
+        return Selection(self.ids[keep])
+
+    def groups(self):
+        """Row positions of each class (per-class selection) or of every row (global),
+        with the number to keep from each."""
+        if not self.per_class:
+            yield np.arange(len(self.ids)), self.total_budget()
+            return
+        order = np.argsort(self.labels, kind="stable")
+        classes, budget = self.budget()
+        bounds = np.searchsorted(self.labels[order], classes, side="left")
+        ends = np.append(bounds[1:], len(order))
+        for start, end, k in zip(bounds, ends, budget):
+            yield order[start:end], int(k)
+
+
+def class_budget(counts: np.ndarray, fraction: float, min_per_class: int = 0) -> np.ndarray:
+    """Samples kept per class: floor(fraction * n_c + 0.5), at least ``min_per_class``
+    (where the class has that many), never more than the class has."""
+    counts = np.asarray(counts, dtype=np.int64)
+    k = np.floor(fraction * counts + 0.5).astype(np.int64)
+    k = np.maximum(k, np.minimum(min_per_class, counts))
+    return np.minimum(k, counts)
+
+
+def _read_only_view(a: np.ndarray):
+    """A zero-copy tensor over ``a``, which may be a read-only Arrow buffer. Only for reads:
+    the callers gather from it into new tensors and never write into it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
+def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
+                 per_class: bool = True, min_per_class: int = 0) -> np.ndarray:
+    """Boolean mask of the highest-scoring rows, per class or overall.
+
+    Rows must be sorted by sample_id: ties go to the earlier row. One radix sort groups the
+    rows by class; in each class a linear-time partition finds the k-th largest score, and
+    the rows above it plus the first rows equal to it are kept. The loop runs over classes,
+    never over samples.
+    """
+    import torch  # multi-threaded sort, gather and scatter on zero-copy views
+
+    score = np.ascontiguousarray(score)
+    n = len(score)
+    if per_class:
+        # stable sort of small integers is a radix sort: rows grouped by class, row order kept
+        lab_t, order_t = torch.sort(torch.from_numpy(small_ints(np.asarray(labels))),
+                                    stable=True)
+        lab_g = lab_t.numpy()
+        s_g = _read_only_view(score).index_select(0, order_t).numpy()
+        counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2,
+                                                          dtype=lab_g.dtype)))
+        del lab_t, lab_g
+        budget = class_budget(counts, fraction, min_per_class)
+    else:
+        order_t, s_g = None, score
+        counts = np.array([n])
+        budget = np.array([min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))])
+    starts = np.cumsum(counts) - counts
+    keep_g = np.zeros(n, dtype=bool)
+    for c in np.flatnonzero(budget):
+        lo, hi, k = starts[c], starts[c] + counts[c], budget[c]
+        seg = s_g[lo:hi]
+        kth = np.partition(seg, counts[c] - k)[counts[c] - k]  # the k-th largest score
+        above = seg > kth
+        keep_g[lo:hi] = above
+        ties = np.flatnonzero(seg == kth)[: k - int(above.sum())]  # first rows = smaller ids
+        keep_g[lo + ties] = True
+    if order_t is None:
+        return keep_g
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order_t[torch.from_numpy(keep_g)]] = True
+    return keep.numpy()
+
+
+
+# ------------------------------------------------------------------ entry points
+def check_request(method, fraction, seed, min_per_class, options) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered methods: {sorted(METHODS)}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            0 < fraction <= 1):
+        raise ValueError(f"fraction must be a number in (0, 1]; got {fraction!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if not is_int(min_per_class) or min_per_class < 0:
+        raise ValueError(f"min_per_class must be a non-negative integer; got {min_per_class!r}")
+    spec = METHODS[method]
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = sorted(spec.options) or "none"
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; it accepts {accepted}")
+    return {**spec.options, **options}
+
+
+def select(
+    scores,
+    method: str = "acs",
+    fraction: float = 0.1,
+    *,
+    epoch: int = 0,
+    epochs: int | None = None,
+    schedule: str = "cos",
+    seed: int = 0,
+    per_class: bool = True,
+    min_per_class: int = 0,
+    options: dict | None = None,
+) -> Selection:
+    """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
+
+    ``scores``: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
+    or a ``ScoreRounds`` from ``load_rounds``. ``options``: method-specific settings (for
+    example ``{"hard_cut": 0.2}`` for ``ccs``); unknown keys are refused.
+    """
+    opts = check_request(method, fraction, seed, min_per_class, options)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
+    _check_epochs(epoch, epochs)
+    spec = METHODS[method]
+    data = scores if isinstance(scores, ScoreRounds) else load_rounds(scores, spec.columns)
+    usable = [i for i, e in enumerate(data.epochs) if e <= epoch]
+    if not usable:
+        if spec.columns:
+            raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
+                             f"rounds at epochs {data.epochs}")
+        usable = [0]  # ids and labels only: any round will do
+    current = usable[-1]
+    ctx = SelectionContext(data.rounds[current], data.rounds[: current + 1], float(fraction),
+                           int(epoch), epochs, schedule, int(seed), bool(per_class),
+                           int(min_per_class), opts)
+    return spec.fn(ctx)
+
+

@@ -1,0 +1,310 @@
+"""``AdaptiveSelector``: adaptive coreset selection inside any training loop.
+
+    sel = AdaptiveSelector(train_set, method="acs", fraction=0.1, epochs=E,
+                           reselect_every=R, reference=fp_model, out="run/")
+    for epoch in range(E):
+        sampler = sel.sampler(epoch, student)
+        loader = DataLoader(train_set, batch_size=128, sampler=sampler)
+        for x, y in loader: ...             # sampler.weights_of(indices): loss weights
+
+``sampler(epoch, model)`` scores every sample with ``model`` (and DS against
+``reference``) when a selection round is due (every ``reselect_every`` epochs, or when the
+index has no subset for the epoch), selects the epoch's subset, writes
+``out/scores/epoch_T.parquet`` and ``out/index.parquet`` on the contracts, and returns a
+torch ``Sampler`` over the subset, split across ranks under ``torch.distributed`` (rank 0
+scores and writes, the others read the index it wrote). ``run_training`` stands on the
+same ``subset`` call, so the trainer and a user's loop run the same code.
+
+``state_dict()`` / ``load_state_dict()`` resume it; with ``out=`` a new selector over the
+same folder also picks up the index already written there (its settings must match).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from .checks import choice, non_negative_int, positive_int
+from .data import as_rows
+from .distributed import barrier
+from .extract import state_sha256
+from .index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
+                    merge_index, read_index)
+from .refcache import ReferenceOutputs, cached_reference, compute_reference
+from .sampler import SubsetSampler
+from .scores import score_dataset, scoring_transform
+from .selection import METHODS, SCHEDULES, select
+from .selection.core import check_request
+from .tables import INDEX_SCHEMA, table_metadata, with_metadata, write_table
+
+__all__ = ["AdaptiveSelector", "RoundScorer"]
+
+log = logging.getLogger(__name__)
+
+# settings that decide the subsets: a resumed selector must have the same
+_SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class", "options")
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class RoundScorer:
+    """Scoring rounds of one dataset: every sample scored by the student of the moment
+    (and DS against the reference, whose outputs are computed once and, with ``out``,
+    cached in ``out/reference-cache``), written to ``out/scores/epoch_T.parquet`` or kept
+    in memory. The selector owns one; the trainer uses one alone to score a finished
+    full-data run."""
+
+    def __init__(self, rows, transform, *, reference=None, out: Path | None = None,
+                 batch_size: int = 256, device=None, probs: bool | None = None,
+                 reference_key: str | None = None, metadata: dict | None = None) -> None:
+        self.rows, self.transform, self.out = rows, transform, out
+        self.reference, self.reference_key = reference, reference_key
+        self.batch_size, self.device = batch_size, device
+        self.probs = rows.num_classes <= 256 if probs is None else bool(probs)
+        self.metadata = dict(metadata or {})
+        self._ref_outputs = reference if isinstance(reference, ReferenceOutputs) else None
+        self.rounds: dict[int, str | pa.Table] = {}  # epoch -> path (out) or table
+
+    def round_path(self, epoch: int) -> Path:
+        return self.out / "scores" / f"epoch_{epoch:04d}.parquet"
+
+    def _reference(self, device):
+        if self.reference is None or self._ref_outputs is not None:
+            return self._ref_outputs
+        if self.out is None:
+            self._ref_outputs = compute_reference(self.reference, self.rows, self.transform,
+                                                  batch_size=self.batch_size, device=device)
+        else:
+            key = self.reference_key or state_sha256(self.reference)
+            self._ref_outputs, _ = cached_reference(
+                self.reference, self.rows, self.transform, cache_dir=self.out / "reference-cache",
+                checkpoint_sha256=key, batch_size=self.batch_size, device=device)
+        return self._ref_outputs
+
+    def score(self, model: nn.Module, epoch: int, **meta) -> str | pa.Table:
+        """Score every sample with ``model`` as the round of ``epoch``: written to
+        ``out/scores/epoch_T.parquet`` (its path is returned) or kept in memory (the table)."""
+        non_negative_int("epoch", epoch)
+        device = self.device or _model_device(model)
+        table = score_dataset(model, self.rows, self._reference(device),
+                              transform=self.transform, epoch=epoch, probs=self.probs,
+                              batch_size=self.batch_size, device=device,
+                              metadata={**self.metadata, **meta})
+        if self.out is None:
+            self.rounds[epoch] = table
+        else:
+            write_table(table, self.round_path(epoch), overwrite=True)
+            self.rounds[epoch] = str(self.round_path(epoch))
+        return self.rounds[epoch]
+
+
+class AdaptiveSelector:
+    """Scores, selects and serves the subset of every epoch of one run (module doc).
+
+    dataset: a dataset of this toolkit (``load_data``) with ``transform=`` its
+    ``EvalTransform``, or any map-style torch ``Dataset`` of ``(x, y)`` or
+    ``(sample_id, x, y)`` items (taken through its own transforms: give it the
+    deterministic view). method, fraction, schedule, seed, per_class, min_per_class,
+    options: as for ``select``. reference: the full-precision model (DS), or its outputs.
+    out: the run folder (``None`` keeps scores and index in memory). labels: the
+    dataset's labels when it has no ``targets`` (saves a pass over it). probs: keep the
+    student's whole softmax in the score tables (what the audit's channel suspicion
+    reads; default: up to 256 classes). reference_key: the reference checkpoint's sha256
+    (names its cached outputs; default: the sha256 of its state). metadata: added to every
+    score table's metadata.
+    """
+
+    def __init__(self, dataset, method: str = "acs", fraction: float = 0.1, *, epochs: int,
+                 reselect_every: int = 1, reference: nn.Module | ReferenceOutputs | None = None,
+                 out: str | os.PathLike | None = None, schedule: str = "cos", seed: int = 0,
+                 per_class: bool = True, min_per_class: int = 0, options: dict | None = None,
+                 transform=None, batch_size: int = 256, device=None, labels=None,
+                 probs: bool | None = None, reference_key: str | None = None,
+                 metadata: dict | None = None) -> None:
+        self.options = check_request(method, fraction, seed, min_per_class, options)
+        self.method, self.fraction, self.seed = method, float(fraction), int(seed)
+        self.epochs = positive_int("epochs", epochs)
+        self.reselect_every = positive_int("reselect_every", reselect_every)
+        self.schedule = choice("schedule", schedule, SCHEDULES, "schedule")
+        self.per_class, self.min_per_class = bool(per_class), int(min_per_class)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.rows = as_rows(dataset, **({} if labels is None else {"labels": labels}))
+        self.transform = scoring_transform(self.rows, transform)
+        self.spec = METHODS[method]
+        if "ds" in self.spec.columns and reference is None and schedule != "evs":
+            raise ValueError(f"{method} reads the disagreement score: pass reference=, the "
+                             "full-precision model")
+        self.out = None if out is None else Path(out)
+        self.scorer = RoundScorer(self.rows, self.transform, reference=reference, out=self.out,
+                                  batch_size=self.batch_size, device=device, probs=probs,
+                                  reference_key=reference_key, metadata=metadata)
+        self.options_given = dict(options or {})
+        self._index: pa.Table | None = None
+        self.totals = {"scoring_s": 0.0, "selection_s": 0.0}
+        self.last = dict(self.totals)  # the time the latest subset() call spent
+        if self.out is None and _world()[1] > 1:
+            raise ValueError("under torch.distributed the ranks share the index through a "
+                             "folder: pass out=")
+        if self.out is not None and self.index_path.exists():
+            self._index = self._checked(read_index(self.index_path), str(self.index_path))
+
+    # ------------------------------------------------------------------ paths and settings
+    @property
+    def index_path(self) -> Path:
+        return self.out / "index.parquet"
+
+    def round_path(self, epoch: int) -> Path:
+        return self.scorer.round_path(epoch)
+
+    def settings(self) -> dict:
+        """What decides the subsets (the index's metadata)."""
+        return {"method": self.method, "fraction": self.fraction, "seed": self.seed,
+                "R": self.reselect_every, "schedule": self.schedule, "epochs": self.epochs,
+                "per_class": self.per_class, "options": self.options_given,
+                "fingerprint": self.rows.fingerprint}
+
+    def _checked(self, index: pa.Table, where: str) -> pa.Table:
+        have = table_metadata(index)
+        mine = json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
+        differ = sorted(k for k in (*_SETTINGS, "fingerprint") if k in have
+                        and have[k] != mine[k])
+        if differ:
+            raise ValueError(f"{where} was made with other settings ({', '.join(differ)}: "
+                             f"{[have[k] for k in differ]} against {[mine[k] for k in differ]}); "
+                             "use another folder or the same settings")
+        return index
+
+    @property
+    def index(self) -> pa.Table | None:
+        """Every epoch's subset selected so far (the index contract), or None."""
+        return self._index
+
+    def has(self, epoch: int) -> bool:
+        return self._index is not None and epoch in index_epochs(self._index)
+
+    def score(self, model: nn.Module, epoch: int, **meta) -> str | pa.Table:
+        """Score every sample with ``model`` as the round of ``epoch`` (``RoundScorer``)."""
+        return self.scorer.score(model, epoch, **meta)
+
+    def _sources(self, epoch: int) -> list:
+        """The rounds the method reads: the latest at or before ``epoch``, or all of them."""
+        if not self.spec.columns:
+            return [_ids_only_table(self.rows)]
+        rounds = dict(self.scorer.rounds)
+        if self.out is not None and self.spec.all_rounds:
+            for p in (self.out / "scores").glob("epoch_*.parquet"):
+                rounds.setdefault(int(p.stem.split("_")[1]), str(p))
+        usable = sorted(e for e in rounds if e <= epoch)
+        return [rounds[e] for e in (usable if self.spec.all_rounds else usable[-1:])]
+
+    # ------------------------------------------------------------------ selecting
+    def _select(self, epoch: int, model: nn.Module | None) -> None:
+        t0 = time.perf_counter()
+        if self.spec.columns:
+            if model is None:
+                raise ValueError(f"epoch {epoch} needs a scoring round: pass the model")
+            self.score(model, epoch)
+        t1 = time.perf_counter()
+        sources = self._sources(epoch)
+        chosen = select(sources, self.method, self.fraction, epoch=epoch, epochs=self.epochs,
+                        schedule=self.schedule, seed=self.seed, per_class=self.per_class,
+                        min_per_class=self.min_per_class, options=self.options)
+        epochs = range(epoch, min(epoch + self.reselect_every, self.epochs))
+        meta = {**self.settings(), "sources": [s for s in sources if isinstance(s, str)]}
+        if self.out is None:
+            new = index_table({e: chosen for e in epochs}, metadata=meta)
+            self._index = new if self._index is None else merge_index(self._index, new)
+        else:
+            self._index = add_to_index(self.index_path, chosen, epochs, replace=True,
+                                       metadata=meta)
+        self.last = {"scoring_s": t1 - t0, "selection_s": time.perf_counter() - t1}
+
+    def subset(self, epoch: int, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sample_ids ascending, loss weights) of ``epoch``'s subset: selected now (scoring
+        ``model`` first, for methods that read scores) unless the index already has it."""
+        non_negative_int("epoch", epoch)
+        if epoch >= self.epochs:
+            raise ValueError(f"epoch {epoch} is past the run's end (epochs={self.epochs})")
+        rank, world = _world()
+        self.last = {"scoring_s": 0.0, "selection_s": 0.0}
+        if rank == 0 and not self.has(epoch):
+            if epoch % self.reselect_every != 0:
+                log.warning("epoch %d is not a selection epoch but the index has no subset "
+                            "for it: selecting now", epoch)
+            self._select(epoch, model)
+        barrier(world)  # the other ranks read what rank 0 selected
+        if rank != 0:
+            self._index = read_index(self.index_path)
+        for k, v in self.last.items():
+            self.totals[k] += v
+        return epoch_rows(self._index, epoch)
+
+    def positions(self, epoch: int, model: nn.Module | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``subset``, as row positions in the dataset instead of sample ids."""
+        ids, weights = self.subset(epoch, model)
+        return self.rows.positions(ids), weights
+
+    def sampler(self, epoch: int, model: nn.Module | None = None, *,
+                shuffle: bool = True) -> SubsetSampler:
+        """A torch Sampler over ``epoch``'s subset (positions in the dataset; this rank's
+        share under torch.distributed), reshuffled every epoch from the seed; its
+        ``weights_of(indices)`` gives the index's loss weights of a batch."""
+        self.subset(epoch, model)
+        rank, world = _world()
+        return SubsetSampler(self._index, epoch, data=self.rows, shuffle=shuffle,
+                             seed=self.seed, num_replicas=world, rank=rank)
+
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict:
+        """What resumes this selector: its subsets so far, settings and time totals
+        (tensors, strings and numbers: ``torch.save`` and ``weights_only`` loading)."""
+        state = {"settings": json.dumps(self.settings(), sort_keys=True, default=str),
+                 "totals": dict(self.totals)}
+        if self._index is not None:
+            state["index"] = {c: torch.from_numpy(self._index.column(c).to_numpy().copy())
+                              for c in ("epoch", "sample_id", "weight")}
+            state["index_metadata"] = json.dumps(table_metadata(self._index), sort_keys=True)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = json.loads(state["settings"])
+        mine = json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
+        differ = sorted(k for k in mine if saved.get(k) != mine[k])
+        if differ:
+            raise ValueError(f"the state was saved by a selector with other settings: {differ}")
+        self.totals = {k: float(v) for k, v in state["totals"].items()}
+        if "index" not in state:
+            return
+        cols = {c: t.numpy() for c, t in state["index"].items()}
+        table = pa.table(cols, schema=INDEX_SCHEMA)
+        self._index = read_index(with_metadata(table, json.loads(state["index_metadata"])))
+        if self.out is not None and _world()[0] == 0:
+            with index_lock(self.index_path):
+                write_table(self._index, self.index_path, overwrite=True)
+
+
+def _ids_only_table(rows) -> pa.Table:
+    n = len(rows)
+    return pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
+                     "label": pa.array(rows.labels.numpy(), pa.int64()),
+                     "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})

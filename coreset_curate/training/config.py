@@ -1,0 +1,233 @@
+"""Run settings: ``TrainConfig`` (every key of a recipe) and YAML recipes with ``base:``
+inheritance and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text
+from ..selection import METHODS, SCHEDULES
+
+__all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL"]
+
+FULL = "full"
+# score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
+
+# settings that may differ when a run is resumed: how it runs, not what it trains
+# (score_final only adds a scoring round of the finished model)
+RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_size", "compile",
+                     "score_final"}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; recipes are YAML files of these keys."""
+
+    data: str = "digits"
+    train_split: str = "train"
+    test_split: str = "test"
+    model: str = "resnet20"
+    model_kwargs: dict = field(default_factory=dict)
+    mode: str = "fp"  # "fp" (full-precision training) or "qat"
+    w_bits: int = 4
+    a_bits: int = 4
+    per_channel: bool = True
+    first_last: str = "int8"
+    quant_init: str = "mse"
+    calibration_batches: int = 4
+    # full-precision checkpoint of the teacher (distillation); without `init`, also the QAT
+    # starting point and the reference of the disagreement score (DS)
+    teacher: str | None = None
+    teacher_sha256: str | None = None
+    teacher_model: str | None = None  # the teacher's architecture (default: model)
+    teacher_model_kwargs: dict = field(default_factory=dict)
+    # full-precision checkpoint of the student's architecture: where training starts and the
+    # DS reference (the paper's ImageNet runs start ResNet-18 here, distil from ResNet-101)
+    init: str | None = None
+    init_sha256: str | None = None
+    kd: bool = True  # distil from the teacher in QAT (soft cross-entropy, T = 1)
+    label_weight: float = 0.0  # weight of the label cross-entropy added to distillation
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    lr: float = 0.1
+    step_lr: float | None = None  # learning rate of the LSQ step sizes (default: lr)
+    # learning rate of the 8-bit quantizers' step sizes (the first and last layers with
+    # first_last: int8; default: step_lr): an 8-bit step is small, and at step_lr one
+    # update can move it by more than its own size
+    step_lr_8bit: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # "cosine" or "constant", over the run's real steps
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    method: str = FULL  # "full" or a registered selection method
+    fraction: float = 1.0
+    reselect_every: int = 10
+    schedule: str = "cos"
+    per_class: bool = True
+    min_per_class: int = 0
+    method_options: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False  # deterministic kernels (bit-exact GPU runs, slower)
+    num_threads: int | None = None
+    eval_batch_size: int | None = None  # None: 256 on CPU (fastest there), 1024 on CUDA
+    score_batch_size: int | None = None  # likewise
+    limit_train: int | None = None  # only the first N training rows (smoke runs, tests)
+    limit_test: int | None = None
+    # decode images batch by batch instead of into memory (ImageNet), cropped to crop_size:
+    # random resized crops to train, centre crops of the shorter side resized to resize_size
+    # (default crop_size / 0.875) to score and evaluate; decoded by data_workers processes
+    stream: bool = False
+    crop_size: int | None = None
+    resize_size: int | None = None
+    data_workers: int | None = None
+    # normalisation, one number per channel on the [0, 1] scale (default: the training
+    # split's statistics); pretrained torchvision models need ImageNet's
+    mean: list | None = None
+    std: list | None = None
+    # injected label noise for experiments, e.g. {type: symmetric, rate: 0.2, seed: 0}:
+    # training labels are flipped, and RUN_DIR/labels.parquet keeps the true ones
+    label_noise: dict | None = None
+    # score the finished model as one more round, scores/epoch_{epochs}.parquet (the audit's
+    # best view: the model after its last epoch; the selection rounds precede their epoch)
+    score_final: bool = False
+
+    def __post_init__(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+
+        for name in ("epochs", "batch_size", "reselect_every", "calibration_batches"):
+            positive_int(name)
+        for name in ("limit_train", "limit_test", "num_threads", "eval_batch_size",
+                     "score_batch_size", "crop_size", "resize_size"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        if self.data_workers is not None and (isinstance(self.data_workers, bool) or not
+                                              isinstance(self.data_workers, int)
+                                              or self.data_workers < 0):
+            raise ValueError(f"data_workers must be a non-negative integer; got "
+                             f"{self.data_workers!r}")
+        for name in ("per_channel", "kd", "nesterov", "per_class", "channels_last", "compile",
+                     "deterministic", "score_final", "stream"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if self.mode not in ("fp", "qat"):
+            raise ValueError(f"mode must be 'fp' or 'qat'; got {self.mode!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {self.lr_schedule!r}")
+        if self.method != FULL and self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use 'full' or one of "
+                             f"{sorted(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; registered: {sorted(SCHEDULES)}")
+        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
+            raise ValueError(f"fraction must be a number in (0, 1]; got {self.fraction!r}")
+        for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_weight",
+                     "label_smoothing") + tuple(k for k in ("step_lr", "step_lr_8bit")
+                                                if getattr(self, k) is not None):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a non-negative number; got {v!r}")
+        if self.mode == "qat" and not (self.teacher or self.init):
+            raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH "
+                             "(or init=PATH)")
+        if self.mode == "qat" and self.kd and not self.teacher:
+            raise ValueError("kd=true distils from a teacher: set teacher=PATH (or kd=false)")
+        if self.teacher_model not in (None, self.model) and not self.init and self.teacher:
+            raise ValueError(f"the teacher is a {self.teacher_model!r}, the student a "
+                             f"{self.model!r}: set init=PATH, a full-precision checkpoint of "
+                             "the student's architecture to start from")
+        if not self.stream and (self.crop_size or self.resize_size or self.data_workers):
+            raise ValueError("crop_size, resize_size and data_workers apply to stream=true")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        for name in ("teacher_sha256", "init_sha256"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, str)
+                                      and re.fullmatch(r"[0-9a-f]{64}", v.lower())):
+                raise ValueError(f"{name} must be a 64-character hex string (quote it in "
+                                 f"YAML); got {v!r}")
+        if self.label_noise is not None:
+            from ..noise import NOISE_TYPES
+
+            ln = self.label_noise
+            if not isinstance(ln, dict) or set(ln) - {"type", "rate", "seed", "flips"} \
+                    or "rate" not in ln:
+                raise ValueError("label_noise must be a mapping with rate and optional type "
+                                 f"({'/'.join(NOISE_TYPES)}), seed and flips; got {ln!r}")
+            if ln.get("type", "symmetric") not in NOISE_TYPES:
+                raise ValueError(f"label_noise type must be one of {NOISE_TYPES}; got "
+                                 f"{ln.get('type')!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {unknown}; accepted keys: {sorted(known)}")
+        return cls(**values)
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML recipe and ``key=value`` overrides (values in YAML).
+
+    A recipe may start from another with ``base: OTHER.yaml`` (relative to itself) and
+    change only some keys.
+    """
+    values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
+    values.update(parse_assignments(overrides, "--set"))
+    return TrainConfig.from_dict(values)
+
+
+def parse_assignments(items, flag: str) -> dict[str, Any]:
+    """``["key=value", ...]`` as a dict, each value read as YAML (``0.3``, ``true``, ``[1, 2]``,
+    or a plain string)."""
+    import yaml
+
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{flag} {item!r}: the value is not valid YAML ({err})") from err
+    return values
+
+
+def _recipe_values(path: Path, seen: list[Path]) -> dict:
+    """A recipe's settings; ``base: FILE`` (relative to the recipe) inherits another's."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    if path.resolve() in seen:
+        raise ValueError(f"recipe {path} inherits from itself through 'base'")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping of settings")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    return {**_recipe_values(path.parent / str(base), [*seen, path.resolve()]), **loaded}
+
+
+def write_config(config: TrainConfig, out: Path) -> None:
+    import yaml
+
+    write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))

@@ -1,0 +1,406 @@
+"""The run-level trainer: full-precision training or QAT that re-scores and re-selects its
+data every R epochs.
+
+    coreset-curate train --recipe recipes/cifar10_resnet20_fp.yaml --out runs/teacher
+    coreset-curate train --recipe recipes/NAME.yaml --set fraction=0.3 --out RUN [--resume]
+
+A readable loop over library pieces: ``AdaptiveSelector.subset`` (score and select when a
+round is due) -> ``train_epoch`` -> ``evaluate``. RUN_DIR receives ``config.yaml`` (the resolved settings), ``scores/`` (one
+table per scoring round), ``index.parquet`` (every epoch's subset), ``last.pt`` and
+``best.pt`` (checkpoints), ``metrics.jsonl`` (one line per epoch, with the time spent
+scoring, selecting, training and evaluating), ``model.pt`` (final weights) and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import write_text
+from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
+                    spread_positions)
+from ..distributed import barrier, distributed_context
+from ..models import create_model
+from ..quant import calibrate_, quantize_model
+from ..selector import AdaptiveSelector, RoundScorer
+from .checkpoint import load_state, save_atomic, sha256_of
+from .config import FULL, RESUMABLE_CHANGES, TrainConfig, write_config
+from .loop import evaluate, rank_plan, train_epoch
+from .schedule import ProgressLR, build_optimizer
+
+__all__ = ["run_training"]
+
+log = logging.getLogger(__name__)
+
+# score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
+# sample and round; ImageNet-1K would need 4 kB, so it gets none)
+MAX_PROBS_CLASSES = 256
+STAGES = ("scoring_s", "selection_s", "train_s", "eval_s")
+
+
+def _device(config: TrainConfig, world: int) -> torch.device:
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _set_backends(config: TrainConfig, device: torch.device) -> None:
+    """Threads, the seed and the kernels: process-wide settings a run owns."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
+
+
+def _logged_epoch(line: str) -> int:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn or foreign line: dropped
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool, world: int, main: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(f"{out} is not empty; pass --resume to continue the run there or "
+                              "--overwrite to start again")
+    if resume and not (out / "last.pt").exists():
+        log.info("no checkpoint in %s: starting from scratch", out)
+    barrier(world)  # every rank has checked the folder before rank 0 writes to it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scores").mkdir(exist_ok=True)
+        if overwrite and not resume:
+            (out / "index.parquet").unlink(missing_ok=True)  # starting again: no old subsets
+    barrier(world)
+
+
+def _splits(config: TrainConfig, out: Path, main: bool):
+    """The train and test splits, limited and with injected label noise as configured."""
+    view = ({"stream": True, "crop_size": config.crop_size, "resize_size": config.resize_size,
+             "num_workers": config.data_workers} if config.stream else {})
+    train = load_data(config.data, config.train_split, **view)
+    test = load_data(config.data, config.test_split, **view)
+    if config.limit_train:
+        train = train.subset(np.arange(min(config.limit_train, len(train))))
+    if config.limit_test:
+        test = test.subset(np.arange(min(config.limit_test, len(test))))
+    if config.label_noise:
+        from ..noise import inject_noise
+
+        ln = config.label_noise
+        noise = inject_noise(train.labels.numpy(), ln["rate"], ln.get("type", "symmetric"),
+                             seed=ln.get("seed", 0), num_classes=train.num_classes,
+                             flips=ln.get("flips"), class_names=train.class_names)
+        if main:
+            noise.write(out / "labels.parquet", train.sample_ids,
+                        fingerprint=train.fingerprint, overwrite=True)
+        log.info("label noise: %d of %d training labels flipped (%s, rate %s)",
+                 int(noise.flipped.sum()), len(train), noise.noise_type, noise.rate)
+        train = train.with_labels(noise.labels)
+    return train, test
+
+
+def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: dict,
+                   train) -> tuple[torch.nn.Module, str]:
+    """A full-precision model from a weights-only checkpoint, its sha256 checked."""
+    digest = sha256_of(path)
+    if sha256 and digest != sha256.lower():
+        raise ValueError(f"{what} {path} does not have the sha256 the recipe names ({sha256})")
+    fp = create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
+                      **kwargs)
+    try:
+        fp.load_state_dict(load_state(path))
+    except RuntimeError as err:
+        raise ValueError(f"{what} {path} does not fit model {arch!r}: "
+                         f"{str(err).splitlines()[0]}") from err
+    return fp.eval().requires_grad_(False), digest
+
+
+def _models(config: TrainConfig, train, eval_tf, device):
+    """(student, teacher, DS reference, the reference checkpoint's sha256): the student
+    starts from the full-precision weights of its architecture and, in QAT, is quantized
+    and calibrated on batches spread over the split."""
+    model = create_model(config.model, num_classes=train.num_classes,
+                         in_channels=train.image_shape[0], **config.model_kwargs)
+    teacher = init = teacher_digest = init_digest = None
+    if config.teacher:
+        teacher, teacher_digest = _fp_checkpoint(
+            "teacher", config.teacher, config.teacher_sha256, config.teacher_model or config.model,
+            config.teacher_model_kwargs if config.teacher_model else config.model_kwargs, train)
+        teacher.to(device)
+    if config.init:
+        init, init_digest = _fp_checkpoint("init", config.init, config.init_sha256, config.model,
+                                           config.model_kwargs, train)
+    # the DS reference: the full-precision weights of the student's architecture
+    reference, digest = (init, init_digest) if init is not None else (teacher, teacher_digest)
+    if init is not None or config.mode == "qat":
+        model.load_state_dict(reference.state_dict())
+    if config.mode == "qat":
+        model.to(device)
+        # calibration batches spread over the split (an image folder lists class by class)
+        calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
+                     if config.stream else None)
+        calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
+        quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
+                       first_last=config.first_last, init=config.quant_init)
+        calibrate_(model, calib, max_batches=config.calibration_batches)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
+    return model, teacher, reference, digest
+
+
+class _Run:
+    """The state a checkpoint holds, besides the model and optimizer."""
+
+    def __init__(self) -> None:
+        self.start_epoch, self.best_top1, self.calibrated_top1 = 0, -1.0, None
+        self.totals = {k: 0.0 for k in (*STAGES, "wall_s")}
+
+    def resume_from(self, state: dict, config: TrainConfig, out: Path) -> None:
+        saved = state.get("config", {})
+        changed = sorted(k for k, v in asdict(config).items()
+                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"cannot resume {out} with other settings: {changed} differ from "
+                             "the run's (start a new run, or resume with the same recipe)")
+        self.start_epoch, self.best_top1 = int(state["epoch"]), float(state["best_top1"])
+        self.calibrated_top1 = state.get("calibrated_top1")
+        self.totals.update({k: float(v) for k, v in state["totals"].items()})
+
+
+def _selector(config: TrainConfig, train, eval_tf, reference, digest, out: Path, device,
+              score_bs: int) -> tuple[AdaptiveSelector | None, RoundScorer]:
+    """The run's selector (None for full data) and the scorer of its rounds."""
+    scoring = dict(reference=reference, out=out, batch_size=score_bs, device=device,
+                   probs=train.num_classes <= MAX_PROBS_CLASSES, reference_key=digest,
+                   metadata={"arch": config.model, "run": str(out)})
+    if config.method == FULL:
+        return None, RoundScorer(train, eval_tf, **scoring)
+    selector = AdaptiveSelector(
+        train, config.method, config.fraction, epochs=config.epochs,
+        reselect_every=config.reselect_every, schedule=config.schedule, seed=config.seed,
+        per_class=config.per_class, min_per_class=config.min_per_class,
+        options=config.method_options, transform=eval_tf, **scoring)
+    return selector, selector.scorer
+
+
+def _keep_metrics(out: Path, start_epoch: int) -> None:
+    """Keep the lines of the epochs the checkpoint holds: a run killed between logging an
+    epoch and checkpointing it logs that epoch again when resumed."""
+    path = out / "metrics.jsonl"
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and _logged_epoch(line) < start_epoch]
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+@dataclass
+class _Parts:
+    """Everything one epoch uses."""
+
+    config: TrainConfig
+    out: Path
+    train: object
+    test: object
+    train_tf: object
+    eval_tf: object
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    teacher: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    lr_sched: ProgressLR
+    gen: torch.Generator
+    selector: AdaptiveSelector | None
+    scorer: RoundScorer | None
+    device: torch.device
+    eval_bs: int
+    rank: int
+    world: int
+
+
+def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
+    """Select (when due) and train one epoch: (loss, lr, subset size, stage seconds)."""
+    c, t = p.config, dict.fromkeys(STAGES, 0.0)
+    if p.selector is None:
+        positions, weights, subset_size = None, None, len(p.train)
+    else:
+        positions, weights = p.selector.positions(epoch, p.model)
+        t.update(p.selector.last)
+        subset_size = len(positions)
+    t0 = time.perf_counter()
+    plan, aug_gen = None, p.gen
+    if p.world > 1:
+        # the same shuffle on every rank, then rank r takes slice r of each global batch
+        shuffle_gen = torch.Generator().manual_seed(c.seed * 1_000_003 + epoch)
+        plan = rank_plan(np.arange(len(p.train)) if positions is None else positions,
+                         c.batch_size, p.rank, p.world, shuffle_gen)
+        aug_gen = torch.Generator().manual_seed((c.seed * 1009 + epoch) * 1009 + p.rank)
+        batches = len(plan)
+    else:
+        batches = -(-subset_size // c.batch_size)
+    p.lr_sched.begin_epoch(epoch, batches)
+    lr_now = p.lr_sched.lr
+    loss = train_epoch(p.train_model, p.train, p.train_tf, p.optimizer, positions=positions,
+                       weights=weights, teacher=p.teacher if (c.mode == "qat" and c.kd) else None,
+                       label_weight=c.label_weight, batch_size=c.batch_size, generator=aug_gen,
+                       scheduler=p.lr_sched, device=p.device, channels_last=c.channels_last,
+                       label_smoothing=c.label_smoothing, plan=plan)
+    t["train_s"] = time.perf_counter() - t0
+    return loss, lr_now, subset_size, t
+
+
+def _checkpoint(p: _Parts, run: _Run, epoch: int, improved: bool) -> None:
+    """Atomic checkpoints: everything needed to continue exactly from here."""
+    if improved:
+        save_atomic(p.model.state_dict(), p.out / "best.pt")
+    save_atomic({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+                 "generator": p.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "epoch": epoch + 1, "best_top1": run.best_top1, "totals": run.totals,
+                 "calibrated_top1": run.calibrated_top1, "config": asdict(p.config)},
+                p.out / "last.pt")
+
+
+def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float) -> tuple[float | None, float]:
+    """One epoch: select, train, and on rank 0 evaluate, log and checkpoint. Returns
+    (top-1 or None on other ranks, the wall clock mark)."""
+    loss, lr_now, subset_size, t = _train_one(p, epoch)
+    if p.rank != 0:
+        barrier(p.world)  # rank 0 evaluates and checkpoints
+        return None, t_wall
+    t0 = time.perf_counter()
+    top1 = evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)
+    t["eval_s"] = time.perf_counter() - t0
+    for k in t:
+        run.totals[k] += t[k]
+    now = time.perf_counter()
+    run.totals["wall_s"] += now - t_wall  # wall time of every sitting, setup included
+    improved = top1 > run.best_top1
+    run.best_top1 = max(run.best_top1, top1)
+    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, "top1": top1,
+            "best_top1": run.best_top1, "subset_size": subset_size,
+            **{k: round(v, 3) for k, v in t.items()}}
+    log.info("epoch %d/%d: loss %.4f, top-1 %.2f%% (best %.2f%%), %d samples, score %.1fs "
+             "select %.2fs train %.1fs eval %.1fs", epoch + 1, p.config.epochs, loss, top1,
+             run.best_top1, subset_size, t["scoring_s"], t["selection_s"], t["train_s"],
+             t["eval_s"])
+    with open(p.out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    _checkpoint(p, run, epoch, improved)
+    barrier(p.world)
+    return top1, now
+
+
+def _summary(p: _Parts, run: _Run, top1: float, t_wall: float) -> dict:
+    c = p.config
+    save_atomic(p.model.state_dict(), p.out / "model.pt")
+    summary = {
+        "model": c.model, "mode": c.mode, "teacher_model": c.teacher_model,
+        "w_bits": c.w_bits if c.mode == "qat" else 32,
+        "a_bits": c.a_bits if c.mode == "qat" else 32,
+        "method": c.method, "fraction": c.fraction, "epochs": c.epochs,
+        "R": c.reselect_every, "seed": c.seed, "top1": top1, "best_top1": run.best_top1,
+        "calibrated_top1": run.calibrated_top1,
+        **{k: round(v, 2) for k, v in run.totals.items()},
+        "wall_s": round(run.totals["wall_s"] + time.perf_counter() - t_wall, 2),
+        "train_samples": len(p.train), "test_samples": len(p.test), "device": str(p.device),
+        "model_sha256": sha256_of(p.out / "model.pt"),
+    }
+    write_text(p.out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
+           ) -> tuple[_Parts, _Run]:
+    """Data, models, optimizer and selector of a run, resumed from its checkpoint."""
+    device = _device(config, world)
+    _set_backends(config, device)
+    eval_bs = config.eval_batch_size or inference_batch_size(device)
+    score_bs = config.score_batch_size or inference_batch_size(device)
+    train, test = _splits(config, out, rank == 0)
+    train_tf, eval_tf = default_transforms(train, mean=config.mean, std=config.std)
+    model, teacher, reference, digest = _models(config, train, eval_tf, device)
+    optimizer = build_optimizer(model, config)
+    p = _Parts(config, out, train, test, train_tf, eval_tf, model, model, teacher, optimizer,
+               ProgressLR(optimizer, config), torch.Generator().manual_seed(config.seed),
+               None, None, device, eval_bs, rank, world)
+    run, last_ckpt = _Run(), out / "last.pt"
+    if config.mode == "qat" and rank == 0 and not (resume and last_ckpt.exists()):
+        run.calibrated_top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
+        log.info("W%dA%d after calibration, before QAT: top-1 %.2f%%", config.w_bits,
+                 config.a_bits, run.calibrated_top1)
+    if resume and last_ckpt.exists():
+        state = load_state(last_ckpt)
+        run.resume_from(state, config, out)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        p.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s at epoch %d", out, run.start_epoch)
+    if rank == 0:
+        write_config(config, out)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if config.compile:
+            log.warning("compile is off under torchrun")
+        p.train_model = DistributedDataParallel(model)
+    elif config.compile:
+        p.train_model = torch.compile(model)
+    p.selector, p.scorer = _selector(config, train, eval_tf, reference, digest, out, device,
+                                     score_bs)
+    if rank == 0:
+        _keep_metrics(out, run.start_epoch)
+    return p, run
+
+
+def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+                 overwrite: bool = False, stop_after: int | None = None) -> dict | None:
+    """Run (or resume) the training ``config`` describes into ``out_dir``; returns the summary.
+
+    ``stop_after=N`` trains at most N epochs in this call and returns None if the run is
+    not finished (continue it with ``resume=True``): for machines with time limits.
+    """
+    out = Path(out_dir)
+    rank, world = distributed_context()  # (0, 1) unless started by torchrun
+    _prepare_folder(out, resume, overwrite, world, rank == 0)
+    t_wall = time.perf_counter()
+    p, run = _build(config, out, resume, rank, world)
+    end = config.epochs if stop_after is None else min(config.epochs,
+                                                        run.start_epoch + stop_after)
+    top1 = None
+    for epoch in range(run.start_epoch, end):
+        top1, t_wall = _epoch(p, run, epoch, t_wall)
+    if end < config.epochs:
+        log.info("stopped after epoch %d of %d; continue with --resume", end, config.epochs)
+        return None
+    if rank != 0:
+        return None
+    if top1 is None:  # resumed a finished run
+        top1 = evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)
+    if config.score_final and not p.scorer.round_path(config.epochs).exists():
+        t0 = time.perf_counter()
+        path = p.scorer.score(p.model, config.epochs, final=True)
+        run.totals["scoring_s"] += time.perf_counter() - t0
+        log.info("scored the finished model: %s (%.1fs)", path, time.perf_counter() - t0)
+    return _summary(p, run, top1, t_wall)
