@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["UnknownIds", "is_int", "positive_int", "non_negative_int", "non_negative_number", "fraction",
-           "boolean", "choice", "align"]
+__all__ = ["UnknownIds", "is_int", "positive_int", "non_negative_int", "non_negative_number",
+           "fraction", "boolean", "choice", "align"]
 
 
 class UnknownIds(KeyError, ValueError):
@@ -74,8 +74,7 @@ def align(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     Returns (positions, present): ``positions[i]`` is the row of ``ids[i]`` in
     ``sorted_ids`` where ``present[i]``, and a valid but meaningless row elsewhere.
     """
-    sorted_ids = np.asarray(sorted_ids)
-    ids = np.asarray(ids, dtype=sorted_ids.dtype if len(sorted_ids) else np.int64)
+    sorted_ids, ids = np.asarray(sorted_ids), np.asarray(ids)
     if len(sorted_ids) == 0:
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)

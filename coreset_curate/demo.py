@@ -35,6 +35,7 @@ from .noise_audit import audit
 from .data import load_data
 from .tables import write_table
 from .training import TrainConfig, run_training
+from .checks import positive_int
 
 __all__ = ["DemoConfig", "run_demo", "format_summary"]
 
@@ -62,8 +63,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("fp_epochs", "epochs", "reselect_every", "batch_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+            positive_int(name, v)
         if not isinstance(self.label_noise, (int, float)) or not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise must be a number in [0, 1); got {self.label_noise!r}")
 

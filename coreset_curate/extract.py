@@ -31,6 +31,7 @@ from .data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
 from .scores import score_dataset
 from .tables import TableError, table_metadata, with_metadata, write_table
+from .checks import positive_int
 
 __all__ = ["extract_scores", "state_sha256", "distributed_context"]  # the last re-exported
 
@@ -49,6 +50,44 @@ def state_sha256(model: nn.Module) -> str:
         else:
             h.update(json.dumps(value, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def _claim_parts(parts: Path, out: Path, run_key: dict) -> None:
+    """Make the shards folder this run's: shards of another run (other arguments, another
+    checkpoint or dataset) are removed, and the run's key is written as its manifest."""
+    run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
+    manifest = parts / "manifest.json"
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot write next to {out}: {err}") from err
+    if manifest.exists() and json.loads(manifest.read_text()) != run_key:
+        log.warning("finished shards in %s belong to another run: starting again", parts)
+        shutil.rmtree(parts)
+        parts.mkdir(parents=True)
+    if not manifest.exists():
+        write_text(manifest, json.dumps(run_key, sort_keys=True))
+
+
+def _merge_parts(parts: Path, files: list[Path], data, out: Path) -> None:
+    """One table of every shard in dataset order, written to ``out``; the shards removed."""
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise TableError(f"shards {missing[:5]} are missing in {parts}")
+    tables = [pq.read_table(f) for f in files]
+    table = pa.concat_tables(tables)
+    ids = table.column("sample_id").to_numpy()
+    n = len(data)
+    if len(ids) != n or not np.array_equal(ids, data.sample_ids):
+        raise TableError(f"merged shards hold {len(ids)} rows, expected {n} in dataset order")
+    order = np.argsort(ids, kind="stable")
+    if not (np.diff(order) == 1).all():
+        table = table.take(pa.array(order))
+    meta = table_metadata(tables[0])
+    meta["fingerprint"] = data.fingerprint
+    meta["shards"] = len(files)
+    write_table(with_metadata(table, meta), out, overwrite=True)
+    shutil.rmtree(parts)
 
 
 def extract_scores(
@@ -74,8 +113,7 @@ def extract_scores(
     """Score ``data`` into the Parquet file ``out`` (see the module doc); returns its path
     on rank 0 and None on the other ranks."""
     out = Path(out)
-    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
-        raise ValueError(f"shard_rows must be a positive integer; got {shard_rows!r}")
+    positive_int("shard_rows", shard_rows)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     parts = out.with_name(f".{out.name}.parts")
@@ -86,19 +124,8 @@ def extract_scores(
                "shard_rows": shard_rows, "embeddings": embeddings, "probs": probs, "bf16": bf16}
     if hasattr(data, "view_key"):  # a streamed dataset: its crop decides the pixels too
         run_key["view"] = data.view_key()
-    run_key = json.loads(json.dumps(run_key, sort_keys=True))  # as it reads back from disk
-    manifest = parts / "manifest.json"
     if rank == 0:
-        try:
-            parts.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise PermissionError(f"cannot write next to {out}: {err}") from err
-        if manifest.exists() and json.loads(manifest.read_text()) != run_key:
-            log.warning("finished shards in %s belong to another run: starting again", parts)
-            shutil.rmtree(parts)
-            parts.mkdir(parents=True)
-        if not manifest.exists():
-            write_text(manifest, json.dumps(run_key, sort_keys=True))
+        _claim_parts(parts, out, run_key)
     barrier(world_size)
     n = len(data)
     shards = range((n + shard_rows - 1) // shard_rows)
@@ -125,23 +152,7 @@ def extract_scores(
     barrier(world_size)
     if rank != 0:
         return None
-    files = [parts / f"part-{k:06d}.parquet" for k in shards]
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        raise TableError(f"shards {missing[:5]} are missing in {parts}")
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables)
-    ids = table.column("sample_id").to_numpy()
-    if len(ids) != n or not np.array_equal(ids, data.sample_ids):
-        raise TableError(f"merged shards hold {len(ids)} rows, expected {n} in dataset order")
-    order = np.argsort(ids, kind="stable")
-    if not (np.diff(order) == 1).all():
-        table = table.take(pa.array(order))
-    meta = table_metadata(tables[0])
-    meta["fingerprint"] = data.fingerprint
-    meta["shards"] = len(files)
-    write_table(with_metadata(table, meta), out, overwrite=True)
-    shutil.rmtree(parts)
+    _merge_parts(parts, [parts / f"part-{k:06d}.parquet" for k in shards], data, out)
     log.info("wrote %s: %d rows (%.0f img/s this sitting)", out, n,
              done * shard_rows / max(seconds, 1e-9))
     return out

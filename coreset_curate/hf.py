@@ -20,7 +20,7 @@ import numpy as np
 from .data import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
 from .atomic import atomic_path
-from .checks import UnknownIds
+from .checks import UnknownIds, align
 from .index import epoch_rows, read_index
 from .tables import table_metadata
 
@@ -81,8 +81,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     if id_column is not None:
         all_ids = np.asarray(ds.with_format("numpy")[id_column], np.int64)
         order = np.argsort(all_ids, kind="stable")
-        pos = np.searchsorted(all_ids[order], ids).clip(0, max(len(all_ids) - 1, 0))
-        found = all_ids[order][pos] == ids
+        pos, found = align(all_ids[order], ids)
         if not found.all():
             raise UnknownIds(f"{int((~found).sum())} sample ids of the index are not in the "
                            f"dataset's {id_column!r} column")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .checks import is_int, positive_int
+
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "last_linear"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -39,10 +41,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
     """Build the registered architecture ``name`` with fresh (untrained) weights."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer; got {in_channels!r}")
+    positive_int("in_channels", in_channels)
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 

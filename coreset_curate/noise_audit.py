@@ -50,6 +50,9 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from .checks import align
+from .noise_counts import (channel_suspicion, flag_metrics, flags, mean_joint, otsu_counts,
+                           per_class_mean)
 from .selection import aligned_column, load_rounds
 from .tables import make_metadata, read_table, validate_index, with_metadata
 
@@ -118,62 +121,6 @@ class AuditResult:
                             max_examples=max_examples)
 
 
-def _per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    ok = np.isfinite(values)
-    sums = np.bincount(labels[ok], weights=values[ok], minlength=k)
-    counts = np.bincount(labels[ok], minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def _confident_joint(labels, pred, p_label, p_pred, thresholds, row_sizes) -> np.ndarray:
-    """Confident joint C[given, confident class], row i scaled to sum to row_sizes[i]."""
-    k = len(row_sizes)
-    t_label = thresholds[labels]
-    same = (pred == labels) & (p_label >= t_label)
-    # (a NaN p_pred compares False; the +inf of tables without max_prob always counts)
-    other = (pred != labels) & (p_pred >= thresholds[pred.clip(0, k - 1)])
-    joint = np.zeros((k, k))
-    np.add.at(joint, (labels[same], labels[same]), 1.0)
-    np.add.at(joint, (labels[other], pred[other]), 1.0)
-    rows = joint.sum(1, keepdims=True)
-    return np.where(rows > 0, joint / np.maximum(rows, 1) * row_sizes[:, None], 0.0)
-
-
-def _flags(suspicion: np.ndarray, labels: np.ndarray, n_flag: np.ndarray) -> np.ndarray:
-    """In every class c, the n_flag[c] most suspicious samples (ties by sample order)."""
-    flag = np.zeros(len(labels), dtype=bool)
-    order = np.lexsort((np.arange(len(labels)), -suspicion, labels))  # by class, then score
-    starts = np.searchsorted(labels[order], np.arange(len(n_flag)))
-    for c, start in enumerate(starts):
-        if n_flag[c] > 0:
-            flag[order[start : start + int(n_flag[c])]] = True
-    return flag
-
-
-def _otsu_counts(suspicion: np.ndarray, labels: np.ndarray, k: int, bins: int = 256
-                 ) -> np.ndarray:
-    """Per class, how many samples lie above the cut that best splits the class's
-    suspicion into two groups (Otsu: the largest between-group variance)."""
-    out = np.zeros(k, dtype=np.int64)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(k + 1))
-    for c in range(k):  # one histogram per class
-        v = suspicion[order[bounds[c] : bounds[c + 1]]]
-        if len(v) < 2 or v.max() <= v.min():
-            continue
-        hist, edges = np.histogram(v, bins=bins)
-        w0 = np.cumsum(hist)[:-1].astype(np.float64)
-        w1 = len(v) - w0
-        centers = (edges[:-1] + edges[1:]) / 2
-        s0 = np.cumsum(hist * centers)[:-1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            between = w0 * w1 * (s0 / w0 - (s0[-1] + hist[-1] * centers[-1] - s0) / w1) ** 2
-        cut = int(np.nanargmax(np.where((w0 > 0) & (w1 > 0), between, -1.0)))
-        out[c] = int((v > edges[cut + 1]).sum())
-    return out
-
-
 def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None, int | None]:
     """The ``probs`` column of the latest round that has one, aligned to ``ids``."""
     sources = list(scores) if isinstance(scores, (list, tuple)) else [scores]
@@ -197,8 +144,8 @@ def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None,
     if p.ndim != 2 or p.shape[1] < k:
         raise ValueError(f"the probs column of epoch {epoch} has {p.shape[-1]} classes; the "
                          f"labels need {k}")
-    pos = np.searchsorted(rnd["sample_id"], ids).clip(0, len(rnd["sample_id"]) - 1)
-    if not (rnd["sample_id"][pos] == ids).all():
+    pos, present = align(rnd["sample_id"], ids)
+    if not present.all():
         raise ValueError(f"the round of epoch {epoch} with probs does not cover every sample "
                          "of the latest round")
     if not np.isfinite(p).all() or (p < 0).any():
@@ -207,55 +154,14 @@ def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None,
     return p[pos], epoch
 
 
-def _channel_suspicion(softmax: np.ndarray, labels: np.ndarray, joint: np.ndarray
-                       ) -> np.ndarray:
-    """Posterior probability that the given label is wrong under the estimated noise.
-
-    ``joint[i, j]`` counts samples labeled i whose true class is j, so column j
-    normalised is T[i, j] = P(given i | true j). With the student's softmax as the prior
-    over the true class, P(true = given | x, given) = p_i T[i, i] / sum_j p_j T[i, j].
-    A sample labeled i is suspicious in proportion to its mass on classes that really
-    are flipped to i: under class-dependent noise, a cat labeled dog is suspected more
-    than a hard dog that looks a little like a ship.
-    """
-    n = len(labels)
-    cols = joint.sum(0, keepdims=True)
-    # (the inner wheres keep the denominators nonzero, so nothing divides by zero)
-    flip = np.where(cols > 0, joint / np.where(cols > 0, cols, 1.0), 0.0)
-    k = flip.shape[0]
-    p = softmax[:, :k]
-    rows = flip[labels]  # (n, k): P(given label of the row | true j)
-    right = p[np.arange(n), labels] * rows[np.arange(n), labels]
-    total = (p * rows).sum(1)
-    post = np.where(total > 0, right / np.where(total > 0, total, 1.0), p[np.arange(n), labels])
-    return 1.0 - post
-
-
-def flag_metrics(flag: np.ndarray, suspicion: np.ndarray, noisy: np.ndarray) -> dict:
-    """Precision, recall and F1 of ``flag`` and AUROC of ``suspicion`` against the mask of
-    samples whose label is really wrong."""
-    from sklearn.metrics import roc_auc_score
-
-    flag, noisy = np.asarray(flag, bool), np.asarray(noisy, bool)
-    tp = int((flag & noisy).sum())
-    precision = tp / flag.sum() if flag.any() else 0.0
-    recall = tp / noisy.sum() if noisy.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    auroc = (float(roc_auc_score(noisy, suspicion)) if 0 < noisy.sum() < len(noisy)
-             else None)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "auroc": auroc, "flagged": int(flag.sum()), "noisy": int(noisy.sum()),
-            "true_positives": tp}
-
-
 def _true_labels(true_labels, ids: np.ndarray) -> np.ndarray:
     """True labels aligned to ``ids``: an array in id order, or a labels table path."""
     if isinstance(true_labels, (str, os.PathLike)):
         from .noise import read_labels
 
         t_ids, _, t_true, _ = read_labels(true_labels)
-        pos = np.searchsorted(t_ids, ids).clip(0, max(len(t_ids) - 1, 0))
-        if len(t_ids) == 0 or not (t_ids[pos] == ids).all():
+        pos, present = align(t_ids, ids)
+        if not present.all():
             raise ValueError(f"{true_labels} does not cover every audited sample_id")
         return t_true[pos]
     arr = np.asarray(true_labels)
@@ -263,6 +169,74 @@ def _true_labels(true_labels, ids: np.ndarray) -> np.ndarray:
         raise ValueError(f"true_labels has shape {arr.shape}; expected one label per audited "
                          f"sample ({len(ids)}, in sample_id order)")
     return arr.astype(np.int64)
+
+
+def _class_names(data, class_names, ids: np.ndarray, labels: np.ndarray) -> list[str]:
+    """The class names: the dataset's (whose ids must be the audited ones), those given, or
+    the label numbers."""
+    if data is not None:
+        if len(data) != len(ids) or not np.array_equal(np.sort(data.sample_ids), ids):
+            raise ValueError(f"data has {len(data)} samples but the last score round covers "
+                             f"{len(ids)} other ids: audit the scores of this dataset")
+        class_names = list(data.class_names)
+    k = int(labels.max()) + 1
+    names = list(class_names) if class_names else [str(i) for i in range(k)]
+    if len(names) < k:
+        raise ValueError(f"{len(names)} class names for labels up to {k - 1}")
+    return names
+
+
+def _reference_view(last: dict, labels: np.ndarray, pred: np.ndarray, flag: np.ndarray,
+                    k: int):
+    """The reference's view: the kind of every flagged sample and a suggested label; also
+    the reference's predictions, probabilities and per-class thresholds (None without)."""
+    ref_pred, ref_prob = last.get("ref_pred"), last.get("ref_prob_label")
+    has_ref = (ref_pred is not None and ref_prob is not None
+               and np.isfinite(np.asarray(ref_prob, np.float64)).all())
+    kind = np.full(len(labels), None, dtype=object)
+    suggested = np.where(pred != labels, pred, -1)
+    if not has_ref:
+        kind[flag] = "unknown"
+        return kind, suggested, None, None, None
+    ref_pred = np.asarray(ref_pred).astype(np.int64)
+    ref_prob = np.asarray(ref_prob, np.float64)
+    ref_thresholds = per_class_mean(ref_prob, labels, k)
+    r_t = ref_thresholds[labels]
+    kind_all = np.where((ref_pred != labels) & (ref_prob < r_t), "mislabeled",
+                        np.where((ref_pred == labels) & (ref_prob >= r_t), "fragile",
+                                 "ambiguous"))
+    kind[flag] = kind_all[flag]
+    suggested = np.where((suggested < 0) & (ref_pred != labels), ref_pred, suggested)
+    return kind, suggested, ref_pred, ref_prob, ref_thresholds
+
+
+def _audit_table(ids, labels, last, susp, flag, kind, suggested, p_mean, p_std, aum,
+                 ref_pred, ref_prob, true_labels):
+    """(table, metrics, true labels): the audit's rows (``AUDIT_SCHEMA``), and the flags'
+    metrics against the true labels when those are known (else two Nones)."""
+    cols = {
+        "sample_id": ids, "suspicion": susp.astype(np.float32), "flag": flag,
+        "kind": kind.tolist(), "given_label": labels,
+        "suggested_label": pa.array(suggested, pa.int64(), mask=suggested < 0),
+        "prob_label_mean": p_mean.astype(np.float32), "prob_label_std": p_std.astype(np.float32),
+        "aum": aum.astype(np.float32), "evs": last["evs"].astype(np.float32),
+        "ds": _nullable(last.get("ds"), pa.float32(), len(ids)),
+        "ref_pred": _nullable(ref_pred, pa.int64(), len(ids)),
+        "ref_prob_label": _nullable(ref_prob, pa.float32(), len(ids)),
+    }
+    metrics, true = None, None
+    if true_labels is not None:
+        true = _true_labels(true_labels, ids)
+        cols["true_label"] = true
+        wrong = true != labels
+        metrics = {"flag": flag_metrics(flag, susp, wrong),
+                   "mislabeled_kind": flag_metrics(kind == "mislabeled", susp, wrong),
+                   "true_noise_rate": float(wrong.mean())}
+    else:
+        cols["true_label"] = pa.nulls(len(ids), pa.int64())
+    table = pa.table({f.name: pa.array(cols[f.name], f.type) if not isinstance(
+        cols[f.name], pa.Array) else cols[f.name] for f in AUDIT_SCHEMA}, schema=AUDIT_SCHEMA)
+    return table, metrics, true
 
 
 def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
@@ -289,15 +263,7 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
             raise ValueError(f"the score tables lack column {c!r}, which the audit needs")
     ids = last["sample_id"].astype(np.int64)
     labels = last["label"].astype(np.int64)
-    if data is not None:
-        if len(data) != len(ids) or not np.array_equal(np.sort(data.sample_ids), ids):
-            raise ValueError(f"data has {len(data)} samples but the last score round covers "
-                             f"{len(ids)} other ids: audit the scores of this dataset")
-        class_names = list(data.class_names)
-    k = int(labels.max()) + 1
-    names = list(class_names) if class_names else [str(i) for i in range(k)]
-    if len(names) < k:
-        raise ValueError(f"{len(names)} class names for labels up to {k - 1}")
+    names = _class_names(data, class_names, ids, labels)
     k = len(names)
 
     prob = aligned_column(rounds, ids, "prob_label")
@@ -315,81 +281,27 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
     if suspicion == "auto":
         suspicion = "channel" if softmax is not None else "prob"
 
-    # per-class thresholds and a calibrated confident joint for every round, averaged: a
-    # late round alone undercounts once the model starts to fit the wrong labels
     counts = np.bincount(labels, minlength=k)
-    joints = []
-    for rnd in rounds:
-        r_lab = rnd["label"].astype(np.int64)
-        r_pred = rnd["pred"].astype(np.int64).clip(0, k - 1)
-        r_p = rnd["prob_label"].astype(np.float64)
-        t_r = np.nan_to_num(_per_class_mean(r_p, r_lab, k), nan=1.0)
-        if "max_prob" in rnd:
-            p_pred = np.where(r_pred == r_lab, r_p, rnd["max_prob"].astype(np.float64))
-        else:  # tables without max_prob: any disagreement counts as confident
-            p_pred = np.where(r_pred == r_lab, r_p, np.inf)
-        # scaled to the audited class sizes, also for a round that covers only part
-        joints.append(_confident_joint(r_lab, r_pred, r_p, p_pred, t_r,
-                                       counts.astype(np.float64)))
-    joint = np.mean(joints, axis=0)
+    joint = mean_joint(rounds, counts, k)
     if suspicion == "channel":
-        susp = _channel_suspicion(softmax, labels, joint)
+        susp = channel_suspicion(softmax, labels, joint)
     else:
         susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
-    thresholds = _per_class_mean(last["prob_label"].astype(np.float64), labels, k)
+    thresholds = per_class_mean(last["prob_label"].astype(np.float64), labels, k)
     n_flag = np.rint(joint.sum(1) - np.diag(joint)).astype(np.int64).clip(0, counts)
     if count == "gap":  # where the joint finds noise, also take the gap in the suspicion
-        gap = np.minimum(_otsu_counts(susp, labels, k), counts // 2)
+        gap = np.minimum(otsu_counts(susp, labels, k), counts // 2)
         n_flag = np.where(n_flag > 0, np.maximum(n_flag, gap), 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         noise_rates = np.where(counts > 0, n_flag / np.maximum(counts, 1), 0.0)
     pred = last["pred"].astype(np.int64)
-    flag = _flags(susp, labels, n_flag)
+    flag = flags(susp, labels, n_flag)
 
-    # the reference's view: kind of every flagged sample, and a suggestion
-    ref_pred = last.get("ref_pred")
-    ref_prob = last.get("ref_prob_label")
-    has_ref = (ref_pred is not None and ref_prob is not None
-               and np.isfinite(np.asarray(ref_prob, np.float64)).all())
-    kind = np.full(len(ids), None, dtype=object)
-    ref_thresholds = None
-    if has_ref:
-        ref_pred = np.asarray(ref_pred).astype(np.int64)
-        ref_prob = np.asarray(ref_prob, np.float64)
-        ref_thresholds = _per_class_mean(ref_prob, labels, k)
-        r_t = ref_thresholds[labels]
-        kind_all = np.where((ref_pred != labels) & (ref_prob < r_t), "mislabeled",
-                            np.where((ref_pred == labels) & (ref_prob >= r_t), "fragile",
-                                     "ambiguous"))
-        kind[flag] = kind_all[flag]
-    else:
-        kind[flag] = "unknown"
-    suggested = np.where(pred != labels, pred, -1)
-    if has_ref:
-        suggested = np.where((suggested < 0) & (ref_pred != labels), ref_pred, suggested)
+    kind, suggested, ref_pred, ref_prob, ref_thresholds = _reference_view(last, labels, pred,
+                                                                          flag, k)
 
-    cols = {
-        "sample_id": ids, "suspicion": susp.astype(np.float32), "flag": flag,
-        "kind": kind.tolist(), "given_label": labels,
-        "suggested_label": pa.array(suggested, pa.int64(), mask=suggested < 0),
-        "prob_label_mean": p_mean.astype(np.float32), "prob_label_std": p_std.astype(np.float32),
-        "aum": aum.astype(np.float32), "evs": last["evs"].astype(np.float32),
-        "ds": _nullable(last.get("ds"), pa.float32(), len(ids)),
-        "ref_pred": _nullable(ref_pred if has_ref else None, pa.int64(), len(ids)),
-        "ref_prob_label": _nullable(ref_prob if has_ref else None, pa.float32(), len(ids)),
-    }
-    metrics, true = None, None
-    if true_labels is not None:
-        true = _true_labels(true_labels, ids)
-        cols["true_label"] = true
-        wrong = true != labels
-        metrics = {"flag": flag_metrics(flag, susp, wrong),
-                   "mislabeled_kind": flag_metrics(kind == "mislabeled", susp, wrong),
-                   "true_noise_rate": float(wrong.mean())}
-    else:
-        cols["true_label"] = pa.nulls(len(ids), pa.int64())
-    table = pa.table({f.name: pa.array(cols[f.name], f.type) if not isinstance(
-        cols[f.name], pa.Array) else cols[f.name] for f in AUDIT_SCHEMA}, schema=AUDIT_SCHEMA)
+    table, metrics, true = _audit_table(ids, labels, last, susp, flag, kind, suggested,
+                                        p_mean, p_std, aum, ref_pred, ref_prob, true_labels)
     shares = (_subset_shares(index, ids, flag, kind, true, labels) if index is not None
               else None)
     table = with_metadata(table, make_metadata(
@@ -424,8 +336,8 @@ def _subset_shares(index, ids, flag, kind, true, labels) -> list[dict]:
     table = validate_index(table, "index" if isinstance(index, pa.Table) else str(index))
     epochs = np.asarray(table.column("epoch").to_numpy())
     sid = np.asarray(table.column("sample_id").to_numpy(), np.int64)
-    pos = np.searchsorted(ids, sid).clip(0, len(ids) - 1)
-    if not (ids[pos] == sid).all():
+    pos, present = align(ids, sid)
+    if not present.all():
         raise ValueError("the index names sample ids that the score tables do not have")
     mis = np.asarray([k == "mislabeled" for k in kind])
     wrong = None if true is None else (np.asarray(true) != labels)

@@ -18,6 +18,7 @@ import numpy as np
 from .atomic import write_text
 from .data import LabelledRows, load_batches
 from .tables import write_table
+from .checks import non_negative_int
 
 __all__ = ["write_report", "render_html", "render_markdown"]
 
@@ -266,8 +267,7 @@ def render_markdown(result) -> str:
 def write_report(result, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
                  max_examples: int = 48) -> dict[str, Path]:
     """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``."""
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
-        raise ValueError(f"max_examples must be a non-negative integer; got {max_examples!r}")
+    non_negative_int("max_examples", max_examples)
     out = Path(out_dir)
     paths = {"table": out / "audit.parquet", "html": out / "report.html",
              "markdown": out / "summary.md"}

@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Sampler
 
-from .checks import UnknownIds
+from .checks import UnknownIds, align
 from .data import ImageData
 from .index import epoch_rows, read_index
 
@@ -78,8 +78,8 @@ class SubsetSampler(Sampler[int]):
         """Loss weights of the samples at ``positions`` (for example a batch's indices)."""
         pos = np.asarray(positions.cpu() if isinstance(positions, torch.Tensor) else positions,
                          dtype=np.int64)
-        at = np.searchsorted(self._positions, pos).clip(0, max(len(self._positions) - 1, 0))
-        if len(pos) and not (self._positions[at] == pos).all():
+        at, present = align(self._positions, pos)
+        if not present.all():
             raise UnknownIds("some positions are not in this epoch's subset")
         return torch.from_numpy(self._weights[at])
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import UnknownIds
+from ..checks import UnknownIds, align, positive_int
 
 __all__ = ["ImageData", "LabelledRows", "fingerprint", "check_fingerprint", "FingerprintMismatch",
            "iter_batches", "load_batches", "inference_batch_size", "spread_positions"]
@@ -94,9 +94,8 @@ class LabelledRows:
         ids = np.asarray(sample_ids, dtype=np.int64)
         order = np.argsort(self.sample_ids, kind="stable")
         sorted_ids = self.sample_ids[order]
-        pos = np.searchsorted(sorted_ids, ids)
-        pos = np.clip(pos, 0, len(sorted_ids) - 1)
-        missing = sorted_ids[pos] != ids
+        pos, present = align(sorted_ids, ids)
+        missing = ~present
         if missing.any():
             raise UnknownIds(f"{int(missing.sum())} sample ids are not in the dataset, e.g. "
                            f"{ids[missing][:5].tolist()}")
@@ -182,8 +181,7 @@ def iter_batches(data, batch_size: int, positions: np.ndarray | None = None, *,
     ``view`` matters for streamed datasets only: ``"train"`` decodes random resized crops
     (seeded from ``generator``), ``"eval"`` the centre crops.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     pos = torch.arange(len(data)) if positions is None else torch.as_tensor(
         np.asarray(positions, dtype=np.int64))
     if shuffle:

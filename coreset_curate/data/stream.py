@@ -43,6 +43,7 @@ import torch
 
 from .decode import open_image
 from .memory import LabelledRows
+from ..checks import non_negative_int, positive_int
 
 __all__ = ["StreamingImageData", "IMAGE_SUFFIXES", "default_workers", "image_folder_files"]
 
@@ -200,8 +201,7 @@ class StreamingImageData(LabelledRows):
     def __post_init__(self) -> None:
         for name in ("crop_size",) + (("resize_size",) if self.resize_size is not None else ()):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+            positive_int(name, v)
         if self.resize_size is None:
             self.resize_size = int(round(self.crop_size / 0.875))
         if self.resize_size < self.crop_size:
@@ -211,11 +211,8 @@ class StreamingImageData(LabelledRows):
             raise ValueError(f"scale must be 0 < low <= high <= 1; got {self.scale!r}")
         if not (0 < self.ratio[0] <= self.ratio[1]):
             raise ValueError(f"ratio must be 0 < low <= high; got {self.ratio!r}")
-        if self.num_workers is not None and (isinstance(self.num_workers, bool) or not
-                                             isinstance(self.num_workers, int)
-                                             or self.num_workers < 0):
-            raise ValueError(f"num_workers must be a non-negative integer; got "
-                             f"{self.num_workers!r}")
+        if self.num_workers is not None:
+            non_negative_int("num_workers", self.num_workers)
         n = len(self.labels)
         self.rows = (np.arange(n, dtype=np.int64) if self.rows is None
                      else np.asarray(self.rows, dtype=np.int64))

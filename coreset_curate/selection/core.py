@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import is_int
+from ..checks import fraction as check_fraction, non_negative_int, positive_int
 from ..tables import TableError
 from .rounds import ScoreRounds, load_rounds, small_ints
 
@@ -132,11 +132,9 @@ def beta(schedule: str, epoch: int, epochs: int) -> float:
 
 
 def _check_epochs(epoch: int, epochs: int | None) -> None:
-    if not is_int(epoch) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
+    non_negative_int("epoch", epoch)
     if epochs is not None:
-        if not is_int(epochs) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
+        positive_int("epochs", epochs)
         if epoch >= epochs:
             raise ValueError(f"epoch {epoch} is past the run's end (epochs={epochs}: "
                              f"valid epochs are 0..{epochs - 1})")
@@ -301,13 +299,9 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
 def check_request(method, fraction, seed, min_per_class, options) -> dict:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; registered methods: {sorted(METHODS)}")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
-            0 < fraction <= 1):
-        raise ValueError(f"fraction must be a number in (0, 1]; got {fraction!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    if not is_int(min_per_class) or min_per_class < 0:
-        raise ValueError(f"min_per_class must be a non-negative integer; got {min_per_class!r}")
+    check_fraction("fraction", fraction)
+    non_negative_int("seed", seed)
+    non_negative_int("min_per_class", min_per_class)
     spec = METHODS[method]
     options = dict(options or {})
     unknown = sorted(set(options) - set(spec.options))

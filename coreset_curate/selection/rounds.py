@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..checks import align
 from ..data.memory import check_fingerprint
 from ..tables import SCORE_SCHEMA, TableError, conform, table_metadata
 
@@ -46,9 +47,7 @@ def aligned_column(rounds: list[dict[str, np.ndarray]], ids: np.ndarray, name: s
     for r, rnd in enumerate(rounds):
         if name not in rnd or len(rnd["sample_id"]) == 0:
             continue
-        rid = rnd["sample_id"]
-        pos = np.searchsorted(rid, ids).clip(0, len(rid) - 1)
-        present = rid[pos] == ids
+        pos, present = align(rnd["sample_id"], ids)
         out[r, present] = rnd[name][pos[present]]
     return out
 

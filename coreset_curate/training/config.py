@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
+from ..checks import boolean, fraction as check_fraction, non_negative_int, non_negative_number, positive_int
 from ..selection import METHODS, SCHEDULES
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL"]
@@ -103,45 +104,40 @@ class TrainConfig:
     score_final: bool = False
 
     def __post_init__(self) -> None:
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        self._check_values()
+        self._check_roles()
 
+    def _check_values(self) -> None:
+        """Each key on its own: types, ranges and names."""
         for name in ("epochs", "batch_size", "reselect_every", "calibration_batches"):
-            positive_int(name)
+            positive_int(name, getattr(self, name))
         for name in ("limit_train", "limit_test", "num_threads", "eval_batch_size",
                      "score_batch_size", "crop_size", "resize_size"):
             if getattr(self, name) is not None:
-                positive_int(name)
-        if self.data_workers is not None and (isinstance(self.data_workers, bool) or not
-                                              isinstance(self.data_workers, int)
-                                              or self.data_workers < 0):
-            raise ValueError(f"data_workers must be a non-negative integer; got "
-                             f"{self.data_workers!r}")
+                positive_int(name, getattr(self, name))
+        if self.data_workers is not None:
+            non_negative_int("data_workers", self.data_workers)
         for name in ("per_channel", "kd", "nesterov", "per_class", "channels_last", "compile",
                      "deterministic", "score_final", "stream"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
-        if self.mode not in ("fp", "qat"):
-            raise ValueError(f"mode must be 'fp' or 'qat'; got {self.mode!r}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {self.lr_schedule!r}")
+            boolean(name, getattr(self, name))
+        for name, accepted in (("mode", ("fp", "qat")), ("optimizer", ("sgd", "adam")),
+                               ("lr_schedule", ("cosine", "constant"))):
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, accepted))}; got "
+                                 f"{getattr(self, name)!r}")
         if self.method != FULL and self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; use 'full' or one of "
                              f"{sorted(METHODS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; registered: {sorted(SCHEDULES)}")
-        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
-            raise ValueError(f"fraction must be a number in (0, 1]; got {self.fraction!r}")
+        check_fraction("fraction", self.fraction)
         for name in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_weight",
                      "label_smoothing") + tuple(k for k in ("step_lr", "step_lr_8bit")
                                                 if getattr(self, k) is not None):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} must be a non-negative number; got {v!r}")
+            non_negative_number(name, getattr(self, name))
+
+    def _check_roles(self) -> None:
+        """Keys that depend on each other: checkpoints, views, noise."""
         if self.mode == "qat" and not (self.teacher or self.init):
             raise ValueError("QAT starts from a full-precision checkpoint: set teacher=PATH "
                              "(or init=PATH)")

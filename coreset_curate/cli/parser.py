@@ -1,21 +1,12 @@
-"""Command line: ``coreset-curate [--version] [-v|-q] COMMAND ...``.
-
-User errors (bad arguments, bad files: the ValueError and OSError the toolkit raises on
-purpose) end with one line on stderr and exit status 2; anything else is a bug and ends
-with its traceback and exit status 1.
-"""
+"""The command line's parser: one function a command, each adding its arguments."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from . import __version__
-
-log = logging.getLogger("coreset_curate")
-
-USER_ERRORS = (ValueError, OSError)
+from .. import __version__
+from .commands import (_cmd_audit, _cmd_demo, _cmd_export, _cmd_noise, _cmd_score,
+                       _cmd_select, _cmd_train)
 
 
 def _positive_int(text: str) -> int:
@@ -51,17 +42,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="coreset-curate",
-        description="Quantization-aware adaptive coreset selection: score samples with a "
-                    "quantized model, select per-epoch subsets for QAT, audit label noise.")
-    parser.add_argument("--version", action="version", version=f"coreset-curate {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo", help="run the whole pipeline on scikit-learn's digits (no download)",
         description="Train a small float CNN on scikit-learn's digits, quantize it with LSQ, "
@@ -82,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_select(sub) -> None:
     sel = sub.add_parser(
         "select", help="select the subset of an epoch from score tables into an index",
         description="Select the subset of epoch T from one or more score tables (scoring "
@@ -111,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace epochs the index already has")
     sel.set_defaults(func=_cmd_select)
 
+
+def _add_export(sub) -> None:
     exp = sub.add_parser(
         "export", help="write an epoch's subset, images included, as Parquet",
         description="Write the rows of one epoch of an index as Parquet with the dataset's "
@@ -124,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_cmd_export)
 
+
+def _add_audit(sub) -> None:
     au = sub.add_parser(
         "audit", help="flag likely mislabeled samples and write an HTML/Markdown report",
         description="Audit the labels behind score tables: per-sample suspicion, flags with "
@@ -156,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--overwrite", action="store_true", help="replace an earlier report")
     au.set_defaults(func=_cmd_audit)
 
+
+def _add_noise(sub) -> None:
     no = sub.add_parser(
         "noise", help="write a labels table with injected noise (for experiments)",
         description="Flip labels of a dataset split (symmetric, or class-dependent with "
@@ -171,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     no.add_argument("--overwrite", action="store_true")
     no.set_defaults(func=_cmd_noise)
 
+
+def _add_train(sub) -> None:
     tr = sub.add_parser(
         "train", help="full-precision training or QAT with per-epoch coreset selection",
         description="Train as a recipe describes: full-precision (the teacher) or QAT from a "
@@ -187,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train at most N epochs now, then stop (continue with --resume)")
     tr.set_defaults(func=_cmd_train)
 
+
+def _add_score(sub) -> None:
     sc = sub.add_parser(
         "score", help="score every sample with a (quantized) student into a Parquet table",
         description="Score every sample of a dataset split with a student checkpoint (EVS, "
@@ -235,217 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, help="score table to write")
     sc.add_argument("--overwrite", action="store_true")
     sc.set_defaults(func=_cmd_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="coreset-curate",
+        description="Quantization-aware adaptive coreset selection: score samples with a "
+                    "quantized model, select per-epoch subsets for QAT, audit label noise.")
+    parser.add_argument("--version", action="version", version=f"coreset-curate {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_demo, _add_select, _add_export, _add_audit, _add_noise, _add_train,
+                _add_score):
+        add(sub)
     return parser
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from .noise_audit import audit
-    from .data import load_data
-
-    data = (load_data(args.data, args.split, id_column=args.id_column, stream=args.stream)
-            if args.data else None)
-    result = audit(args.scores, data=data, suspicion=args.suspicion, count=args.count,
-                   true_labels=args.true_labels, index=args.index)
-    paths = result.write(args.out, data=data, overwrite=args.overwrite,
-                         max_examples=args.max_examples)
-    kinds = result.kind_counts()
-    n = result.table.num_rows
-    line = (f"{result.num_flagged} of {n} samples flagged ({100 * result.num_flagged / n:.2f}%): "
-            f"{kinds['mislabeled']} mislabeled, {kinds['fragile']} fragile, "
-            f"{kinds['ambiguous']} ambiguous")
-    if result.metrics:
-        m = result.metrics["flag"]
-        auroc = "-" if m["auroc"] is None else f"{m['auroc']:.4f}"
-        line += (f"; against true labels: precision {m['precision']:.4f}, recall "
-                 f"{m['recall']:.4f}, F1 {m['f1']:.4f}, AUROC {auroc}")
-    print(line)
-    print(f"wrote {paths['html']}, {paths['markdown']}, {paths['table']}")
-    return 0
-
-
-def _cmd_noise(args: argparse.Namespace) -> int:
-    from .data import load_data
-    from .noise import inject_noise
-
-    data = load_data(args.data, args.split, id_column=args.id_column)
-    noise = inject_noise(data.labels.numpy(), args.rate, args.type, seed=args.seed,
-                         num_classes=data.num_classes, class_names=data.class_names)
-    path = noise.write(args.out, data.sample_ids, fingerprint=data.fingerprint,
-                       overwrite=args.overwrite)
-    print(f"wrote {path}: {int(noise.flipped.sum())} of {len(data)} labels flipped "
-          f"({args.type}, rate {args.rate}, seed {args.seed})")
-    return 0
-
-
-def _cmd_score(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-
-    from .data import (default_transforms, inference_batch_size, iter_batches, load_data,
-                       spread_positions)
-    from .distributed import distributed_context
-    from .extract import extract_scores
-    from .models import create_model
-    from .quant import FLOAT_BITS, calibrate_, quantize_model
-    from .refcache import cached_reference
-    from .training import load_checkpoint, sha256_of
-
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    rank, world = distributed_context()
-    args.batch_size = args.batch_size or inference_batch_size(args.device)
-    view = ({"stream": True, "crop_size": args.crop_size, "resize_size": args.resize_size,
-             "num_workers": args.workers} if args.stream else {})
-    if not args.stream and (args.crop_size or args.resize_size or args.workers is not None):
-        raise ValueError("--crop-size, --resize-size and --workers apply to --stream")
-    data = load_data(args.data, args.split, id_column=args.id_column, **view)
-    if args.mean is not None or args.std is not None:
-        _, eval_tf = default_transforms(data, mean=args.mean, std=args.std)
-    else:
-        stats = data if args.normalize_from == args.split else load_data(
-            args.data, args.normalize_from, **view)
-        _, eval_tf = default_transforms(stats)
-    student = create_model(args.model, num_classes=data.num_classes,
-                           in_channels=data.image_shape[0])
-    quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
-    if quantized:
-        quantize_model(student, args.w_bits, args.a_bits, first_last=args.first_last)
-    missing = load_checkpoint(student, args.checkpoint, allow_missing_quantizers=True)
-    if missing:
-        log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
-                 args.w_bits, args.a_bits, args.split)
-        rows = spread_positions(len(data), 1024)  # a class-sorted folder gives every class
-        calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(data, 256, rows)),
-                   max_batches=4)
-    reference = None
-    if args.reference:
-        ref_model = create_model(args.model, num_classes=data.num_classes,
-                                 in_channels=data.image_shape[0])
-        load_checkpoint(ref_model, args.reference)
-        cache_dir = args.cache_dir or str(Path(args.out).resolve().parent / ".reference-cache")
-        if rank == 0:
-            reference, hit = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
-                                              checkpoint_sha256=sha256_of(args.reference),
-                                              batch_size=args.batch_size, device=args.device)
-            log.info("reference outputs %s", "from the cache" if hit else "computed and cached")
-        if world > 1:
-            import torch
-
-            torch.distributed.barrier()
-            if rank != 0:
-                reference, _ = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
-                                                checkpoint_sha256=sha256_of(args.reference))
-    path = extract_scores(student, data, args.out, reference=reference, transform=eval_tf,
-                          epoch=args.epoch, batch_size=args.batch_size, device=args.device,
-                          shard_rows=args.shard_rows, embeddings=args.embeddings,
-                          probs=args.probs,
-                          metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
-                          overwrite=args.overwrite, rank=rank, world_size=world,
-                          bf16=args.bf16, channels_last=args.channels_last)
-    if path is not None:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path, columns=["evs", "pred", "label"])
-        acc = float((t.column("pred").to_numpy() == t.column("label").to_numpy()).mean())
-        print(f"wrote {path}: {t.num_rows} samples, student top-1 {100 * acc:.2f}%, "
-              f"mean EVS {float(t.column('evs').to_numpy().mean()):.4f}")
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    import json
-
-    from .training import load_recipe, run_training
-
-    config = load_recipe(args.recipe, args.set)
-    summary = run_training(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                           stop_after=args.stop_after)
-    if summary is None:
-        print(f"{args.out}: stopped before the end; continue with --resume")
-    else:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _parse_options(items: list[str]) -> dict:
-    from .training import parse_assignments
-
-    return parse_assignments(items, "--option")
-
-
-def _cmd_select(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .index import add_to_index
-    from .selection import METHODS, load_rounds, select
-
-    if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
-    rounds = load_rounds(args.scores, METHODS[args.method].columns)
-    chosen = select(rounds, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
-                    schedule=args.schedule, seed=args.seed, per_class=args.per_class,
-                    min_per_class=args.min_per_class, options=_parse_options(args.option))
-    last = args.epoch + args.reselect_every
-    if args.epochs is not None:
-        last = min(last, args.epochs)
-    epochs = list(range(args.epoch, last))
-    meta = {"method": args.method, "fraction": args.fraction, "seed": args.seed,
-            "R": args.reselect_every, "schedule": args.schedule, "epochs": args.epochs,
-            "per_class": args.per_class, "options": _parse_options(args.option),
-            "sources": [str(Path(p).resolve()) for p in args.scores],
-            "fingerprint": rounds.fingerprint}
-    out = Path(args.out)
-    add_to_index(out, chosen, epochs, metadata=meta, replace=args.overwrite)
-    log.info("epoch(s) %s: %d of %d samples (%s, fraction %s) -> %s", epochs, len(chosen),
-             len(rounds.rounds[-1]["sample_id"]), args.method, args.fraction, out)
-    print(f"{out}: epochs {epochs[0]}..{epochs[-1]}, {len(chosen)} samples each")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .hf import export_subset
-
-    path = export_subset(args.data, args.index, args.epoch, args.out, split=args.split,
-                         id_column=args.id_column, overwrite=args.overwrite)
-    print(f"wrote {path}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, format_summary, run_demo
-    from .selection import METHODS, SCHEDULES
-
-    if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
-    if args.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {args.schedule!r}; registered: {sorted(SCHEDULES)}")
-    config = DemoConfig(fp_epochs=args.fp_epochs, epochs=args.epochs,
-                        reselect_every=args.reselect_every, fraction=args.fraction,
-                        method=args.method, schedule=args.schedule, w_bits=args.w_bits,
-                        a_bits=args.a_bits, seed=args.seed)
-    summary = run_demo(args.out, config, overwrite=args.overwrite)
-    print(format_summary(summary))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as err:
-        print(f"coreset-curate {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
