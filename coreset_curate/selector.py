@@ -43,6 +43,7 @@ from .sampler import SubsetSampler
 from .scores import score_dataset, scoring_transform
 from .selection import METHODS, SCHEDULES, select
 from .selection.core import check_request
+from .stepscores import StepScores
 from .tables import INDEX_SCHEMA, table_metadata, with_metadata, write_table
 
 __all__ = ["AdaptiveSelector", "RoundScorer"]
@@ -50,7 +51,8 @@ __all__ = ["AdaptiveSelector", "RoundScorer"]
 log = logging.getLogger(__name__)
 
 # settings that decide the subsets: a resumed selector must have the same
-_SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class", "options")
+_SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class", "options",
+             "free_scores")
 
 
 def _world() -> tuple[int, int]:
@@ -83,6 +85,17 @@ class RoundScorer:
         self.metadata = dict(metadata or {})
         self._ref_outputs = reference if isinstance(reference, ReferenceOutputs) else None
         self.rounds: dict[int, str | pa.Table] = {}  # epoch -> path (out) or table
+        self.last_table: pa.Table | None = None
+
+    def keep(self, table: pa.Table, epoch: int) -> str | pa.Table:
+        """Keep ``table`` (made elsewhere, e.g. from training steps) as the round of
+        ``epoch``."""
+        if self.out is None:
+            self.rounds[epoch] = table
+        else:
+            write_table(table, self.round_path(epoch), overwrite=True)
+            self.rounds[epoch] = str(self.round_path(epoch))
+        return self.rounds[epoch]
 
     def round_path(self, epoch: int) -> Path:
         return self.out / "scores" / f"epoch_{epoch:04d}.parquet"
@@ -109,6 +122,7 @@ class RoundScorer:
                               transform=self.transform, epoch=epoch, probs=self.probs,
                               batch_size=self.batch_size, device=device,
                               metadata={**self.metadata, **meta})
+        self.last_table = table
         if self.out is None:
             self.rounds[epoch] = table
         else:
@@ -139,7 +153,7 @@ class AdaptiveSelector:
                  per_class: bool = True, min_per_class: int = 0, options: dict | None = None,
                  transform=None, batch_size: int = 256, device=None, labels=None,
                  probs: bool | None = None, reference_key: str | None = None,
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, free_scores: bool = False) -> None:
         self.options = check_request(method, fraction, seed, min_per_class, options)
         self.method, self.fraction, self.seed = method, float(fraction), int(seed)
         self.epochs = positive_int("epochs", epochs)
@@ -158,6 +172,12 @@ class AdaptiveSelector:
                                   batch_size=self.batch_size, device=device, probs=probs,
                                   reference_key=reference_key, metadata=metadata)
         self.options_given = dict(options or {})
+        self.steps = StepScores(self.rows.sample_ids, self.rows.labels.numpy(), meta={
+            "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
+            "class_names": self.rows.class_names, **self.scorer.metadata}) if free_scores else None
+        if free_scores and _world()[1] > 1:
+            raise ValueError("free_scores records this process's training steps only: "
+                             "run it in one process")
         self._index: pa.Table | None = None
         self.totals = {"scoring_s": 0.0, "selection_s": 0.0}
         self.last = dict(self.totals)  # the time the latest subset() call spent
@@ -180,7 +200,8 @@ class AdaptiveSelector:
         return {"method": self.method, "fraction": self.fraction, "seed": self.seed,
                 "R": self.reselect_every, "schedule": self.schedule, "epochs": self.epochs,
                 "per_class": self.per_class, "options": self.options_given,
-                "fingerprint": self.rows.fingerprint}
+                "fingerprint": self.rows.fingerprint,
+                **({"free_scores": True} if self.steps is not None else {})}
 
     def _checked(self, index: pa.Table, where: str) -> pa.Table:
         have = table_metadata(index)
@@ -219,10 +240,16 @@ class AdaptiveSelector:
     # ------------------------------------------------------------------ selecting
     def _select(self, epoch: int, model: nn.Module | None) -> None:
         t0 = time.perf_counter()
-        if self.spec.columns:
+        if self.spec.columns and self.steps is not None and (self.steps.started
+                                                             or self.spec.partial):
+            # a round from the training steps since the last one: no forward pass
+            self.scorer.keep(self.steps.table(epoch), epoch)
+        elif self.spec.columns:
             if model is None:
                 raise ValueError(f"epoch {epoch} needs a scoring round: pass the model")
             self.score(model, epoch)
+            if self.steps is not None:
+                self.steps.start_from(self.scorer.last_table)
         t1 = time.perf_counter()
         sources = self._sources(epoch)
         chosen = select(sources, self.method, self.fraction, epoch=epoch, epochs=self.epochs,
@@ -256,7 +283,17 @@ class AdaptiveSelector:
             self._index = read_index(self.index_path)
         for k, v in self.last.items():
             self.totals[k] += v
+        if self.steps is not None:
+            self.steps.epoch = epoch
         return epoch_rows(self._index, epoch)
+
+    def record(self, positions, logits, teacher_logits, labels) -> None:
+        """With ``free_scores=True``: the outputs of one training step (rows at
+        ``positions`` of the dataset, the student's and the teacher's logits), whose scores
+        make the next selection's round instead of a scoring pass."""
+        if self.steps is None:
+            raise ValueError("record() needs AdaptiveSelector(..., free_scores=True)")
+        self.steps.record(positions, logits, teacher_logits, labels)
 
     def positions(self, epoch: int, model: nn.Module | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -284,6 +321,8 @@ class AdaptiveSelector:
             state["index"] = {c: torch.from_numpy(self._index.column(c).to_numpy().copy())
                               for c in ("epoch", "sample_id", "weight")}
             state["index_metadata"] = json.dumps(table_metadata(self._index), sort_keys=True)
+        if self.steps is not None:
+            state["steps"] = self.steps.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -293,8 +332,10 @@ class AdaptiveSelector:
         if differ:
             raise ValueError(f"the state was saved by a selector with other settings: {differ}")
         self.totals = {k: float(v) for k, v in state["totals"].items()}
-        if "index" not in state:
-            return
+        if self.steps is not None and "steps" in state:
+            self.steps.load_state_dict(state["steps"])
+        if "index" not in state or (self.out is not None and self._index is not None):
+            return  # an index on disk is at least as recent as the state
         cols = {c: t.numpy() for c, t in state["index"].items()}
         table = pa.table(cols, schema=INDEX_SCHEMA)
         self._index = read_index(with_metadata(table, json.loads(state["index_metadata"])))

@@ -52,6 +52,7 @@ class MethodSpec:
     options: dict[str, Any]
     exact_size: bool
     all_rounds: bool
+    partial: bool = False  # reads rounds where some rows have no score yet (NaN)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -68,19 +69,22 @@ def register_schedule(name: str) -> Callable:
 
 
 def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
-                    exact_size: bool = True, all_rounds: bool = False) -> Callable:
+                    exact_size: bool = True, all_rounds: bool = False,
+                    partial: bool = False) -> Callable:
     """Register a selection method.
 
     columns: score columns it reads (besides sample_id, label, epoch); options: the
     method-specific options it accepts, with defaults; exact_size: whether it returns
     exactly the class budget (False for methods that decide their own size);
-    all_rounds: whether it reads every round up to the epoch rather than the latest.
+    all_rounds: whether it reads every round up to the epoch rather than the latest;
+    partial: whether it selects from rounds where some rows have no score yet (NaN; the
+    training-step rounds of ``free_scores`` before every sample was trained on).
     """
     def add(fn):
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         METHODS[name] = MethodSpec(fn, tuple(columns), dict(options or {}), exact_size,
-                                   all_rounds)
+                                   all_rounds, partial)
         return fn
 
     return add
@@ -215,6 +219,53 @@ class SelectionContext:
                             min_per_class=self.min_per_class)
         return Selection(self.ids[keep])
 
+    def sample(self, score: np.ndarray, temperature: float, uniform: float = 0.0,
+               reweight: bool = False, unseen: str = "mean") -> Selection:
+        """A class-balanced draw without replacement, more likely the higher the score.
+
+        In each class (or overall with ``per_class=False``) the scores are standardised
+        (z = (s - mean) / std over the rows that have one) and row i is drawn with
+        probability proportional to ``(1 - uniform) * softmax(z / temperature)_i + uniform
+        / n`` (Gumbel top-k: k distinct rows, seeded by (seed, epoch)); ``temperature=0``
+        keeps the top k (hard). Rows without a score (NaN) count as ``z = 0`` with
+        ``unseen="mean"``, or are all taken first (in random order) with ``"first"``.
+        ``reweight=True`` gives each drawn row the loss weight ``1 / (n p_i)``, scaled to
+        mean 1 (importance weights, Katharopoulos and Fleuret 2018)."""
+        if unseen not in ("mean", "first"):
+            raise ValueError(f"unseen must be 'mean' or 'first'; got {unseen!r}")
+        rng = self.rng(per_epoch=True)
+        score = np.asarray(score, dtype=np.float64)
+        picked, weights = [], []
+        for rows, k in self.groups():
+            if k == 0:
+                continue
+            s, n = score[rows], len(rows)
+            seen = ~np.isnan(s)
+            z = np.zeros(n)
+            if seen.any():
+                mu, sd = s[seen].mean(), s[seen].std()
+                z[seen] = (s[seen] - mu) / (sd if sd > 0 else 1.0)
+            if temperature > 0:
+                e = np.exp((z - z.max()) / temperature)
+                p = (1 - uniform) * e / e.sum() + uniform / n
+            else:
+                p = np.full(n, 1.0 / n)
+            # Gumbel top-k draws k rows without replacement with probabilities p; the hard
+            # top-k breaks ties (rows without a score) at random
+            noise = rng.gumbel(size=n) if temperature > 0 else 1e-9 * rng.random(n)
+            key = (np.log(p) if temperature > 0 else z) + noise
+            rank = np.argsort(-key, kind="stable")
+            if unseen == "first":  # every unscored row first (random order), then by key
+                rank = np.concatenate([rank[~seen[rank]], rank[seen[rank]]])
+            take = rank[:k]
+            picked.append(rows[take])
+            w = 1.0 / (n * p[take])
+            weights.append(w / w.mean() if reweight else np.ones(k))
+        if not picked:
+            return Selection(self.ids[:0])
+        return Selection(self.ids[np.concatenate(picked)],
+                         np.concatenate(weights).astype(np.float32))
+
     def groups(self):
         """Row positions of each class (per-class selection) or of every row (global),
         with the number to keep from each."""
@@ -335,7 +386,8 @@ def select(
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
     _check_epochs(epoch, epochs)
     spec = METHODS[method]
-    data = scores if isinstance(scores, ScoreRounds) else load_rounds(scores, spec.columns)
+    data = scores if isinstance(scores, ScoreRounds) else load_rounds(
+        scores, spec.columns, allow_missing=spec.partial)
     usable = [i for i, e in enumerate(data.epochs) if e <= epoch]
     if not usable:
         if spec.columns:

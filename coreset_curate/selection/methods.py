@@ -190,3 +190,29 @@ def _infobatch(ctx: SelectionContext) -> Selection:
     return Selection(ctx.ids[keep], weights)
 
 
+
+
+@register_method("rho", columns=("loss", "ref_prob_label"), partial=True,
+                 options={"temperature": 1.0, "uniform": 0.2, "reweight": False,
+                          "unseen": "mean"})
+def _rho(ctx: SelectionContext) -> Selection:
+    """Reducible loss (after RHO-LOSS, Mindermann et al. 2022, with the full-precision
+    teacher as the irreducible-loss model): the student's cross-entropy minus the
+    teacher's, ``loss + log(ref_prob_label)``. High where the student lags a teacher that
+    gets the sample right; low where both fail (a wrong label, an outlier) or both succeed.
+    Drawn softly per class (``SelectionContext.sample``: ``temperature`` on standardised
+    scores, ``uniform`` share, ``reweight``; ``temperature: 0`` is the hard top-k), so the
+    bulk keeps a share of the budget. Rows not scored yet (training-step rounds) count as
+    average (``unseen: mean``) or come first (``unseen: first``)."""
+    t, u = float(ctx.options["temperature"]), float(ctx.options["uniform"])
+    if t < 0 or not 0 <= u <= 1:
+        raise ValueError(f"rho needs temperature >= 0 and uniform in [0, 1]; got {t}, {u}")
+    loss = ctx.columns["loss"].astype(np.float64)
+    ref = ctx.columns.get("ref_prob_label", np.full(len(loss), np.nan)).astype(np.float64)
+    scored = ~np.isnan(loss)
+    if scored.any() and np.isnan(ref[scored]).all():
+        raise ValueError("rho needs the teacher's probability of the label (ref_prob_label): "
+                         "score with a reference, or train with distillation")
+    ref = np.clip(ref, 1e-8, 1.0)
+    return ctx.sample(loss + np.log(ref), t, u, bool(ctx.options["reweight"]),
+                      str(ctx.options["unseen"]))

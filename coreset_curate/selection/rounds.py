@@ -65,7 +65,15 @@ def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def _read_parquet(path: str, columns: list[str] | None) -> tuple[dict[str, np.ndarray], dict]:
+def _contract(names: list[str], allow_missing: bool) -> pa.Schema:
+    """The contract's fields among ``names``; their scores nullable with ``allow_missing``."""
+    fields = [SCORE_SCHEMA.field(c) for c in names if c in SCORE_SCHEMA.names]
+    return pa.schema([f.with_nullable(True) if allow_missing and f.name not in BASE_COLUMNS
+                      else f for f in fields])
+
+
+def _read_parquet(path: str, columns: list[str] | None, allow_missing: bool = False
+                  ) -> tuple[dict[str, np.ndarray], dict]:
     """Columns of a Parquet file as numpy arrays, read one row-group batch at a time into
     preallocated arrays (no second in-memory copy of the table), cast to the contract's
     types. Returns the arrays and the file's coreset_curate metadata."""
@@ -78,7 +86,7 @@ def _read_parquet(path: str, columns: list[str] | None) -> tuple[dict[str, np.nd
     missing = [c for c in BASE_COLUMNS if c not in schema.names]
     if missing:
         raise TableError(f"{path} lacks column(s) {missing}; it has {schema.names}")
-    known = pa.schema([SCORE_SCHEMA.field(c) for c in names if c in SCORE_SCHEMA.names])
+    known = _contract(names, allow_missing)
     n = pf.metadata.num_rows
     out: dict[str, np.ndarray] = {}
     row = 0
@@ -101,12 +109,13 @@ def _read_parquet(path: str, columns: list[str] | None) -> tuple[dict[str, np.nd
     return out, table_metadata(schema)
 
 
-def _read_source(source, i: int, columns: list[str] | None) -> tuple[dict, dict, str]:
+def _read_source(source, i: int, columns: list[str] | None, allow_missing: bool = False
+                 ) -> tuple[dict, dict, str]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"score table not found: {path}")
-        cols, meta = _read_parquet(path, columns)
+        cols, meta = _read_parquet(path, columns, allow_missing)
         return cols, meta, path
     name = f"<table {i}>"
     if not isinstance(source, pa.Table):
@@ -120,13 +129,17 @@ def _read_source(source, i: int, columns: list[str] | None) -> tuple[dict, dict,
         raise TableError(f"{name} lacks column(s) {missing}; it has {source.column_names}")
     names = source.column_names if columns is None else [c for c in columns
                                                          if c in source.column_names]
-    known = pa.schema([SCORE_SCHEMA.field(c) for c in names if c in SCORE_SCHEMA.names])
+    known = _contract(names, allow_missing)
     table = conform(source.select(names), known, name)
     return {c: _column_numpy(table.column(c)) for c in names}, table_metadata(source), name
 
 
-def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
+def load_rounds(scores, columns: Sequence[str] | None = None, *,
+                allow_missing: bool = False) -> ScoreRounds:
     """Read score tables (paths, pyarrow tables or DataFrames; one or a list) into rounds.
+
+    ``allow_missing``: rows may lack a score (null, read as NaN), as in a training-step
+    round before every sample was trained on; infinite values are refused either way.
 
     Only ``columns`` (plus sample_id, label and epoch) are read from Parquet files; all
     tables must come from the same dataset (same fingerprint).
@@ -137,7 +150,7 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
     want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
     parts, names, fp = [], [], None
     for i, src in enumerate(sources):
-        cols, meta, name = _read_source(src, i, want)
+        cols, meta, name = _read_source(src, i, want, allow_missing)
         t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:
@@ -158,7 +171,8 @@ def load_rounds(scores, columns: Sequence[str] | None = None) -> ScoreRounds:
         if v.dtype.kind != "f" or v.ndim != 1:
             continue
         # columns that may be null (read as NaN) may not be infinite; the others neither NaN
-        bad = np.isinf(v) if c in ("ds", "ref_prob_label", "ref_pred") else ~np.isfinite(v)
+        nullable = allow_missing or c in ("ds", "ref_prob_label", "ref_pred")
+        bad = np.isinf(v) if nullable else ~np.isfinite(v)
         if bad.any():
             raise TableError(f"score column {c!r} has {int(bad.sum())} NaN or infinite values")
     if cols["label"].min() < 0:

@@ -102,6 +102,9 @@ class TrainConfig:
     # score the finished model as one more round, scores/epoch_{epochs}.parquet (the audit's
     # best view: the model after its last epoch; the selection rounds precede their epoch)
     score_final: bool = False
+    # selection rounds after the first from the training steps' own student and teacher
+    # logits (no scoring pass; see stepscores.py), one process only
+    free_scores: bool = False
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -118,7 +121,7 @@ class TrainConfig:
         if self.data_workers is not None:
             non_negative_int("data_workers", self.data_workers)
         for name in ("per_channel", "kd", "nesterov", "per_class", "channels_last", "compile",
-                     "deterministic", "score_final", "stream"):
+                     "deterministic", "score_final", "stream", "free_scores"):
             boolean(name, getattr(self, name))
         for name, accepted in (("mode", ("fp", "qat")), ("optimizer", ("sgd", "adam")),
                                ("lr_schedule", ("cosine", "constant"))):

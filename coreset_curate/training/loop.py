@@ -45,12 +45,15 @@ def train_epoch(
     channels_last: bool = False,
     label_smoothing: float = 0.0,
     plan: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    on_batch=None,
 ) -> float:
     """One pass over ``positions`` (default: every row) in random order; returns mean loss.
 
     Without a teacher the loss is cross-entropy; with one it is the soft cross-entropy to
     the teacher (T = 1) plus ``label_weight`` times the cross-entropy. ``weights`` (one per
     position) scale each sample's loss. ``scheduler.step()`` runs after every optimizer step.
+    ``on_batch(positions, logits, teacher_logits, labels)`` sees every batch's outputs
+    (teacher_logits None without a teacher): what ``StepScores.record`` takes.
     """
     positions = np.arange(len(data)) if positions is None else np.asarray(positions)
     w_by_pos = None
@@ -77,7 +80,7 @@ def train_epoch(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels.to(device, non_blocking=True)
-            logits = model(x)
+            logits, t_logits = model(x), None
             if teacher is None:
                 per_sample = F.cross_entropy(logits, y, reduction="none",
                                              label_smoothing=label_smoothing)
@@ -88,6 +91,8 @@ def train_epoch(
                 if label_weight:
                     per_sample = per_sample + label_weight * F.cross_entropy(logits, y,
                                                                              reduction="none")
+            if on_batch is not None:
+                on_batch(pos, logits, t_logits, y)
             if w_by_pos is not None:
                 per_sample = per_sample * w_by_pos[pos].to(per_sample.device)
             if extra_w is not None:

@@ -201,7 +201,8 @@ def _selector(config: TrainConfig, train, eval_tf, reference, digest, out: Path,
         train, config.method, config.fraction, epochs=config.epochs,
         reselect_every=config.reselect_every, schedule=config.schedule, seed=config.seed,
         per_class=config.per_class, min_per_class=config.min_per_class,
-        options=config.method_options, transform=eval_tf, **scoring)
+        options=config.method_options, transform=eval_tf, free_scores=config.free_scores,
+        **scoring)
     return selector, selector.scorer
 
 
@@ -265,7 +266,8 @@ def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
                        weights=weights, teacher=p.teacher if (c.mode == "qat" and c.kd) else None,
                        label_weight=c.label_weight, batch_size=c.batch_size, generator=aug_gen,
                        scheduler=p.lr_sched, device=p.device, channels_last=c.channels_last,
-                       label_smoothing=c.label_smoothing, plan=plan)
+                       label_smoothing=c.label_smoothing, plan=plan,
+                       on_batch=p.selector.record if c.free_scores and p.selector else None)
     t["train_s"] = time.perf_counter() - t0
     return loss, lr_now, subset_size, t
 
@@ -277,7 +279,9 @@ def _checkpoint(p: _Parts, run: _Run, epoch: int, improved: bool) -> None:
     save_atomic({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
                  "generator": p.gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "epoch": epoch + 1, "best_top1": run.best_top1, "totals": run.totals,
-                 "calibrated_top1": run.calibrated_top1, "config": asdict(p.config)},
+                 "calibrated_top1": run.calibrated_top1, "config": asdict(p.config),
+                 **({"selector": p.selector.state_dict()} if p.config.free_scores
+                    and p.selector is not None else {})},
                 p.out / "last.pt")
 
 
@@ -369,6 +373,8 @@ def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
         p.train_model = torch.compile(model)
     p.selector, p.scorer = _selector(config, train, eval_tf, reference, digest, out, device,
                                      score_bs)
+    if resume and last_ckpt.exists() and "selector" in state and p.selector is not None:
+        p.selector.load_state_dict(state["selector"])  # the training steps' scores
     if rank == 0:
         _keep_metrics(out, run.start_epoch)
     return p, run

@@ -1,0 +1,171 @@
+"""Equal cost: does a selection method beat a per-epoch random subset at the same wall time?
+
+CIFAR-10 ResNet-20 QAT from the repository's full-precision teacher, every run with the
+same recipe (recipes/cifar10_resnet20_w{B}a{B}_full.yaml: 12 epochs, KD, SGD lr 0.01) and
+only the selection changed: method, its options, fraction, R, free_scores and seed. Wall
+time counts everything the trainer does (data loading, scoring, selection, training,
+evaluation), so a method's scoring passes are paid for in the same column as the control's
+extra epochs would be.
+
+Resumable: finished runs (in the results file) are skipped, and a killed run continues
+from its last checkpoint, so this can run in the background across several sittings:
+
+    nohup python benchmarks/equal_cost.py > equal_cost.log 2>&1 &
+    python benchmarks/equal_cost.py --render      # table and plot into benchmarks/README.md
+
+Writes benchmarks/results/equal_cost.json (a list of runs) after every run, and
+benchmarks/results/equal_cost.png (top-1 against wall time, one marker per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from qat_cifar10 import code_version, machine
+from readme_table import write_between
+from results_file import append_record
+
+from coreset_curate.atomic import atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "equal_cost.json"
+PLOT = ROOT / "benchmarks" / "results" / "equal_cost.png"
+RUNS_DIR = ROOT / "benchmarks" / "runs" / "equal_cost"
+README = ROOT / "benchmarks" / "README.md"
+TABLE_START, TABLE_END = "<!-- equal-cost:start -->", "<!-- equal-cost:end -->"
+
+RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
+# (bits, method, fraction, seed, R, free_scores, options), most informative first: at W2A2
+# 10% the recipe's control, the project's method on free scores, its ablations, then
+# seeds, W4A4, 30% and full data
+PLAN = [
+    (2, "random_epoch", 0.1, 0, 4, False, {}),
+    (2, "rho", 0.1, 0, 1, True, RHO),
+    (2, "random_epoch", 0.1, 0, 1, False, {}),
+    (2, "rho", 0.1, 0, 1, True, {**RHO, "unseen": "first"}),
+    (2, "rho", 0.1, 0, 1, True, {**RHO, "temperature": 0.0}),
+    (2, "acs", 0.1, 0, 4, False, {}),
+    (2, "rho", 0.1, 1, 1, True, RHO), (2, "random_epoch", 0.1, 1, 1, False, {}),
+    (2, "rho", 0.1, 2, 1, True, RHO), (2, "random_epoch", 0.1, 2, 1, False, {}),
+    (2, "acs", 0.1, 0, 2, False, {}),
+    (4, "random_epoch", 0.1, 0, 1, False, {}), (4, "rho", 0.1, 0, 1, True, RHO),
+    (4, "acs", 0.1, 0, 4, False, {}),
+    (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
+]
+
+
+def run_name(bits, method, fraction, seed, r, free, options) -> str:
+    tail = "full" if method == "full" else f"{method}_{round(fraction * 100)}"
+    opts = "".join(f"_{k}-{v}" for k, v in sorted(options.items()))
+    return f"w{bits}a{bits}_{tail}_R{r}{'_free' if free else ''}{opts}_s{seed}"
+
+
+def load_results() -> list[dict]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+
+
+def _label(r: dict) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items()))
+    return (f"{r['method']}{' (free)' if r.get('free_scores') else ''}"
+            f"{f' [{opts}]' if opts else ''}")
+
+
+def render(results: list[dict]) -> str:
+    rows = ["| W/A | method | options | fraction | R | seed | top-1 final | top-1 best "
+            "| wall (s) | scoring (s) | train (s) | eval (s) | commit |",
+            "|" + " --- |" * 13]
+    for r in sorted(results, key=lambda r: (-r["w_bits"], r["fraction"], r["method"],
+                                            json.dumps(r["options"], sort_keys=True),
+                                            r["R"], r["seed"])):
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) or "-"
+        rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['method']}"
+                    f"{' (free)' if r.get('free_scores') else ''} | {opts} | "
+                    f"{r['fraction']:g} | {r['R']} | {r['seed']} | {r['top1']:.2f} | "
+                    f"{r['best_top1']:.2f} | {r['wall_s']:.0f} | {r['scoring_s']:.1f} | "
+                    f"{r['train_s']:.0f} | {r['eval_s']:.0f} | {r.get('commit') or '-'} |")
+    return "\n".join(rows) + "\n\n![top-1 against wall time](results/equal_cost.png)"
+
+
+def plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, bits in zip(axes, (2, 4)):
+        runs = [r for r in results if r["w_bits"] == bits]
+        labels = sorted({_label(r) + f" {r['fraction']:g} R={r['R']}" for r in runs})
+        colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
+        for r in runs:
+            lab = _label(r) + f" {r['fraction']:g} R={r['R']}"
+            ax.scatter(r["wall_s"], r["top1"], color=colours[lab], s=36,
+                       label=lab if lab not in ax.get_legend_handles_labels()[1] else None)
+        ax.set_title(f"CIFAR-10 ResNet-20 W{bits}A{bits}, 12 epochs")
+        ax.set_xlabel("wall time, scoring included (s, 2-core CPU)")
+        ax.set_ylabel("test top-1 (%)")
+        if runs:
+            ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(PLOT) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_readme(results: list[dict]) -> None:
+    plot(results)
+    write_between(README, TABLE_START, TABLE_END, render(results) if results else "(no runs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", default=None, help="run names to run")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new run after this many minutes")
+    parser.add_argument("--render", action="store_true", help="only write table and plot")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.render:
+        write_readme(load_results())
+        print(render(load_results()))
+        return
+
+    from coreset_curate.training import load_recipe, run_training
+
+    os.chdir(ROOT)  # recipes name the data and the teacher relative to the repository
+    start, info, commit = time.perf_counter(), machine(), code_version()
+    for bits, method, fraction, seed, r, free, options in PLAN:
+        name = run_name(bits, method, fraction, seed, r, free, options)
+        if name in {x["name"] for x in load_results()} or (args.only and name not in args.only):
+            continue
+        if args.max_minutes and (time.perf_counter() - start) / 60 > args.max_minutes:
+            print(f"time budget reached before {name}; run again to continue")
+            break
+        sets = [f"method={method}", f"fraction={fraction}", f"seed={seed}",
+                f"reselect_every={r}", f"free_scores={str(free).lower()}",
+                f"method_options={json.dumps(options)}"]
+        config = load_recipe(ROOT / "recipes" / f"cifar10_resnet20_w{bits}a{bits}_full.yaml",
+                             sets)
+        out = RUNS_DIR / name
+        resume = (out / "last.pt").exists()
+        print(f"{name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
+        summary = run_training(config, out, resume=resume, overwrite=not resume)
+        record = {"name": name, **{k: summary[k] for k in (
+            "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
+            "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
+            "options": options, "free_scores": free, "resumed": resume, "machine": info,
+            "date": time.strftime("%Y-%m-%d"), "commit": commit}
+        append_record(RESULTS.name, record)
+        print(json.dumps(record), flush=True)
+    write_readme(load_results())
+
+
+if __name__ == "__main__":
+    main()
