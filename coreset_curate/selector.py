@@ -123,12 +123,7 @@ class RoundScorer:
                               batch_size=self.batch_size, device=device,
                               metadata={**self.metadata, **meta})
         self.last_table = table
-        if self.out is None:
-            self.rounds[epoch] = table
-        else:
-            write_table(table, self.round_path(epoch), overwrite=True)
-            self.rounds[epoch] = str(self.round_path(epoch))
-        return self.rounds[epoch]
+        return self.keep(table, epoch)
 
 
 class AdaptiveSelector:
