@@ -40,6 +40,7 @@ README = ROOT / "benchmarks" / "README.md"
 TABLE_START, TABLE_END = "<!-- equal-cost:start -->", "<!-- equal-cost:end -->"
 
 RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
+NOISY = {"label_noise": {"type": "symmetric", "rate": 0.2, "seed": 0}, "label_weight": 0.5}
 # (bits, method, fraction, seed, R, free_scores, options), most informative first: at W2A2
 # 10% the recipe's control, the project's method on free scores, its ablations, then
 # seeds, W4A4, 30% and full data
@@ -56,13 +57,36 @@ PLAN = [
     (4, "random_epoch", 0.1, 0, 1, False, {}), (4, "rho", 0.1, 0, 1, True, RHO),
     (4, "acs", 0.1, 0, 4, False, {}),
     (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
+    # 20% symmetric label noise with a label term beside distillation: how much of each
+    # method's subsets is mislabeled (noisy_share), with its top-1 beside
+    (4, "random_epoch", 0.1, 0, 1, False, {}, NOISY), (4, "rho", 0.1, 0, 1, True, RHO, NOISY),
+    (4, "acs", 0.1, 0, 4, False, {}, NOISY),
 ]
 
 
-def run_name(bits, method, fraction, seed, r, free, options) -> str:
+def run_name(bits, method, fraction, seed, r, free, options, extra=None) -> str:
     tail = "full" if method == "full" else f"{method}_{round(fraction * 100)}"
     opts = "".join(f"_{k}-{v}" for k, v in sorted(options.items()))
-    return f"w{bits}a{bits}_{tail}_R{r}{'_free' if free else ''}{opts}_s{seed}"
+    noise = "_noisy20" if extra and "label_noise" in extra else ""
+    return f"w{bits}a{bits}_{tail}_R{r}{'_free' if free else ''}{opts}{noise}_s{seed}"
+
+
+def noisy_share(run_dir: Path) -> float | None:
+    """Share of the index's rows (all epochs) whose given label is not the true one."""
+    import numpy as np
+
+    from coreset_curate.checks import align
+    from coreset_curate.index import read_index
+    from coreset_curate.noise import read_labels
+
+    if not (run_dir / "labels.parquet").exists() or not (run_dir / "index.parquet").exists():
+        return None
+    ids, given, true, _ = read_labels(run_dir / "labels.parquet")  # sorted by sample_id
+    rows = read_index(run_dir / "index.parquet").column("sample_id").to_numpy()
+    pos, present = align(ids, rows)
+    if not present.all():
+        raise ValueError(f"{run_dir}: the index names ids the labels table lacks")
+    return float(np.mean((given != true)[pos]))
 
 
 def load_results() -> list[dict]:
@@ -75,19 +99,29 @@ def _label(r: dict) -> str:
             f"{f' [{opts}]' if opts else ''}")
 
 
+def _noise(r: dict) -> str:
+    ln = r.get("label_noise")
+    return "-" if not ln else f"{ln.get('type', 'symmetric')} {ln['rate']:.0%}"
+
+
+def _share(r: dict) -> str:
+    return "-" if r.get("noisy_share") is None else f"{100 * r['noisy_share']:.1f}%"
+
+
 def render(results: list[dict]) -> str:
-    rows = ["| W/A | method | options | fraction | R | seed | top-1 final | top-1 best "
-            "| wall (s) | scoring (s) | train (s) | eval (s) | commit |",
-            "|" + " --- |" * 13]
+    rows = ["| W/A | method | options | fraction | R | seed | noise | top-1 final | top-1 best "
+            "| wall (s) | scoring (s) | train (s) | eval (s) | noisy share | commit |",
+            "|" + " --- |" * 15]
     for r in sorted(results, key=lambda r: (-r["w_bits"], r["fraction"], r["method"],
                                             json.dumps(r["options"], sort_keys=True),
                                             r["R"], r["seed"])):
         opts = ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) or "-"
         rows.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['method']}"
                     f"{' (free)' if r.get('free_scores') else ''} | {opts} | "
-                    f"{r['fraction']:g} | {r['R']} | {r['seed']} | {r['top1']:.2f} | "
-                    f"{r['best_top1']:.2f} | {r['wall_s']:.0f} | {r['scoring_s']:.1f} | "
-                    f"{r['train_s']:.0f} | {r['eval_s']:.0f} | {r.get('commit') or '-'} |")
+                    f"{r['fraction']:g} | {r['R']} | {r['seed']} | {_noise(r)} | "
+                    f"{r['top1']:.2f} | {r['best_top1']:.2f} | {r['wall_s']:.0f} | "
+                    f"{r['scoring_s']:.1f} | {r['train_s']:.0f} | {r['eval_s']:.0f} | "
+                    f"{_share(r)} | {r.get('commit') or '-'} |")
     return "\n".join(rows) + "\n\n![top-1 against wall time](results/equal_cost.png)"
 
 
@@ -141,8 +175,9 @@ def main() -> None:
 
     os.chdir(ROOT)  # recipes name the data and the teacher relative to the repository
     start, info, commit = time.perf_counter(), machine(), code_version()
-    for bits, method, fraction, seed, r, free, options in PLAN:
-        name = run_name(bits, method, fraction, seed, r, free, options)
+    for bits, method, fraction, seed, r, free, options, *more in PLAN:
+        extra = more[0] if more else {}
+        name = run_name(bits, method, fraction, seed, r, free, options, extra)
         if name in {x["name"] for x in load_results()} or (args.only and name not in args.only):
             continue
         if args.max_minutes and (time.perf_counter() - start) / 60 > args.max_minutes:
@@ -150,7 +185,8 @@ def main() -> None:
             break
         sets = [f"method={method}", f"fraction={fraction}", f"seed={seed}",
                 f"reselect_every={r}", f"free_scores={str(free).lower()}",
-                f"method_options={json.dumps(options)}"]
+                f"method_options={json.dumps(options)}",
+                *(f"{k}={json.dumps(v)}" for k, v in extra.items())]
         config = load_recipe(ROOT / "recipes" / f"cifar10_resnet20_w{bits}a{bits}_full.yaml",
                              sets)
         out = RUNS_DIR / name
@@ -160,7 +196,9 @@ def main() -> None:
         record = {"name": name, **{k: summary[k] for k in (
             "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
             "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
-            "options": options, "free_scores": free, "resumed": resume, "machine": info,
+            "options": options, "free_scores": free, "label_noise": extra.get("label_noise"),
+            "label_weight": extra.get("label_weight", 0.0), "noisy_share": noisy_share(out),
+            "resumed": resume, "machine": info,
             "date": time.strftime("%Y-%m-%d"), "commit": commit}
         append_record(RESULTS.name, record)
         print(json.dumps(record), flush=True)
