@@ -201,7 +201,8 @@ def _feature_hook(student: nn.Module, sink: list) -> torch.utils.hooks.Removable
 def _logits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     out = model(x)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        kind = type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        kind = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+                else type(out).__name__)
         raise TypeError(f"the {what} must return a (batch, classes) tensor of logits; got {kind}")
     return out.float()
 

@@ -150,7 +150,7 @@ class AdaptiveSelector:
                  probs: bool | None = None, reference_key: str | None = None,
                  metadata: dict | None = None, free_scores: bool = False) -> None:
         self.options = check_request(method, fraction, seed, min_per_class, options)
-        self.method, self.fraction, self.seed = method, float(fraction), int(seed)
+        self.method, self.fraction, self.seed = method, fraction, int(seed)
         self.epochs = positive_int("epochs", epochs)
         self.reselect_every = positive_int("reselect_every", reselect_every)
         self.schedule = choice("schedule", schedule, SCHEDULES, "schedule")
@@ -167,9 +167,10 @@ class AdaptiveSelector:
                                   batch_size=self.batch_size, device=device, probs=probs,
                                   reference_key=reference_key, metadata=metadata)
         self.options_given = dict(options or {})
-        self.steps = StepScores(self.rows.sample_ids, self.rows.labels.numpy(), meta={
-            "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
-            "class_names": self.rows.class_names, **self.scorer.metadata}) if free_scores else None
+        self.steps = None if not free_scores else StepScores(
+            self.rows.sample_ids, self.rows.labels.numpy(), meta={
+                "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
+                "class_names": self.rows.class_names, **self.scorer.metadata})
         if free_scores and _world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
@@ -201,12 +202,14 @@ class AdaptiveSelector:
     def _checked(self, index: pa.Table, where: str) -> pa.Table:
         have = table_metadata(index)
         mine = json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
-        differ = sorted(k for k in (*_SETTINGS, "fingerprint") if k in have
-                        and have[k] != mine[k])
+        # keys an older index lacks are not compared; free_scores is absent when off
+        differ = sorted(k for k in (*_SETTINGS, "fingerprint")
+                        if (k in have or k == "free_scores") and have.get(k) != mine.get(k))
         if differ:
             raise ValueError(f"{where} was made with other settings ({', '.join(differ)}: "
-                             f"{[have[k] for k in differ]} against {[mine[k] for k in differ]}); "
-                             "use another folder or the same settings")
+                             f"{[have.get(k) for k in differ]} against "
+                             f"{[mine.get(k) for k in differ]}); use another folder or the "
+                             "same settings")
         return index
 
     @property

@@ -127,6 +127,9 @@ def test_selector_free_scores_select_from_training_steps(tmp_path):
                                 options={"unseen": "first"})
     again.load_state_dict(sel.state_dict())
     assert np.array_equal(again.steps.seen, sel.steps.seen)
+    with pytest.raises(ValueError, match=r"other settings \(free_scores"):
+        cc.AdaptiveSelector(ds, "rho", 0.2, epochs=3, reference=teacher, out=tmp_path / "r",
+                            options={"unseen": "first"})  # the folder's index used them
     with pytest.raises(ValueError, match="free_scores=True"):
         cc.AdaptiveSelector(ds, "random_epoch", 0.2, epochs=3).record(idx, None, None, None)
 

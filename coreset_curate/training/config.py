@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
-from ..checks import boolean, fraction as check_fraction, non_negative_int, non_negative_number, positive_int
+from ..checks import (boolean, fraction as check_fraction, non_negative_int,
+                      non_negative_number, positive_int)
 from ..selection import METHODS, SCHEDULES
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL"]

@@ -5,11 +5,11 @@ data every R epochs.
     coreset-curate train --recipe recipes/NAME.yaml --set fraction=0.3 --out RUN [--resume]
 
 A readable loop over library pieces: ``AdaptiveSelector.subset`` (score and select when a
-round is due) -> ``train_epoch`` -> ``evaluate``. RUN_DIR receives ``config.yaml`` (the resolved settings), ``scores/`` (one
-table per scoring round), ``index.parquet`` (every epoch's subset), ``last.pt`` and
-``best.pt`` (checkpoints), ``metrics.jsonl`` (one line per epoch, with the time spent
-scoring, selecting, training and evaluating), ``model.pt`` (final weights) and
-``summary.json``.
+round is due) -> ``train_epoch`` -> ``evaluate``. RUN_DIR receives ``config.yaml`` (the
+resolved settings), ``scores/`` (one table per scoring round), ``index.parquet`` (every
+epoch's subset), ``last.pt`` and ``best.pt`` (checkpoints), ``metrics.jsonl`` (one line
+per epoch, with the time spent scoring, selecting, training and evaluating), ``model.pt``
+(final weights) and ``summary.json``.
 """
 
 from __future__ import annotations
