@@ -50,6 +50,9 @@ PLAN = [
     (2, "random_epoch", 0.1, 0, 1, False, {}),
     (2, "rho", 0.1, 0, 1, True, {**RHO, "unseen": "first"}),
     (2, "rho", 0.1, 0, 1, True, {**RHO, "temperature": 0.0}),
+    # coverage alone, no score: uniform 1.0 ignores the scores, unseen first draws every
+    # sample once before any twice (what unseen=first does for the first ten epochs)
+    (2, "rho", 0.1, 0, 1, True, {**RHO, "uniform": 1.0, "unseen": "first"}),
     (2, "acs", 0.1, 0, 4, False, {}),
     (2, "rho", 0.1, 1, 1, True, RHO), (2, "random_epoch", 0.1, 1, 1, False, {}),
     (2, "rho", 0.1, 2, 1, True, RHO), (2, "random_epoch", 0.1, 2, 1, False, {}),
