@@ -41,9 +41,9 @@ TABLE_START, TABLE_END = "<!-- equal-cost:start -->", "<!-- equal-cost:end -->"
 
 RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
 NOISY = {"label_noise": {"type": "symmetric", "rate": 0.2, "seed": 0}, "label_weight": 0.5}
-# (bits, method, fraction, seed, R, free_scores, options), most informative first: at W2A2
-# 10% the recipe's control, the project's method on free scores, its ablations, then
-# seeds, W4A4, 30% and full data
+# (bits, method, fraction, seed, R, free_scores, options[, recipe keys]), most informative
+# first: at W2A2 10% the recipe's control, the project's method on free scores, its
+# ablations, then seeds, W4A4, label noise, 30% and full data
 PLAN = [
     (2, "random_epoch", 0.1, 0, 4, False, {}),
     (2, "rho", 0.1, 0, 1, True, RHO),
@@ -56,14 +56,17 @@ PLAN = [
     (2, "acs", 0.1, 0, 4, False, {}),
     (2, "rho", 0.1, 1, 1, True, RHO), (2, "random_epoch", 0.1, 1, 1, False, {}),
     (2, "rho", 0.1, 2, 1, True, RHO), (2, "random_epoch", 0.1, 2, 1, False, {}),
-    (2, "acs", 0.1, 0, 2, False, {}),
     (4, "random_epoch", 0.1, 0, 1, False, {}), (4, "rho", 0.1, 0, 1, True, RHO),
-    (4, "acs", 0.1, 0, 4, False, {}),
-    (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
     # 20% symmetric label noise with a label term beside distillation: how much of each
     # method's subsets is mislabeled (noisy_share), with its top-1 beside
     (4, "random_epoch", 0.1, 0, 1, False, {}, NOISY), (4, "rho", 0.1, 0, 1, True, RHO, NOISY),
+    (4, "acs", 0.1, 0, 4, False, {}),
     (4, "acs", 0.1, 0, 4, False, {}, NOISY),
+    (2, "acs", 0.1, 0, 2, False, {}),
+    (4, "rho", 0.1, 1, 1, True, RHO), (4, "random_epoch", 0.1, 1, 1, False, {}),
+    (4, "rho", 0.1, 2, 1, True, RHO), (4, "random_epoch", 0.1, 2, 1, False, {}),
+    (2, "rho", 0.3, 0, 1, True, RHO), (2, "random_epoch", 0.3, 0, 1, False, {}),
+    (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
 ]
 
 
