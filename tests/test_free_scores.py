@@ -157,3 +157,34 @@ def test_trainer_free_scores_run_resumes_to_the_same_weights(tmp_path):
     budget = int(class_budget(np.bincount(labels), 0.3).sum())
     for e in range(3):
         assert len(epoch_rows(cc.read_index(tmp_path / "a" / "index.parquet"), e)[0]) == budget
+
+
+def test_random_cover_draws_every_sample_once_before_any_twice():
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    table = pa.table({"sample_id": np.arange(60) * 7, "label": labels,
+                      "epoch": np.zeros(60, np.int32)})
+    subsets = [select(table, "random_cover", 0.2, epoch=e, seed=3).sample_ids
+               for e in range(8)]
+    # 20% per class: 6, 4 and 2 a subset; the first five subsets partition the data
+    assert [len(s) for s in subsets] == [12] * 8
+    assert sorted(np.concatenate(subsets[:5]).tolist()) == (np.arange(60) * 7).tolist()
+    for s in subsets:
+        assert len(set(s.tolist())) == len(s)  # no sample twice in one subset
+        assert np.bincount(labels[s // 7]).tolist() == [6, 4, 2]
+    # the next cycle is shuffled anew, and the same seed gives the same subsets
+    assert subsets[5].tolist() != subsets[0].tolist()
+    again = select(table, "random_cover", 0.2, epoch=6, seed=3).sample_ids
+    assert again.tolist() == subsets[6].tolist()
+    other = select(table, "random_cover", 0.2, epoch=0, seed=4).sample_ids
+    assert other.tolist() != subsets[0].tolist()
+
+
+def test_random_cover_tops_up_across_a_cycle_end_without_repeats():
+    labels = np.zeros(10, dtype=np.int64)
+    table = pa.table({"sample_id": np.arange(10), "label": labels,
+                      "epoch": np.zeros(10, np.int32)})
+    # 30%: three a subset, so subset 3 takes the last row of cycle 0 and two of cycle 1
+    subsets = [select(table, "random_cover", 0.3, epoch=e).sample_ids for e in range(4)]
+    assert all(len(set(s.tolist())) == 3 for s in subsets)
+    assert len(set(np.concatenate(subsets[:3]).tolist())) == 9
+    assert set(np.concatenate(subsets).tolist()) == set(range(10))

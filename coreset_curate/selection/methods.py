@@ -68,6 +68,35 @@ def _random_epoch(ctx: SelectionContext) -> Selection:
     return ctx.top(ctx.rng(per_epoch=True).random(len(ctx.ids)))
 
 
+@register_method("random_cover")
+def _random_cover(ctx: SelectionContext) -> Selection:
+    """Class-balanced random subsets that cover the data before repeating it: each class's
+    rows are shuffled once per cycle (seeded by seed, cycle and class) and epoch t takes
+    the t-th run of k rows of that order, so the subsets of successive epochs are disjoint
+    until every sample has been drawn once (``random_epoch`` draws each epoch afresh and
+    repeats samples from the start). A run that continues past a cycle's end starts the
+    next shuffled cycle, with no sample twice in one subset. Reads no scores."""
+    chosen = []
+    for rows, k in ctx.groups():
+        n = len(rows)
+        if k == 0:
+            continue
+        start = ctx.epoch * k
+        cycle, offset = divmod(start, n)
+
+        def order(c: int) -> np.ndarray:
+            key = [ctx.seed, c, int(ctx.labels[rows[0]]) if ctx.per_class else -1]
+            return rows[np.random.default_rng(np.random.SeedSequence(key)).permutation(n)]
+
+        take = order(cycle)[offset:offset + k]
+        if len(take) < k:  # the cycle ends inside this subset: top up from the next one
+            nxt = order(cycle + 1)
+            take = np.concatenate([take, nxt[~np.isin(nxt, take)][: k - len(take)]])
+        chosen.append(take)
+    rows = np.concatenate(chosen) if chosen else np.array([], dtype=np.int64)
+    return Selection(ctx.ids[rows])
+
+
 @register_method("forgetting", columns=("pred",), all_rounds=True)
 def _forgetting(ctx: SelectionContext) -> Selection:
     """Most forgetting events (correct in one round, wrong in the next) across the rounds
