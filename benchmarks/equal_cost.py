@@ -57,7 +57,11 @@ PLAN = [
     # the coverage ablation won on seed 0: random_cover is that draw as a method of its own
     # (no scores), with three seeds against per-epoch random re-drawn as often
     (2, "random_cover", 0.1, 0, 1, False, {}),
-    (2, "random_cover", 0.1, 1, 1, False, {}), (2, "random_epoch", 0.1, 1, 1, False, {}),
+    (2, "random_cover", 0.1, 1, 1, False, {}),
+    # the same subsets as random_cover s0, with the training steps recorded (free_scores):
+    # the recording must not change training (the rho runs all record)
+    (2, "random_cover", 0.1, 0, 1, True, {}),
+    (2, "random_epoch", 0.1, 1, 1, False, {}),
     (2, "random_cover", 0.1, 2, 1, False, {}), (2, "random_epoch", 0.1, 2, 1, False, {}),
     (4, "random_cover", 0.1, 0, 1, False, {}), (4, "random_epoch", 0.1, 0, 1, False, {}),
     # 20% symmetric label noise with a label term beside distillation: how much of each
