@@ -168,7 +168,9 @@ def plot(results: list[dict]) -> None:
         ax.set_xlabel("wall time, scoring included (s, 2-core CPU)")
         ax.set_ylabel("test top-1 (%)")
         if runs:
-            ax.legend(fontsize=6.5, loc="lower right")
+            ax.legend(fontsize=6.5, loc="best", framealpha=0.6)
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(PLOT) as tmp:
