@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["distributed_context", "barrier"]
+__all__ = ["distributed_context", "current_world", "barrier"]
 
 
 def distributed_context() -> tuple[int, int]:
@@ -20,6 +20,15 @@ def distributed_context() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def current_world() -> tuple[int, int]:
+    """(rank, world_size) of an initialised process group, (0, 1) without one; unlike
+    ``distributed_context`` it never initialises a group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def barrier(world: int) -> None:

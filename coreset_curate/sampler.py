@@ -23,6 +23,7 @@ from torch.utils.data import Sampler
 
 from .checks import UnknownIds, align
 from .data import ImageData
+from .distributed import current_world
 from .index import epoch_rows, read_index
 
 __all__ = ["SubsetSampler", "DistributedSubsetSampler"]
@@ -91,11 +92,7 @@ class DistributedSubsetSampler(SubsetSampler):
     def __init__(self, index, epoch: int = 0, *, data: ImageData | None = None,
                  shuffle: bool = True, seed: int = 0, num_replicas: int | None = None,
                  rank: int | None = None) -> None:
-        dist = torch.distributed
-        ready = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if ready else 1
-        if rank is None:
-            rank = dist.get_rank() if ready else 0
+        group_rank, group_size = current_world()
         super().__init__(index, epoch, data=data, shuffle=shuffle, seed=seed,
-                         num_replicas=num_replicas, rank=rank)
+                         num_replicas=group_size if num_replicas is None else num_replicas,
+                         rank=group_rank if rank is None else rank)

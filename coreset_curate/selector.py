@@ -34,12 +34,12 @@ from torch import nn
 
 from .checks import choice, non_negative_int, positive_int
 from .data import as_rows
-from .distributed import barrier
+from .distributed import barrier, current_world
 from .extract import state_sha256
 from .index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
                     merge_index, read_index)
 from .refcache import ReferenceOutputs, cached_reference, compute_reference
-from .sampler import SubsetSampler
+from .sampler import DistributedSubsetSampler, SubsetSampler
 from .scores import score_dataset, scoring_transform
 from .selection import METHODS, SCHEDULES, select
 from .selection.core import check_request
@@ -53,13 +53,6 @@ log = logging.getLogger(__name__)
 # settings that decide the subsets: a resumed selector must have the same
 _SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class", "options",
              "free_scores")
-
-
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -171,13 +164,13 @@ class AdaptiveSelector:
             self.rows.sample_ids, self.rows.labels.numpy(), meta={
                 "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
                 "class_names": self.rows.class_names, **self.scorer.metadata})
-        if free_scores and _world()[1] > 1:
+        if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
         self._index: pa.Table | None = None
         self.totals = {"scoring_s": 0.0, "selection_s": 0.0}
         self.last = dict(self.totals)  # the time the latest subset() call spent
-        if self.out is None and _world()[1] > 1:
+        if self.out is None and current_world()[1] > 1:
             raise ValueError("under torch.distributed the ranks share the index through a "
                              "folder: pass out=")
         if self.out is not None and self.index_path.exists():
@@ -199,9 +192,13 @@ class AdaptiveSelector:
                 "fingerprint": self.rows.fingerprint,
                 **({"free_scores": True} if self.steps is not None else {})}
 
+    def _settings_as_saved(self) -> dict:
+        """``settings()`` as it reads back from a file's JSON (tuples as lists, ...)."""
+        return json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
+
     def _checked(self, index: pa.Table, where: str) -> pa.Table:
         have = table_metadata(index)
-        mine = json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
+        mine = self._settings_as_saved()
         # keys an older index lacks are not compared; free_scores is absent when off
         differ = sorted(k for k in (*_SETTINGS, "fingerprint")
                         if (k in have or k == "free_scores") and have.get(k) != mine.get(k))
@@ -269,7 +266,7 @@ class AdaptiveSelector:
         non_negative_int("epoch", epoch)
         if epoch >= self.epochs:
             raise ValueError(f"epoch {epoch} is past the run's end (epochs={self.epochs})")
-        rank, world = _world()
+        rank, world = current_world()
         self.last = {"scoring_s": 0.0, "selection_s": 0.0}
         if rank == 0 and not self.has(epoch):
             if epoch % self.reselect_every != 0:
@@ -305,9 +302,8 @@ class AdaptiveSelector:
         share under torch.distributed), reshuffled every epoch from the seed; its
         ``weights_of(indices)`` gives the index's loss weights of a batch."""
         self.subset(epoch, model)
-        rank, world = _world()
-        return SubsetSampler(self._index, epoch, data=self.rows, shuffle=shuffle,
-                             seed=self.seed, num_replicas=world, rank=rank)
+        return DistributedSubsetSampler(self._index, epoch, data=self.rows, shuffle=shuffle,
+                                        seed=self.seed)
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
@@ -325,7 +321,7 @@ class AdaptiveSelector:
 
     def load_state_dict(self, state: dict) -> None:
         saved = json.loads(state["settings"])
-        mine = json.loads(json.dumps(self.settings(), sort_keys=True, default=str))
+        mine = self._settings_as_saved()
         differ = sorted(k for k in mine if saved.get(k) != mine[k])
         if differ:
             raise ValueError(f"the state was saved by a selector with other settings: {differ}")
@@ -337,7 +333,7 @@ class AdaptiveSelector:
         cols = {c: t.numpy() for c, t in state["index"].items()}
         table = pa.table(cols, schema=INDEX_SCHEMA)
         self._index = read_index(with_metadata(table, json.loads(state["index_metadata"])))
-        if self.out is not None and _world()[0] == 0:
+        if self.out is not None and current_world()[0] == 0:
             with index_lock(self.index_path):
                 write_table(self._index, self.index_path, overwrite=True)
 
