@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -113,6 +112,30 @@ def noisy_share(run_dir: Path) -> float | None:
     return float(np.mean((given != true)[pos]))
 
 
+def supersede(names: list[str], reason: str | None) -> None:
+    """Move the records of ``names`` out of the results (into equal_cost_superseded.json,
+    with the reason) and delete their run folders, so that the next pass runs them again."""
+    import shutil
+
+    from coreset_curate.atomic import write_text
+
+    if not reason:
+        raise SystemExit("--redo needs --reason (kept beside the superseded records)")
+    results = load_results()
+    unknown = sorted(set(names) - {r["name"] for r in results})
+    if unknown:
+        raise SystemExit(f"no results named {unknown}")
+    path = RESULTS.with_name("equal_cost_superseded.json")
+    old = json.loads(path.read_text()) if path.exists() else []
+    old += [{**r, "superseded": {"reason": reason, "date": time.strftime("%Y-%m-%d")}}
+            for r in results if r["name"] in names]
+    write_text(path, json.dumps(old, indent=2))  # first: a crash here loses nothing
+    write_text(RESULTS, json.dumps([r for r in results if r["name"] not in names], indent=2))
+    for name in names:
+        shutil.rmtree(RUNS_DIR / name, ignore_errors=True)
+        print(f"{name}: superseded ({reason}); it runs again")
+
+
 def load_results() -> list[dict]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
@@ -188,8 +211,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run names to run")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this many minutes")
+    parser.add_argument("--redo", nargs="*", default=[], metavar="NAME",
+                        help="run these again from scratch: their records move to "
+                             "equal_cost_superseded.json with --reason")
+    parser.add_argument("--reason", default=None, help="why the --redo runs are redone")
     parser.add_argument("--render", action="store_true", help="only write table and plot")
     args = parser.parse_args()
+    if args.redo:
+        supersede(args.redo, args.reason)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if args.render:
@@ -199,7 +228,6 @@ def main() -> None:
 
     from coreset_curate.training import load_recipe, run_training
 
-    os.chdir(ROOT)  # recipes name the data and the teacher relative to the repository
     start, info, commit = time.perf_counter(), machine(), code_version()
     for bits, method, fraction, seed, r, free, options, *more in PLAN:
         extra = more[0] if more else {}
@@ -224,7 +252,8 @@ def main() -> None:
             "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
             "options": options, "free_scores": free, "label_noise": extra.get("label_noise"),
             "label_weight": extra.get("label_weight", 0.0), "noisy_share": noisy_share(out),
-            "resumed": resume, "machine": info,
+            "resumed": resume, "cores_oversubscribed": summary["cores_oversubscribed"],
+            "machine": info,
             "date": time.strftime("%Y-%m-%d"), "commit": commit}
         append_record(RESULTS.name, record)
         print(json.dumps(record), flush=True)

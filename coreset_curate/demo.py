@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_text
+from .labels import apply_labels
 from .noise_audit import audit
 from .data import load_data
 from .tables import write_table
@@ -108,6 +109,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
             shutil.copyfile(out / src, tmp)
 
     data = _demo_data(config)
+    if config.label_noise:  # the labels the scores were made with
+        data = apply_labels(data, out / "qat" / "labels.parquet")
     result = audit(rounds, data=data, index=out / "index.parquet",
                    true_labels=(out / "qat" / "labels.parquet") if config.label_noise else None)
     result.write(out / "audit", data=data, overwrite=True)

@@ -61,23 +61,28 @@ def _as_hf(dataset, split: str):
 
 def load_subset(dataset, index, epoch: int, *, split: str = "train",
                 label_column: str | None = None, id_column: str | None = None,
-                with_weights: bool = False, check: bool = True):
+                with_weights: bool = False, check: bool = True, labels=None):
     """The ``datasets.Dataset`` of the samples of ``epoch`` in ``index``.
 
     ``dataset``: a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), an
     ``ImageData``, ``"digits"`` or a path of Parquet files. The index's dataset fingerprint
     is checked first (``check=False`` skips it), so an index of another dataset fails with
     a clear error instead of selecting the wrong rows. Rows come in ascending sample_id
-    order; ``with_weights=True`` adds the index's ``weight`` column.
+    order; ``with_weights=True`` adds the index's ``weight`` column. ``labels``: the
+    labels table the run was trained with (``labels`` recipe key): the rows come with its
+    labels, and the fingerprint checked is that of the data read with it.
     """
     ds = _as_hf(dataset, split)
     table = read_index(index)
     ids, weights = epoch_rows(table, epoch)
+    actual = None
+    if labels is not None:
+        ds, actual = _with_labels(ds, split, labels, label_column, id_column)
     if check:
         expected = table_metadata(table).get("fingerprint")
         if expected is not None:
-            check_fingerprint(expected, dataset_fingerprint(ds, split, label_column=label_column,
-                                                            id_column=id_column), "index")
+            check_fingerprint(expected, actual or dataset_fingerprint(
+                ds, split, label_column=label_column, id_column=id_column), "index")
     if id_column is not None:
         all_ids = np.asarray(ds.with_format("numpy")[id_column], np.int64)
         order = np.argsort(all_ids, kind="stable")
@@ -97,14 +102,39 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     return subset
 
 
+def _with_labels(ds, split: str, labels, label_column: str | None, id_column: str | None):
+    """(``ds`` with a labels table's labels in its label column, the fingerprint of the
+    data read with it). Rows the table leaves out keep their place (and old label), so row
+    positions stay sample ids; the fingerprint covers only the rows kept."""
+    from .data import fingerprint as fingerprint_of
+    from .labels import label_rows
+
+    column = find_column(ds.features, "label", label_column)
+    ids = (np.asarray(ds.with_format("numpy")[id_column], np.int64) if id_column
+           else np.arange(len(ds), dtype=np.int64))
+    feat = ds.features[column]
+    old = np.asarray(ds.with_format("numpy")[column], np.int64)
+    k = len(feat.names) if hasattr(feat, "names") else int(old.max()) + 1
+    keep, new = label_rows(ids, k, labels, fingerprint=fingerprint_of(old, split, ids),
+                           where=f"on the dataset's split {split!r}")
+    full = old.copy()
+    full[keep] = new
+    names = ds.column_names
+    ds = ds.remove_columns(column).add_column(column, full.tolist())
+    return (ds.cast_column(column, feat).select_columns(names),
+            fingerprint_of(new, split, ids[keep]))
+
+
 def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
                   split: str = "train", label_column: str | None = None,
-                  id_column: str | None = None, overwrite: bool = False) -> Path:
+                  id_column: str | None = None, overwrite: bool = False,
+                  labels=None) -> Path:
     """Write the rows of ``epoch`` (images included) to ``out_dir/SPLIT-00000-of-00001.parquet``
     with the dataset's features, so that ``datasets.load_dataset("parquet",
-    data_dir=out_dir)`` reads them back. Written to a temporary file, then renamed."""
+    data_dir=out_dir)`` reads them back. Written to a temporary file, then renamed.
+    ``labels``: as for ``load_subset``."""
     subset = load_subset(dataset, index, epoch, split=split, label_column=label_column,
-                         id_column=id_column)
+                         id_column=id_column, labels=labels)
     if not split.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"split name {split!r} may hold only letters, digits, '-' and '_'")
     out_dir = Path(out_dir)

@@ -50,7 +50,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .checks import align
+from .checks import UnknownIds, align
 from .noise_counts import (channel_suspicion, flag_metrics, flags, mean_joint, otsu_counts,
                            per_class_mean)
 from .selection import aligned_column, load_rounds
@@ -154,16 +154,26 @@ def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None,
     return p[pos], epoch
 
 
-def _true_labels(true_labels, ids: np.ndarray) -> np.ndarray:
-    """True labels aligned to ``ids``: an array in id order, or a labels table path."""
+def _true_labels(true_labels, ids: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
+    """True labels aligned to ``ids``: an array in id order, or a labels table whose ids
+    cover the audited ones and whose ``label`` column is the ``given`` labels."""
     if isinstance(true_labels, (str, os.PathLike)):
-        from .noise import read_labels
+        from .labels import read_labels_table
 
-        t_ids, _, t_true, _ = read_labels(true_labels)
-        pos, present = align(t_ids, ids)
+        table = read_labels_table(true_labels)
+        if table.true_labels is None:
+            raise ValueError(f"{true_labels} has no true_label column: true labels come from "
+                             "a table of `coreset-curate noise` or a run with label_noise")
+        pos, present = align(table.sample_ids, ids)
         if not present.all():
-            raise ValueError(f"{true_labels} does not cover every audited sample_id")
-        return t_true[pos]
+            raise UnknownIds(f"{true_labels} lacks {int((~present).sum())} of the audited "
+                             f"sample ids, e.g. {ids[~present][:5].tolist()}: true labels of "
+                             "another dataset?")
+        if given is not None and not np.array_equal(table.labels[pos], given):
+            n = int((table.labels[pos] != given).sum())
+            raise ValueError(f"{true_labels}: {n} of its labels differ from those the scores "
+                             "were made with: pass the labels table of the audited run")
+        return table.true_labels[pos]
     arr = np.asarray(true_labels)
     if arr.shape != ids.shape:
         raise ValueError(f"true_labels has shape {arr.shape}; expected one label per audited "
@@ -178,6 +188,12 @@ def _class_names(data, class_names, ids: np.ndarray, labels: np.ndarray) -> list
         if len(data) != len(ids) or not np.array_equal(np.sort(data.sample_ids), ids):
             raise ValueError(f"data has {len(data)} samples but the last score round covers "
                              f"{len(ids)} other ids: audit the scores of this dataset")
+        order = np.argsort(data.sample_ids, kind="stable")
+        differ = int((data.labels.numpy()[order] != labels).sum())
+        if differ:
+            raise ValueError(f"{differ} of the dataset's labels differ from those the scores "
+                             "were made with: read the dataset with the same labels table "
+                             "(labels=, --labels)")
         class_names = list(data.class_names)
     k = int(labels.max()) + 1
     names = list(class_names) if class_names else [str(i) for i in range(k)]
@@ -226,7 +242,7 @@ def _audit_table(ids, labels, last, susp, flag, kind, suggested, p_mean, p_std, 
     }
     metrics, true = None, None
     if true_labels is not None:
-        true = _true_labels(true_labels, ids)
+        true = _true_labels(true_labels, ids, labels)
         cols["true_label"] = true
         wrong = true != labels
         metrics = {"flag": flag_metrics(flag, susp, wrong),

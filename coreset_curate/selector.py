@@ -15,12 +15,18 @@ torch ``Sampler`` over the subset, split across ranks under ``torch.distributed`
 scores and writes, the others read the index it wrote). ``run_training`` stands on the
 same ``subset`` call, so the trainer and a user's loop run the same code.
 
+``exclude=`` keeps samples out of every subset (an audit's flagged mislabeled samples, or
+ids), and ``audit_every=N`` audits the rounds so far at every N-th selection round
+(``out/audits/epoch_T.parquet``) and keeps what it flags out from then on; the class
+budgets stay those of all samples, so the subsets keep their size.
+
 ``state_dict()`` / ``load_state_dict()`` resume it; with ``out=`` a new selector over the
 same folder also picks up the index already written there (its settings must match).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,10 +38,11 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from .checks import choice, non_negative_int, positive_int
+from .checks import UnknownIds, choice, non_negative_int, positive_int
 from .data import as_rows
 from .distributed import barrier, current_world
 from .extract import state_sha256
+from .labels import exclusions
 from .index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
                     merge_index, read_index)
 from .refcache import ReferenceOutputs, cached_reference, compute_reference
@@ -52,7 +59,9 @@ log = logging.getLogger(__name__)
 
 # settings that decide the subsets: a resumed selector must have the same
 _SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class", "options",
-             "free_scores")
+             "free_scores", "exclude", "audit_every")
+# settings an index records only when they are on (an older index lacks them: off)
+_WHEN_ON = ("free_scores", "exclude", "audit_every")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -132,7 +141,9 @@ class AdaptiveSelector:
     student's whole softmax in the score tables (what the audit's channel suspicion
     reads; default: up to 256 classes). reference_key: the reference checkpoint's sha256
     (names its cached outputs; default: the sha256 of its state). metadata: added to every
-    score table's metadata.
+    score table's metadata. exclude: samples no subset may hold (ids, an audit or its
+    folder: its flagged mislabeled samples). audit_every: audit the scoring rounds so far
+    at every N-th selection round and exclude what it flags from then on.
     """
 
     def __init__(self, dataset, method: str = "acs", fraction: float = 0.1, *, epochs: int,
@@ -141,7 +152,8 @@ class AdaptiveSelector:
                  per_class: bool = True, min_per_class: int = 0, options: dict | None = None,
                  transform=None, batch_size: int = 256, device=None, labels=None,
                  probs: bool | None = None, reference_key: str | None = None,
-                 metadata: dict | None = None, free_scores: bool = False) -> None:
+                 metadata: dict | None = None, free_scores: bool = False, exclude=None,
+                 audit_every: int | None = None) -> None:
         self.options = check_request(method, fraction, seed, min_per_class, options)
         self.method, self.fraction, self.seed = method, fraction, int(seed)
         self.epochs = positive_int("epochs", epochs)
@@ -167,6 +179,17 @@ class AdaptiveSelector:
         if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
+        self.exclude = exclusions(exclude)
+        unknown = ~np.isin(self.exclude, self.rows.sample_ids)
+        if unknown.any():
+            raise UnknownIds(f"exclude names {int(unknown.sum())} sample ids the dataset lacks, "
+                             f"e.g. {self.exclude[unknown][:5].tolist()}")
+        self.audit_every = None if audit_every is None else positive_int("audit_every",
+                                                                          audit_every)
+        if self.audit_every and free_scores:
+            raise ValueError("audit_every audits eval-view scoring rounds; free_scores makes "
+                             "its rounds from training steps: use one or the other")
+        self._flags: dict[int, np.ndarray] = {}  # audit epoch -> flagged ids (this sitting)
         self._index: pa.Table | None = None
         self.totals = {"scoring_s": 0.0, "selection_s": 0.0}
         self.last = dict(self.totals)  # the time the latest subset() call spent
@@ -190,7 +213,10 @@ class AdaptiveSelector:
                 "R": self.reselect_every, "schedule": self.schedule, "epochs": self.epochs,
                 "per_class": self.per_class, "options": self.options_given,
                 "fingerprint": self.rows.fingerprint,
-                **({"free_scores": True} if self.steps is not None else {})}
+                **({"free_scores": True} if self.steps is not None else {}),
+                **({"exclude": {"count": len(self.exclude), "ids_sha256": hashlib.sha256(
+                    self.exclude.tobytes()).hexdigest()}} if len(self.exclude) else {}),
+                **({"audit_every": self.audit_every} if self.audit_every else {})}
 
     def _settings_as_saved(self) -> dict:
         """``settings()`` as it reads back from a file's JSON (tuples as lists, ...)."""
@@ -199,9 +225,9 @@ class AdaptiveSelector:
     def _checked(self, index: pa.Table, where: str) -> pa.Table:
         have = table_metadata(index)
         mine = self._settings_as_saved()
-        # keys an older index lacks are not compared; free_scores is absent when off
+        # keys an older index lacks are not compared; those of _WHEN_ON are absent when off
         differ = sorted(k for k in (*_SETTINGS, "fingerprint")
-                        if (k in have or k == "free_scores") and have.get(k) != mine.get(k))
+                        if (k in have or k in _WHEN_ON) and have.get(k) != mine.get(k))
         if differ:
             raise ValueError(f"{where} was made with other settings ({', '.join(differ)}: "
                              f"{[have.get(k) for k in differ]} against "
@@ -233,13 +259,55 @@ class AdaptiveSelector:
         return [rounds[e] for e in (usable if self.spec.all_rounds else usable[-1:])]
 
     # ------------------------------------------------------------------ selecting
+    def _audit_due(self, epoch: int) -> bool:
+        return bool(self.audit_every) and (epoch // self.reselect_every) % self.audit_every == 0
+
+    def _scoring_rounds(self, epoch: int) -> list:
+        """Every scoring round at or before ``epoch``: this sitting's and the folder's."""
+        rounds = dict(self.scorer.rounds)
+        if self.out is not None:
+            for p in (self.out / "scores").glob("epoch_*.parquet"):
+                rounds.setdefault(int(p.stem.split("_")[1]), str(p))
+        return [rounds[e] for e in sorted(rounds) if e <= epoch]
+
+    def _flagged(self, epoch: int, audit_now: bool) -> np.ndarray:
+        """The ids the latest audit at or before ``epoch`` flags (auditing now when due)."""
+        if not self.audit_every:
+            return self.exclude
+        if audit_now:
+            from .noise_audit import audit
+
+            result = audit(self._scoring_rounds(epoch))
+            flagged = exclusions(result)
+            self._flags[epoch] = flagged
+            if self.out is not None:
+                write_table(result.table, self.out / "audits" / f"epoch_{epoch:04d}.parquet",
+                            overwrite=True)
+            log.info("audit at epoch %d: %d of %d samples flagged, %d kept out of selection",
+                     epoch, result.num_flagged, len(self.rows), len(flagged))
+        else:
+            done = dict(self._flags)
+            if self.out is not None:
+                for p in (self.out / "audits").glob("epoch_*.parquet"):
+                    e = int(p.stem.split("_")[1])
+                    if e not in done:
+                        done[e] = p
+            before = [e for e in done if e <= epoch]
+            if not before:
+                return self.exclude
+            flagged = done[max(before)]
+            if not isinstance(flagged, np.ndarray):
+                flagged = self._flags[max(before)] = exclusions(flagged)
+        return np.union1d(self.exclude, flagged)
+
     def _select(self, epoch: int, model: nn.Module | None) -> None:
         t0 = time.perf_counter()
+        audit_now = self._audit_due(epoch)
         if self.spec.columns and self.steps is not None and (self.steps.started
                                                              or self.spec.partial):
             # a round from the training steps since the last one: no forward pass
             self.scorer.keep(self.steps.table(epoch), epoch)
-        elif self.spec.columns:
+        elif self.spec.columns or audit_now:
             if model is None:
                 raise ValueError(f"epoch {epoch} needs a scoring round: pass the model")
             self.score(model, epoch)
@@ -247,9 +315,11 @@ class AdaptiveSelector:
                 self.steps.start_from(self.scorer.last_table)
         t1 = time.perf_counter()
         sources = self._sources(epoch)
+        excluded = self._flagged(epoch, audit_now)
         chosen = select(sources, self.method, self.fraction, epoch=epoch, epochs=self.epochs,
                         schedule=self.schedule, seed=self.seed, per_class=self.per_class,
-                        min_per_class=self.min_per_class, options=self.options)
+                        min_per_class=self.min_per_class, options=self.options,
+                        exclude=excluded if len(excluded) else None)
         epochs = range(epoch, min(epoch + self.reselect_every, self.epochs))
         meta = {**self.settings(), "sources": [s for s in sources if isinstance(s, str)]}
         if self.out is None:

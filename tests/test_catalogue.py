@@ -199,6 +199,19 @@ CATALOGUE = [
     ("audit of another dataset", lambda fx, t: ["audit", "--scores", fx["scores"], "--data",
                                                 "digits", "--split", "test", "--out", t / "a"],
      "other ids"),
+    ("labels table of another split", lambda fx, t: _score(
+        fx, t / "s.parquet", "--labels", _labels(t), "--split", "test"), "not in the dataset"),
+    ("labels table that leaves samples out", lambda fx, t: _score(
+        fx, t / "s.parquet", "--labels", _labels(t, keep=slice(10, None))),
+     "leaves samples out on purpose"),
+    ("labels table without a label column", lambda fx, t: _score(
+        fx, t / "s.parquet", "--labels", _variant(fx, t, "nolabel", lambda tb: tb.select(
+            ["sample_id", "evs"]))), "not a labels table"),
+    ("exclusion list of other ids", lambda fx, t: _select(
+        fx["scores"], "--exclude", _write_table(t / "x.parquet", {"sample_id": [99999]}),
+        "--out", t / "i.parquet"), "lack"),
+    ("audit folder missing", lambda fx, t: ["clean", "--audit", t / "no-audit", "--out",
+                                            t / "l.parquet"], "no audit at"),
     ("noise rate above 1", lambda fx, t: ["noise", "--data", "digits", "--rate", "1.5",
                                           "--out", t / "l.parquet"], "rate"),
     ("asymmetric noise without a class map", lambda fx, t: [
@@ -222,6 +235,22 @@ def _no_write_folder(t: Path) -> Path:
         return folder
     (folder / ".probe").unlink()
     pytest.skip(f"{folder} can be written by this user; no unwritable folder to test with")
+
+
+def _labels(t: Path, keep=slice(None)) -> Path:
+    """A labels table of digits' training split (every label shifted by one class), or of
+    some of its rows."""
+    from coreset_curate.data import load_data
+
+    data = load_data("digits", "train")
+    return _write_table(t / "labels.parquet", {
+        "sample_id": data.sample_ids[keep], "label": (data.labels.numpy()[keep] + 1) % 10})
+
+
+def _write_table(path: Path, columns: dict) -> Path:
+    pq.write_table(pa.table({k: pa.array(np.asarray(v), pa.int64()) for k, v in
+                             columns.items()}), path)
+    return path
 
 
 def _write(path: Path, data: bytes) -> Path:

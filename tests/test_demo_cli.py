@@ -133,3 +133,52 @@ def test_cli_noise_and_audit(demo_run, tmp_path):
     r = _cli("audit", "--scores", *rounds, "--data", "digits", "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "other ids" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_clean_then_select_around_the_flags(demo_run, tmp_path):
+    """audit -> clean (exclude, relabel) -> select --exclude / --labels, as a user runs them
+    on the demo's noisy QAT run (400 digits, 10% flipped)."""
+    from coreset_curate.index import epoch_rows, read_index
+    from coreset_curate.labels import exclusions, read_labels_table
+
+    out, _, _ = demo_run
+    rounds = sorted(str(p) for p in (out / "qat" / "scores").glob("epoch_*.parquet"))
+    labels = str(out / "qat" / "labels.parquet")
+    a = tmp_path / "a"
+    assert _cli("audit", "--scores", *rounds, "--true-labels", labels,
+                "--out", str(a)).returncode == 0
+    flagged = exclusions(a)
+    assert len(flagged) > 10
+    r = _cli("clean", "--audit", str(a), "--labels", labels, "--out", str(tmp_path / "c.parquet"))
+    assert r.returncode == 0, r.stderr
+    assert f"{len(flagged)} left out" in r.stdout and "wrong labels among them" in r.stdout
+    cleaned = read_labels_table(tmp_path / "c.parquet")
+    assert len(cleaned) == 400 - len(flagged) and not np.isin(flagged, cleaned.sample_ids).any()
+    # fewer wrong labels than the 40 planted
+    assert int((cleaned.labels != cleaned.true_labels).sum()) < 40 / 2
+
+    def chosen(*extra):
+        idx = tmp_path / f"i{len(list(tmp_path.glob('i*.parquet')))}.parquet"
+        r = _cli("select", "--scores", rounds[-1], "--method", "el2n", "--fraction", "0.2",
+                 "--epoch", "2", *extra, "--out", str(idx))
+        assert r.returncode == 0, r.stderr
+        return epoch_rows(read_index(idx), 2)[0]
+
+    plain, excl = chosen(), chosen("--exclude", str(a))
+    assert len(excl) == len(plain) and not np.isin(excl, flagged).any()
+    # EVS alone picks the flagged first: several times their share of the data
+    assert np.isin(plain, flagged).mean() > 3 * len(flagged) / 400
+    kept = chosen("--labels", str(tmp_path / "c.parquet"))
+    assert not np.isin(kept, flagged).any() and len(kept) < len(plain)  # 20% of fewer rows
+    # a relabeled table changes labels the scores were made with: scores must be remade
+    r = _cli("clean", "--audit", str(a), "--relabel", "--out", str(tmp_path / "r.parquet"))
+    assert r.returncode == 0 and "relabeled" in r.stdout
+    r = _cli("select", "--scores", rounds[-1], "--fraction", "0.2", "--epoch", "2", "--labels",
+             str(tmp_path / "r.parquet"), "--out", str(tmp_path / "x.parquet"))
+    assert r.returncode == 2 and "score the data with these labels first" in r.stderr
+    # true labels whose label column is not what the scores saw
+    r = _cli("audit", "--scores", *rounds, "--true-labels", str(tmp_path / "r.parquet"),
+             "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "labels differ from those the scores were made with" in r.stderr
+    r = _cli("clean", "--audit", str(tmp_path / "nope"), "--out", str(tmp_path / "y.parquet"))
+    assert r.returncode == 2 and "no audit at" in r.stderr

@@ -12,8 +12,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from ..noise_audit import audit
     from ..data import load_data
 
-    data = (load_data(args.data, args.split, id_column=args.id_column, stream=args.stream)
-            if args.data else None)
+    if args.labels and not args.data:
+        raise ValueError("--labels applies to --data: name the dataset the scores came from")
+    data = (load_data(args.data, args.split, id_column=args.id_column, stream=args.stream,
+                      labels=args.labels) if args.data else None)
     result = audit(args.scores, data=data, suspicion=args.suspicion, count=args.count,
                    true_labels=args.true_labels, index=args.index)
     paths = result.write(args.out, data=data, overwrite=args.overwrite,
@@ -30,6 +32,32 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                  f"{m['recall']:.4f}, F1 {m['f1']:.4f}, AUROC {auroc}")
     print(line)
     print(f"wrote {paths['html']}, {paths['markdown']}, {paths['table']}")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..labels import clean_labels
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not kinds:
+        raise ValueError("--kinds names no flag kind (e.g. mislabeled,unknown)")
+    cleaned = clean_labels(args.audit, relabel=args.relabel, kinds=kinds, labels=args.labels)
+    if args.data:  # the table must fit the dataset it will be read with
+        from ..data import load_data
+
+        fitted = load_data(args.data, args.split, id_column=args.id_column, labels=cleaned)
+        log.info("the table fits %s: %d samples kept", args.data, len(fitted))
+    path = cleaned.write(args.out, overwrite=args.overwrite)
+    meta = cleaned.metadata
+    line = (f"wrote {path}: {meta['flagged']} flagged ({'/'.join(kinds)}), "
+            f"{meta['relabeled']} relabeled, {meta['dropped']} left out, "
+            f"{len(cleaned)} samples labeled")
+    if cleaned.true_labels is not None:
+        line += (f"; wrong labels among them: {int((cleaned.labels != cleaned.true_labels).sum())}"
+                 f" ({100 * float(np.mean(cleaned.labels != cleaned.true_labels)):.2f}%)")
+    print(line)
     return 0
 
 
@@ -68,7 +96,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
              "num_workers": args.workers} if args.stream else {})
     if not args.stream and (args.crop_size or args.resize_size or args.workers is not None):
         raise ValueError("--crop-size, --resize-size and --workers apply to --stream")
-    data = load_data(args.data, args.split, id_column=args.id_column, **view)
+    data = load_data(args.data, args.split, id_column=args.id_column, labels=args.labels,
+                     **view)
     if args.mean is not None or args.std is not None:
         _, eval_tf = default_transforms(data, mean=args.mean, std=args.std)
     else:
@@ -151,10 +180,16 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
-    rounds = load_rounds(args.scores, METHODS[args.method].columns)
+    spec = METHODS[args.method]
+    rounds = load_rounds(args.scores, spec.columns, allow_missing=spec.partial)
+    if args.labels:
+        from ..labels import restrict_rounds
+
+        rounds = restrict_rounds(rounds, args.labels)
     chosen = select(rounds, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
                     schedule=args.schedule, seed=args.seed, per_class=args.per_class,
-                    min_per_class=args.min_per_class, options=_parse_options(args.option))
+                    min_per_class=args.min_per_class, options=_parse_options(args.option),
+                    exclude=args.exclude)
     last = args.epoch + args.reselect_every
     if args.epochs is not None:
         last = min(last, args.epochs)
@@ -163,7 +198,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
             "R": args.reselect_every, "schedule": args.schedule, "epochs": args.epochs,
             "per_class": args.per_class, "options": _parse_options(args.option),
             "sources": [str(Path(p).resolve()) for p in args.scores],
-            "fingerprint": rounds.fingerprint}
+            "fingerprint": rounds.fingerprint,
+            **({"exclude": str(Path(args.exclude).resolve())} if args.exclude else {})}
     out = Path(args.out)
     add_to_index(out, chosen, epochs, metadata=meta, replace=args.overwrite)
     log.info("epoch(s) %s: %d of %d samples (%s, fraction %s) -> %s", epochs, len(chosen),
@@ -176,7 +212,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..hf import export_subset
 
     path = export_subset(args.data, args.index, args.epoch, args.out, split=args.split,
-                         id_column=args.id_column, overwrite=args.overwrite)
+                         id_column=args.id_column, overwrite=args.overwrite,
+                         labels=args.labels)
     print(f"wrote {path}")
     return 0
 

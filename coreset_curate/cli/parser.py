@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .commands import (_cmd_audit, _cmd_demo, _cmd_export, _cmd_noise, _cmd_score,
-                       _cmd_select, _cmd_train)
+from .commands import (_cmd_audit, _cmd_clean, _cmd_demo, _cmd_export, _cmd_noise,
+                       _cmd_score, _cmd_select, _cmd_train)
 
 
 def _positive_int(text: str) -> int:
@@ -33,6 +33,10 @@ def _bits(text: str) -> int:
     if text not in {"2", "3", "4", "5", "6", "7", "8", "32"}:
         raise argparse.ArgumentTypeError(f"bits must be 2..8, or 32 for float; got {text!r}")
     return int(text)
+
+
+LABELS_HELP = ("labels table (sample_id, label[, true_label]: from `noise` or `clean`) "
+               "whose labels replace the dataset's")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +93,13 @@ def _add_select(sub) -> None:
                      help="write the subset for epochs T..T+R-1 (1)")
     sel.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="method option, e.g. hard_cut=0.2 for ccs (repeatable)")
+    sel.add_argument("--exclude", default=None, metavar="AUDIT",
+                     help="never select these samples: an audit folder (its flagged "
+                          "mislabeled samples) or a table with a sample_id column; class "
+                          "budgets stay those of all samples")
+    sel.add_argument("--labels", default=None, metavar="LABELS.parquet",
+                     help="the labels table the data is trained with: samples it leaves out "
+                          "are not selected (its labels must be the scores')")
     sel.add_argument("--out", required=True, help="index file (created, or extended)")
     sel.add_argument("--overwrite", action="store_true",
                      help="replace epochs the index already has")
@@ -105,6 +116,8 @@ def _add_export(sub) -> None:
     exp.add_argument("--index", required=True)
     exp.add_argument("--epoch", type=int, required=True)
     exp.add_argument("--id-column", default=None, help="column holding sample ids")
+    exp.add_argument("--labels", default=None, metavar="LABELS.parquet",
+                     help=LABELS_HELP + " (the table the run was trained with)")
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_cmd_export)
@@ -125,6 +138,8 @@ def _add_audit(sub) -> None:
     au.add_argument("--stream", action="store_true",
                     help="read --data's images only for the thumbnails shown (ImageNet)")
     au.add_argument("--id-column", default=None, help="column holding sample ids")
+    au.add_argument("--labels", default=None, metavar="LABELS.parquet",
+                    help=LABELS_HELP + " (the table the scores were made with)")
     au.add_argument("--index", default=None, help="a run's index: flagged share per epoch")
     au.add_argument("--true-labels", default=None, metavar="LABELS.parquet",
                     help="labels table with true_label (from `noise` or a run trained with "
@@ -161,6 +176,32 @@ def _add_noise(sub) -> None:
     no.set_defaults(func=_cmd_noise)
 
 
+def _add_clean(sub) -> None:
+    cl = sub.add_parser(
+        "clean", help="act on an audit: a labels table without (or relabeling) flagged samples",
+        description="Write a labels table from an audit: the samples it flags as mislabeled "
+                    "(and those an audit without a reference cannot tell, 'unknown') are left "
+                    "out, or given the audit's suggested label with --relabel; fragile samples "
+                    "(quantization damage, right labels) are kept. Train on it with the recipe "
+                    "key labels: or --labels on score, select, audit and export.")
+    cl.add_argument("--audit", required=True, help="audit folder (coreset-curate audit --out)")
+    cl.add_argument("--relabel", action="store_true",
+                    help="relabel flagged samples to suggested_label instead of leaving them "
+                         "out (those without a suggestion are left out)")
+    cl.add_argument("--kinds", default="mislabeled,unknown",
+                    help="flag kinds to act on, comma-separated (mislabeled,unknown)")
+    cl.add_argument("--labels", default=None, metavar="LABELS.parquet",
+                    help="the labels table the audited scores were made with: its true_label "
+                         "column is carried over and what it left out stays out")
+    cl.add_argument("--data", default=None,
+                    help="the dataset, to check that the table fits it (Parquet folder, ...)")
+    cl.add_argument("--split", default="train")
+    cl.add_argument("--id-column", default=None, help="column holding sample ids")
+    cl.add_argument("--out", required=True, help="labels table to write (.parquet)")
+    cl.add_argument("--overwrite", action="store_true")
+    cl.set_defaults(func=_cmd_clean)
+
+
 def _add_train(sub) -> None:
     tr = sub.add_parser(
         "train", help="full-precision training or QAT with per-epoch coreset selection",
@@ -191,6 +232,7 @@ def _add_score(sub) -> None:
                     "torchvision:NAME")
     sc.add_argument("--split", default="train")
     sc.add_argument("--id-column", default=None, help="column holding sample ids")
+    sc.add_argument("--labels", default=None, metavar="LABELS.parquet", help=LABELS_HELP)
     sc.add_argument("--model", required=True, help="architecture name (see models)")
     sc.add_argument("--checkpoint", required=True, help="student state dict (weights-only)")
     sc.add_argument("--reference", default=None, help="full-precision state dict for DS")
@@ -240,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_demo, _add_select, _add_export, _add_audit, _add_noise, _add_train,
-                _add_score):
+    for add in (_add_demo, _add_select, _add_export, _add_audit, _add_clean, _add_noise,
+                _add_train, _add_score):
         add(sub)
     return parser

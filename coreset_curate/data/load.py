@@ -53,8 +53,13 @@ def load_data(
     crop_size: int | None = None,
     resize_size: int | None = None,
     num_workers: int | None = None,
+    labels=None,
 ):
     """Load one split of an image-classification dataset into memory (see module doc).
+
+    ``labels``: a labels table (path or table: ``sample_id``, ``label``, optional
+    ``true_label``) whose labels replace the dataset's, rows it leaves out on purpose
+    dropped (see ``coreset_curate.labels.apply_labels``).
 
     ``stream=True`` keeps the images encoded and returns a ``stream.StreamingImageData``
     that decodes them batch by batch, cropped to ``crop_size`` (default 224; eval view:
@@ -62,6 +67,14 @@ def load_data(
     crop) in ``num_workers`` processes: for datasets of many or differently sized images
     (ImageNet). It takes a Hugging Face dataset, Parquet files or ``imagefolder:PATH``.
     """
+    if labels is not None:
+        from ..labels import apply_labels
+
+        data = load_data(source, split, image_column=image_column, label_column=label_column,
+                         id_column=id_column, root=root, download=download,
+                         num_threads=num_threads, stream=stream, crop_size=crop_size,
+                         resize_size=resize_size, num_workers=num_workers)
+        return apply_labels(data, labels)
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string; got {split!r}")
     if not isinstance(stream, bool):

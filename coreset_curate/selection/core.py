@@ -182,6 +182,9 @@ class SelectionContext:
     per_class: bool
     min_per_class: int
     options: dict[str, Any] = field(default_factory=dict)
+    # rows per class (indexed by label) before an exclusion list took some out: budgets
+    # stay those of the whole data, so excluding samples never shrinks a subset
+    full_counts: np.ndarray | None = None
 
     @property
     def ids(self) -> np.ndarray:
@@ -208,15 +211,19 @@ class SelectionContext:
     def budget(self) -> tuple[np.ndarray, np.ndarray]:
         """(classes, samples to keep per class) for per-class selection."""
         classes, counts = np.unique(self.labels, return_counts=True)
-        return classes, class_budget(counts, self.fraction, self.min_per_class)
+        if self.full_counts is None:
+            return classes, class_budget(counts, self.fraction, self.min_per_class)
+        full = class_budget(self.full_counts[classes], self.fraction, self.min_per_class)
+        return classes, np.minimum(full, counts)
 
     def total_budget(self) -> int:
         n = len(self.ids)
-        return min(n, max(int(math.floor(self.fraction * n + 0.5)), self.min_per_class))
+        whole = n if self.full_counts is None else int(self.full_counts.sum())
+        return min(n, max(int(math.floor(self.fraction * whole + 0.5)), self.min_per_class))
 
     def top(self, score: np.ndarray) -> Selection:
         keep = top_fraction(score, self.labels, self.fraction, per_class=self.per_class,
-                            min_per_class=self.min_per_class)
+                            min_per_class=self.min_per_class, full_counts=self.full_counts)
         return Selection(self.ids[keep])
 
     def sample(self, score: np.ndarray, temperature: float, uniform: float = 0.0,
@@ -302,8 +309,12 @@ def _read_only_view(a: np.ndarray):
 
 
 def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
-                 per_class: bool = True, min_per_class: int = 0) -> np.ndarray:
+                 per_class: bool = True, min_per_class: int = 0,
+                 full_counts: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the highest-scoring rows, per class or overall.
+
+    ``full_counts`` (rows per class, indexed by label, before some were excluded): the
+    budgets are those of the whole data, capped by the rows left.
 
     Rows must be sorted by sample_id: ties go to the earlier row. One radix sort groups the
     rows by class; in each class a linear-time partition finds the k-th largest score, and
@@ -323,11 +334,15 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
         counts = np.diff(np.searchsorted(lab_g, np.arange(int(lab_g[-1]) + 2,
                                                           dtype=lab_g.dtype)))
         del lab_t, lab_g
-        budget = class_budget(counts, fraction, min_per_class)
+        budget = class_budget(counts if full_counts is None else full_counts[:len(counts)],
+                              fraction, min_per_class)
+        budget = np.minimum(budget, counts)
     else:
         order_t, s_g = None, score
         counts = np.array([n])
-        budget = np.array([min(n, max(int(math.floor(fraction * n + 0.5)), min_per_class))])
+        whole = n if full_counts is None else int(np.sum(full_counts))
+        budget = np.array([min(n, max(int(math.floor(fraction * whole + 0.5)),
+                                      min_per_class))])
     starts = np.cumsum(counts) - counts
     keep_g = np.zeros(n, dtype=bool)
     for c in np.flatnonzero(budget):
@@ -374,12 +389,17 @@ def select(
     per_class: bool = True,
     min_per_class: int = 0,
     options: dict | None = None,
+    exclude=None,
 ) -> Selection:
     """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
 
     ``scores``: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
     or a ``ScoreRounds`` from ``load_rounds``. ``options``: method-specific settings (for
-    example ``{"hard_cut": 0.2}`` for ``ccs``); unknown keys are refused.
+    example ``{"hard_cut": 0.2}`` for ``ccs``); unknown keys are refused. ``exclude``:
+    sample ids the subset must not hold (an array, or an audit / table for
+    ``labels.exclusions``: the flagged mislabeled samples). The method chooses among the
+    other rows and the class budgets stay those of all rows, so the subset keeps its size
+    where the class has rows enough.
     """
     opts = check_request(method, fraction, seed, min_per_class, options)
     if schedule not in SCHEDULES:
@@ -395,9 +415,34 @@ def select(
                              f"rounds at epochs {data.epochs}")
         usable = [0]  # ids and labels only: any round will do
     current = usable[-1]
-    ctx = SelectionContext(data.rounds[current], data.rounds[: current + 1], float(fraction),
-                           int(epoch), epochs, schedule, int(seed), bool(per_class),
-                           int(min_per_class), opts)
+    rounds, full_counts = data.rounds[: current + 1], None
+    if exclude is not None:
+        rounds, full_counts = _without(rounds, exclude)
+    ctx = SelectionContext(rounds[-1], rounds, float(fraction), int(epoch), epochs, schedule,
+                           int(seed), bool(per_class), int(min_per_class), opts, full_counts)
     return spec.fn(ctx)
+
+
+def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:
+    """The rounds without the excluded ids' rows, and the latest round's rows per class
+    before (the budgets). Ids the latest round lacks are refused."""
+    from ..checks import UnknownIds
+    from ..labels import exclusions
+
+    ids = exclusions(exclude)
+    last = rounds[-1]
+    known = np.isin(ids, last["sample_id"])
+    if not known.all():
+        raise UnknownIds(f"the exclusion list names {int((~known).sum())} sample ids that the "
+                         f"score tables lack, e.g. {ids[~known][:5].tolist()} (an audit of "
+                         "another dataset?)")
+    full_counts = np.bincount(last["label"].astype(np.int64))
+    kept = []
+    for r in rounds:
+        keep = ~np.isin(r["sample_id"], ids)
+        kept.append({k: v[keep] for k, v in r.items()})
+    if not len(kept[-1]["sample_id"]):
+        raise ValueError("the exclusion list leaves no sample to select from")
+    return kept, full_counts
 
 

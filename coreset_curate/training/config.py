@@ -15,7 +15,8 @@ from ..checks import (boolean, fraction as check_fraction, non_negative_int,
                       non_negative_number, positive_int)
 from ..selection import METHODS, SCHEDULES
 
-__all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL"]
+__all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL",
+           "PATH_KEYS", "resolve_path", "same_path"]
 
 FULL = "full"
 # score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
@@ -106,6 +107,14 @@ class TrainConfig:
     # selection rounds after the first from the training steps' own student and teacher
     # logits (no scoring pass; see stepscores.py), one process only
     free_scores: bool = False
+    # a labels table (sample_id, label[, true_label]; from `noise` or `clean`) whose labels
+    # replace the training split's; the rows it leaves out on purpose are not trained on
+    labels: str | None = None
+    # samples no subset may hold: an audit folder (its flagged mislabeled samples) or a
+    # table with sample_id; and/or audit the run's scoring rounds at every N-th selection
+    # round, keeping what the audit flags out of the subsets from then on
+    exclude: str | None = None
+    audit_every: int | None = None
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -116,7 +125,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "reselect_every", "calibration_batches"):
             positive_int(name, getattr(self, name))
         for name in ("limit_train", "limit_test", "num_threads", "eval_batch_size",
-                     "score_batch_size", "crop_size", "resize_size"):
+                     "score_batch_size", "crop_size", "resize_size", "audit_every"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name))
         if self.data_workers is not None:
@@ -161,6 +170,16 @@ class TrainConfig:
                                       and re.fullmatch(r"[0-9a-f]{64}", v.lower())):
                 raise ValueError(f"{name} must be a 64-character hex string (quote it in "
                                  f"YAML); got {v!r}")
+        if self.labels is not None and self.label_noise is not None:
+            raise ValueError("labels (a labels table) and label_noise both set the training "
+                             "labels: use one (write noisy labels with `coreset-curate noise`)")
+        if self.method == FULL and (self.exclude or self.audit_every):
+            raise ValueError("exclude and audit_every keep samples out of the subsets of a "
+                             "selection method; with method full, train on a cleaned labels "
+                             "table instead (labels=, from `coreset-curate clean`)")
+        if self.audit_every and self.free_scores:
+            raise ValueError("audit_every audits eval-view scoring rounds; free_scores makes "
+                             "its rounds from training steps: use one or the other")
         if self.label_noise is not None:
             from ..noise import NOISE_TYPES
 
@@ -182,11 +201,45 @@ class TrainConfig:
         return cls(**values)
 
 
+# keys that name files: relative paths in a recipe resolve against the recipe's folder
+# (overrides on the command line, against the working directory)
+PATH_KEYS = ("data", "teacher", "init", "labels", "exclude")
+# data sources that are names, not paths
+_NAMED_SOURCES = ("digits",)
+_NAMED_PREFIXES = ("torchvision:", "hf:")
+
+
+def resolve_path(key: str, value, folder: Path):
+    """``value`` of path key ``key`` as written in a recipe in ``folder``: relative file
+    paths (and the folder of ``imagefolder:PATH``) joined to ``folder``, made absolute;
+    names (``digits``, ``torchvision:NAME``) and absolute paths as they are."""
+    if key not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    if key == "data" and (value in _NAMED_SOURCES or value.startswith(_NAMED_PREFIXES)):
+        return value
+    prefix = ""
+    if key == "data" and value.startswith("imagefolder:"):
+        prefix, value = "imagefolder:", value[len("imagefolder:"):]
+    value = os.path.expanduser(value)
+    if not os.path.isabs(value):
+        value = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+    return prefix + value
+
+
+def same_path(key: str, a, b) -> bool:
+    """Whether two values of a path key name the same file (relative ones against the
+    working directory): a run saved with a working-directory-relative path resumes under
+    a recipe that names it relative to itself."""
+    return resolve_path(key, a, Path.cwd()) == resolve_path(key, b, Path.cwd())
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
     """A ``TrainConfig`` from a YAML recipe and ``key=value`` overrides (values in YAML).
 
     A recipe may start from another with ``base: OTHER.yaml`` (relative to itself) and
-    change only some keys.
+    change only some keys. Relative paths in a recipe (``PATH_KEYS``: data, teacher,
+    init, labels, exclude) are relative to the recipe's own folder, so a recipe runs from
+    any working directory; paths given as overrides are relative to the working directory.
     """
     values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
     values.update(parse_assignments(overrides, "--set"))
@@ -221,6 +274,7 @@ def _recipe_values(path: Path, seen: list[Path]) -> dict:
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping of settings")
+    loaded = {k: resolve_path(k, v, path.parent) for k, v in loaded.items()}
     base = loaded.pop("base", None)
     if base is None:
         return loaded
@@ -228,6 +282,9 @@ def _recipe_values(path: Path, seen: list[Path]) -> dict:
 
 
 def write_config(config: TrainConfig, out: Path) -> None:
+    """``out/config.yaml``: the run's settings as a recipe, its paths absolute (relative
+    ones resolved against the working directory), so that it runs from anywhere."""
     import yaml
 
-    write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+    values = {k: resolve_path(k, v, Path.cwd()) for k, v in asdict(config).items()}
+    write_text(out / "config.yaml", yaml.safe_dump(values, sort_keys=False))

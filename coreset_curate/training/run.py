@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text
+from ..cores import check_cores
 from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
                     spread_positions)
 from ..distributed import barrier, distributed_context
@@ -32,7 +33,7 @@ from ..models import create_model
 from ..quant import calibrate_, quantize_model
 from ..selector import AdaptiveSelector, RoundScorer
 from .checkpoint import load_state, save_atomic, sha256_of
-from .config import FULL, RESUMABLE_CHANGES, TrainConfig, write_config
+from .config import FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, same_path, write_config
 from .loop import evaluate, rank_plan, train_epoch
 from .schedule import ProgressLR, build_optimizer
 
@@ -93,13 +94,31 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool, world: int, main: 
 
 
 def _splits(config: TrainConfig, out: Path, main: bool):
-    """The train and test splits, limited and with injected label noise as configured."""
+    """The train and test splits, limited, with a labels table's labels or injected label
+    noise as configured. Where the truth is known (injected noise, or a labels table with
+    true_label), RUN_DIR/labels.parquet keeps it beside the labels trained on."""
     view = ({"stream": True, "crop_size": config.crop_size, "resize_size": config.resize_size,
              "num_workers": config.data_workers} if config.stream else {})
     train = load_data(config.data, config.train_split, **view)
     test = load_data(config.data, config.test_split, **view)
     if config.limit_train:
         train = train.subset(np.arange(min(config.limit_train, len(train))))
+    if config.labels:
+        from ..labels import Labels, apply_labels, read_labels_table
+
+        table = read_labels_table(config.labels)
+        if config.limit_train:  # a smoke run: the table's rows among the first N
+            inside = np.isin(table.sample_ids, train.sample_ids)
+            table = Labels(table.sample_ids[inside], table.labels[inside],
+                           None if table.true_labels is None else table.true_labels[inside],
+                           {**table.metadata, "dropped": 0, "source_fingerprint": None,
+                            "fingerprint": None}, table.source)
+        train = apply_labels(train, table, missing="drop" if config.limit_train else None)
+        if table.true_labels is not None and main:
+            pos = np.searchsorted(table.sample_ids, train.sample_ids)
+            Labels(train.sample_ids, train.labels.numpy(), table.true_labels[pos], {
+                **table.metadata, "from": str(config.labels)}).write(
+                out / "labels.parquet", overwrite=True)
     if config.limit_test:
         test = test.subset(np.arange(min(config.limit_test, len(test))))
     if config.label_noise:
@@ -175,17 +194,20 @@ class _Run:
 
     def __init__(self) -> None:
         self.start_epoch, self.best_top1, self.calibrated_top1 = 0, -1.0, None
+        self.shared = False
         self.totals = {k: 0.0 for k in (*STAGES, "wall_s")}
 
     def resume_from(self, state: dict, config: TrainConfig, out: Path) -> None:
         saved = state.get("config", {})
         changed = sorted(k for k, v in asdict(config).items()
-                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES)
+                         if k in saved and saved[k] != v and k not in RESUMABLE_CHANGES
+                         and not (k in PATH_KEYS and same_path(k, saved[k], v)))
         if changed:
             raise ValueError(f"cannot resume {out} with other settings: {changed} differ from "
                              "the run's (start a new run, or resume with the same recipe)")
         self.start_epoch, self.best_top1 = int(state["epoch"]), float(state["best_top1"])
         self.calibrated_top1 = state.get("calibrated_top1")
+        self.shared = bool(state.get("cores_oversubscribed", False))
         self.totals.update({k: float(v) for k, v in state["totals"].items()})
 
 
@@ -202,7 +224,7 @@ def _selector(config: TrainConfig, train, eval_tf, reference, digest, out: Path,
         reselect_every=config.reselect_every, schedule=config.schedule, seed=config.seed,
         per_class=config.per_class, min_per_class=config.min_per_class,
         options=config.method_options, transform=eval_tf, free_scores=config.free_scores,
-        **scoring)
+        exclude=config.exclude, audit_every=config.audit_every, **scoring)
     return selector, selector.scorer
 
 
@@ -280,6 +302,7 @@ def _checkpoint(p: _Parts, run: _Run, epoch: int, improved: bool) -> None:
                  "generator": p.gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "epoch": epoch + 1, "best_top1": run.best_top1, "totals": run.totals,
                  "calibrated_top1": run.calibrated_top1, "config": asdict(p.config),
+                 "cores_oversubscribed": run.shared,
                  **({"selector": p.selector.state_dict()} if p.config.free_scores
                     and p.selector is not None else {})},
                 p.out / "last.pt")
@@ -328,6 +351,8 @@ def _summary(p: _Parts, run: _Run, top1: float, t_wall: float) -> dict:
         **{k: round(v, 2) for k, v in run.totals.items()},
         "wall_s": round(run.totals["wall_s"] + time.perf_counter() - t_wall, 2),
         "train_samples": len(p.train), "test_samples": len(p.test), "device": str(p.device),
+        # whether another process's threads shared the cores at some check (times inflated)
+        "cores_oversubscribed": run.shared,
         "model_sha256": sha256_of(p.out / "model.pt"),
     }
     write_text(p.out / "summary.json", json.dumps(summary, indent=2))
@@ -395,8 +420,12 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     end = config.epochs if stop_after is None else min(config.epochs,
                                                         run.start_epoch + stop_after)
     top1 = None
+    # warns once: whether other processes' threads share the cores (times inflated)
+    run.shared = run.shared or (rank == 0 and bool(check_cores()))
     for epoch in range(run.start_epoch, end):
         top1, t_wall = _epoch(p, run, epoch, t_wall)
+        if rank == 0 and not run.shared:
+            run.shared = bool(check_cores())
     if end < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end, config.epochs)
         return None

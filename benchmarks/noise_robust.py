@@ -1,0 +1,275 @@
+"""Noise robustness on real CIFAR-10: does acting on the audit make ACS robust to label noise?
+
+For each setting (20% and 40% symmetric, 20% asymmetric noise, noise seed 0):
+
+1. a full-precision ResNet-20 teacher trained on the noisy labels (``--fp-epochs``, 8: short
+   on purpose, a teacher that memorised its labels cannot audit them), as
+   benchmarks/noise_audit.py trains it;
+2. the audit that cleaning acts on: two scoring rounds, the teacher's own and the
+   calibrated W4A4 student's (DS and the reference columns against the teacher), both
+   with the softmax; ``coreset-curate audit`` of them, then ``clean`` into a relabeled
+   labels table (``audit/``, ``clean_relabel.parquet``); the flags' precision and recall
+   against the true labels are recorded;
+3. W4A4 QAT, the CPU recipe's 12 epochs with a label term (``label_weight: 0.5``) beside
+   distillation from that teacher: ``full`` on the noisy labels, and at 10% ``acs``
+   (the recipe's R = 4) and ``random_epoch`` (re-drawn every epoch: R = 1, the same cost),
+   each with no cleaning, with ``exclude`` (the audit's flagged mislabeled samples never
+   selected; class budgets those of all samples, so the same number of steps) and with
+   ``relabel`` (trained on the relabeled table).
+
+Once: ``full`` on clean labels from a teacher trained the same way on clean labels (the
+ceiling). Every run lives in ``benchmarks/runs/noise_robust/`` and resumes from its last
+epoch; finished rows are skipped. Results: ``benchmarks/results/noise_robust.json`` (one
+record per run: ``noise_type``, ``noise_rate``, ``method``, ``fraction``, ``cleaning``,
+``top1``, ``noisy_share`` of the subsets, ``wall_s`` with scoring included, ``seed``, and
+``cores_oversubscribed`` when another process shared the cores), rendered into
+benchmarks/README.md::
+
+    nohup python benchmarks/noise_robust.py > noise_robust.log 2>&1 &
+    python benchmarks/noise_robust.py --render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coreset_curate.atomic import write_text
+from readme_table import write_between
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = ROOT / "benchmarks" / "runs" / "noise_robust"
+RESULTS = ROOT / "benchmarks" / "results" / "noise_robust.json"
+README = ROOT / "benchmarks" / "README.md"
+TABLE_START, TABLE_END = "<!-- noise-robust:start -->", "<!-- noise-robust:end -->"
+SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.2)]
+# (method, fraction, R, cleaning) of every noisy setting, in the order they run: the 10%
+# rows first (they answer whether cleaning keeps noise out of the subsets), then full data
+ROWS = [("acs", 0.1, 4, "none"), ("random_epoch", 0.1, 1, "none"),
+        ("acs", 0.1, 4, "exclude"), ("random_epoch", 0.1, 1, "exclude"),
+        ("acs", 0.1, 4, "relabel"), ("random_epoch", 0.1, 1, "relabel"),
+        ("full", 1.0, 4, "none")]
+LABEL_WEIGHT = 0.5
+
+
+def tag(noise_type: str | None, rate: float | None) -> str:
+    return "clean" if noise_type is None else f"{noise_type[:3]}{round(rate * 100)}"
+
+
+def load_results() -> list:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+
+
+def save_record(record: dict) -> None:
+    results = [r for r in load_results() if r["name"] != record["name"]] + [record]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_text(RESULTS, json.dumps(results, indent=2))
+
+
+def train(config, out: Path) -> dict:
+    from coreset_curate.training import run_training
+
+    resume = (out / "last.pt").exists()
+    print(f"{out}: {'resuming' if resume else 'starting'}", flush=True)
+    return run_training(config, out, resume=resume, overwrite=not resume)
+
+
+def noise_key(noise_type, rate) -> list[str]:
+    return [] if noise_type is None else [
+        f"label_noise={{type: {noise_type}, rate: {rate}, seed: 0}}"]
+
+
+def teacher(args, noise_type, rate) -> Path:
+    from coreset_curate.training import load_recipe
+
+    out = RUNS_DIR / tag(noise_type, rate) / "fp"
+    name = f"{tag(noise_type, rate)}_fp"
+    if not any(r["name"] == name for r in load_results()):
+        cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
+                          [f"data={args.data}", f"epochs={args.fp_epochs}",
+                           *noise_key(noise_type, rate), *args.common])
+        summary = train(cfg, out)
+        save_record({"name": name, "kind": "teacher", "noise_type": noise_type,
+                     "noise_rate": rate, **{k: summary[k] for k in (
+                         "epochs", "top1", "best_top1", "wall_s", "cores_oversubscribed")},
+                     **args.info})
+    return out
+
+
+def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
+    """Score the teacher and the calibrated student, audit both rounds, write the
+    relabeled table; returns the audit's record (computed once, then read back)."""
+    from coreset_curate.data import default_transforms, iter_batches, load_data, spread_positions
+    from coreset_curate.labels import apply_labels, exclusions, read_labels_table
+    from coreset_curate.models import create_model
+    from coreset_curate.quant import calibrate_, quantize_model
+    from coreset_curate.scores import score_dataset
+    from coreset_curate.tables import write_table
+    from coreset_curate.training import load_checkpoint, load_recipe
+
+    name = f"{tag(noise_type, rate)}_audit"
+    done = next((r for r in load_results() if r["name"] == name), None)
+    if done is not None:
+        return done
+    folder = fp_dir.parent
+    t0 = time.perf_counter()
+    train_set = load_data(args.data, "train")
+    if args.limit_train:
+        train_set = train_set.subset(np.arange(min(args.limit_train, len(train_set))))
+    train_set = apply_labels(train_set, fp_dir / "labels.parquet")  # the noisy labels
+    _, eval_tf = default_transforms(train_set)
+    qat = load_recipe(ROOT / "recipes" / "cifar10_resnet20_w4a4_full.yaml")
+    fp = create_model("resnet20", num_classes=train_set.num_classes)
+    load_checkpoint(fp, fp_dir / "model.pt")
+    student = create_model("resnet20", num_classes=train_set.num_classes)
+    student.load_state_dict(fp.state_dict())
+    quantize_model(student, qat.w_bits, qat.a_bits, per_channel=qat.per_channel,
+                   first_last=qat.first_last, init=qat.quant_init)
+    rows = spread_positions(len(train_set), 256 * qat.calibration_batches)
+    calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(train_set, 256, rows)),
+               max_batches=qat.calibration_batches)
+    rounds = []
+    for epoch, (model, ref) in enumerate(((fp, None), (student, fp))):
+        table = score_dataset(model, train_set, ref, transform=eval_tf, epoch=epoch,
+                              probs=True, batch_size=256)
+        rounds.append(write_table(table, folder / "rounds" / f"epoch_{epoch:04d}.parquet",
+                                  overwrite=True))
+    scoring_s = time.perf_counter() - t0
+    cli = [sys.executable, "-m", "coreset_curate"]
+    subprocess.run([*cli, "audit", "--scores", *map(str, rounds), "--true-labels",
+                    str(fp_dir / "labels.parquet"), "--out", str(folder / "audit"),
+                    "--overwrite"], check=True)
+    subprocess.run([*cli, "clean", "--audit", str(folder / "audit"), "--relabel",
+                    "--labels", str(fp_dir / "labels.parquet"),
+                    "--out", str(folder / "clean_relabel.parquet"), "--overwrite"], check=True)
+    from coreset_curate.tables import read_table, table_metadata
+
+    flagged = exclusions(folder / "audit")
+    audit_meta = table_metadata(read_table(folder / "audit" / "audit.parquet"))
+    relabeled = read_labels_table(folder / "clean_relabel.parquet")
+    record = {"name": name, "kind": "audit", "noise_type": noise_type, "noise_rate": rate,
+              "flagged_mislabeled": int(len(flagged)),
+              "flags": audit_meta["metrics"]["mislabeled_kind"],
+              "noisy_share_before": float(audit_meta["metrics"]["true_noise_rate"]),
+              "noisy_share_relabeled": float(np.mean(relabeled.labels
+                                                     != relabeled.true_labels)),
+              "relabeled": relabeled.metadata["relabeled"],
+              "left_out_by_relabel": relabeled.metadata["dropped"],
+              "wall_s": round(time.perf_counter() - t0, 1), "scoring_s": round(scoring_s, 1),
+              **args.info}
+    save_record(record)
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> None:
+    from equal_cost import noisy_share
+
+    from coreset_curate.training import load_recipe
+
+    t = tag(noise_type, rate)
+    name = f"{t}_{method}_{round(fraction * 100)}_R{r}_{cleaning}_s0"
+    if any(x["name"] == name for x in load_results()):
+        return
+    sets = [f"data={args.data}", f"teacher={fp_dir / 'model.pt'}", "teacher_sha256=null",
+            f"label_weight={LABEL_WEIGHT}", f"method={method}", f"fraction={fraction}",
+            f"reselect_every={r}", "seed=0", *args.common]
+    if cleaning == "relabel":
+        sets.append(f"labels={RUNS_DIR / t / 'clean_relabel.parquet'}")
+    else:
+        sets += noise_key(noise_type, rate)
+    if cleaning == "exclude":
+        sets.append(f"exclude={RUNS_DIR / t / 'audit'}")
+    config = load_recipe(ROOT / "recipes" / "cifar10_resnet20_w4a4_full.yaml", sets)
+    out = RUNS_DIR / t / name
+    summary = train(config, out)
+    record = {"name": name, "kind": "run", "noise_type": noise_type, "noise_rate": rate,
+              "cleaning": cleaning, "label_weight": LABEL_WEIGHT,
+              **{k: summary[k] for k in ("method", "fraction", "epochs", "R", "seed", "top1",
+                                         "best_top1", "wall_s", "scoring_s", "selection_s",
+                                         "train_s", "eval_s", "train_samples",
+                                         "cores_oversubscribed")},
+              "noisy_share": noisy_share(out) if method != "full" else None, **args.info}
+    save_record(record)
+    print(json.dumps(record), flush=True)
+
+
+def render(results: list) -> str:
+    runs = [r for r in results if r["kind"] == "run"]
+    audits = {(r["noise_type"], r["noise_rate"]): r for r in results if r["kind"] == "audit"}
+    lines = ["| noise | method | fraction | cleaning | top-1 | best | noisy share of subsets "
+             "| wall (s) | scoring (s) | cores shared |", "|" + " --- |" * 10]
+    order = {n: i for i, n in enumerate([None, *[t for t, _ in SETTINGS]])}
+    for r in sorted(runs, key=lambda r: (order.get(r["noise_type"], 9), r["noise_rate"] or 0,
+                                         r["method"] != "full", r["cleaning"], r["method"])):
+        noise = "clean" if r["noise_type"] is None else f"{r['noise_type']} {r['noise_rate']:.0%}"
+        share = "-" if r["noisy_share"] is None else f"{r['noisy_share']:.3f}"
+        lines.append(f"| {noise} | {r['method']} | {r['fraction']:g} | {r['cleaning']} | "
+                     f"{r['top1']:.2f} | {r['best_top1']:.2f} | {share} | {r['wall_s']:.0f} | "
+                     f"{r['scoring_s']:.0f} | {'yes' if r['cores_oversubscribed'] else 'no'} |")
+    if audits:
+        lines += ["", "| noise | flagged mislabeled | precision | recall | wrong labels before "
+                  "| after relabel | relabeled | left out |", "|" + " --- |" * 8]
+        for (nt, rate), a in sorted(audits.items(), key=lambda kv: order.get(kv[0][0], 9)):
+            f = a["flags"]
+            lines.append(f"| {nt} {rate:.0%} | {a['flagged_mislabeled']} | {f['precision']:.3f} "
+                         f"| {f['recall']:.3f} | {a['noisy_share_before']:.3f} | "
+                         f"{a['noisy_share_relabeled']:.3f} | {a['relabeled']} | "
+                         f"{a['left_out_by_relabel']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--fp-epochs", type=int, default=8)
+    parser.add_argument("--settings", nargs="*", default=[tag(*s) for s in SETTINGS],
+                        choices=[tag(*s) for s in SETTINGS])
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the clean-label run")
+    parser.add_argument("--limit-train", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--runs-dir", default=None, help="(smoke runs) instead of benchmarks/runs")
+    parser.add_argument("--results", default=None, help="(smoke runs) instead of the results file")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the results into benchmarks/README.md")
+    args = parser.parse_args()
+    global RUNS_DIR, RESULTS
+    RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
+    RESULTS = Path(args.results) if args.results else RESULTS
+    if args.render:
+        text = render(load_results())
+        write_between(README, TABLE_START, TABLE_END, text)
+        print(text)
+        return
+    args.common = ([f"limit_train={args.limit_train}", "limit_test=500", "compile=false"]
+                   if args.limit_train else [])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    args.info = {"machine": {"cpu": platform.processor() or platform.machine(),
+                             "cores": os.cpu_count(), "torch": torch.__version__},
+                 "date": time.strftime("%Y-%m-%d"), "commit": commit,
+                 **({"limit_train": args.limit_train} if args.limit_train else {})}
+    for noise_type, rate in SETTINGS:
+        if tag(noise_type, rate) not in args.settings:
+            continue
+        fp_dir = teacher(args, noise_type, rate)
+        cleaning_audit(args, noise_type, rate, fp_dir)
+        for method, fraction, r, cleaning in ROWS:
+            row(args, noise_type, rate, fp_dir, method, fraction, r, cleaning)
+        if not args.no_ceiling and (noise_type, rate) == SETTINGS[0]:
+            row(args, None, None, teacher(args, None, None), "full", 1.0, 4, "none")
+    if not args.results:
+        write_between(README, TABLE_START, TABLE_END, render(load_results()))
+
+
+if __name__ == "__main__":
+    main()
