@@ -242,6 +242,10 @@ def main() -> None:
     parser.add_argument("--render", action="store_true",
                         help="only write the results into benchmarks/README.md")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
     RESULTS = Path(args.results) if args.results else RESULTS

@@ -91,7 +91,8 @@ class Labels:
             cols.append(pa.array(self.true_labels, pa.int64()))
             fields.append(LABELS_FIELDS[2])
         table = pa.table(cols, schema=pa.schema(fields))
-        meta = {k: v for k, v in self.metadata.items() if k not in ("created", "version")}
+        meta = {k: v for k, v in self.metadata.items()
+                if k not in ("created", "package_version")}
         return with_metadata(table, make_metadata(**{"kind": "labels", **meta}))
 
     def write(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -334,3 +334,27 @@ def test_busy_elsewhere_reads_the_kernel_count(tmp_path):
     assert 0 <= others <= 6  # 7 running, at least the reading thread is this process's
     fake.write_text("garbage\n")
     assert busy_elsewhere(samples=1, path=str(fake)) is None
+
+
+def test_trainer_audits_every_round_and_keeps_flags_out(tmp_path):
+    """audit_every in a QAT recipe: each round's audit is written, and no later subset
+    holds a sample it flagged as mislabeled."""
+    fp = run_training(TrainConfig(**BASE, mode="fp", epochs=6, warmup_epochs=1), tmp_path / "fp")
+    assert fp["top1"] > 80
+    cfg = TrainConfig(**{**BASE, "mode": "qat", "teacher": str(tmp_path / "fp" / "model.pt"),
+                         "optimizer": "adam", "lr": 1e-3, "w_bits": 4, "a_bits": 4,
+                         "epochs": 4, "reselect_every": 2, "method": "acs", "fraction": 0.2,
+                         "label_noise": {"rate": 0.2}, "label_weight": 0.5, "audit_every": 1})
+    run_training(cfg, tmp_path / "qat")
+    audits = sorted((tmp_path / "qat" / "audits").glob("epoch_*.parquet"))
+    assert [p.name for p in audits] == ["epoch_0000.parquet", "epoch_0002.parquet"]
+    index = read_index(tmp_path / "qat" / "index.parquet")
+    labels = read_labels_table(tmp_path / "qat" / "labels.parquet")
+    wrong = labels.sample_ids[labels.labels != labels.true_labels]
+    for epoch, audit_file in ((0, audits[0]), (2, audits[1])):
+        flagged = exclusions(audit_file)
+        assert len(flagged) > 50 and np.isin(flagged, wrong).mean() > 0.5
+        for e in (epoch, epoch + 1):
+            ids, _ = epoch_rows(index, e)
+            assert not np.isin(ids, flagged).any()
+            assert len(ids) == round(0.2 * 1437) or abs(len(ids) - 0.2 * 1437) <= 10

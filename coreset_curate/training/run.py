@@ -142,7 +142,9 @@ def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: 
     """A full-precision model from a weights-only checkpoint, its sha256 checked."""
     digest = sha256_of(path)
     if sha256 and digest != sha256.lower():
-        raise ValueError(f"{what} {path} does not have the sha256 the recipe names ({sha256})")
+        raise ValueError(f"{what} {path} does not have the sha256 the recipe names ({sha256}; "
+                         f"it has {digest}): a checkpoint of your own needs "
+                         f"--set {what}_sha256={digest} (or null)")
     fp = create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
                       **kwargs)
     try:
