@@ -387,6 +387,9 @@ class AdaptiveSelector:
             state["index_metadata"] = json.dumps(table_metadata(self._index), sort_keys=True)
         if self.steps is not None:
             state["steps"] = self.steps.state_dict()
+        if self._flags:  # this sitting's audits (with out=, they are also on disk)
+            state["flags"] = {str(e): torch.from_numpy(ids.copy())
+                              for e, ids in self._flags.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -398,6 +401,8 @@ class AdaptiveSelector:
         self.totals = {k: float(v) for k, v in state["totals"].items()}
         if self.steps is not None and "steps" in state:
             self.steps.load_state_dict(state["steps"])
+        for e, ids in state.get("flags", {}).items():
+            self._flags.setdefault(int(e), ids.numpy().astype(np.int64))
         if "index" not in state or (self.out is not None and self._index is not None):
             return  # an index on disk is at least as recent as the state
         cols = {c: t.numpy() for c, t in state["index"].items()}

@@ -231,6 +231,17 @@ def test_selector_audits_as_it_goes_and_keeps_flags_out(tmp_path):
     assert wrong[flagged].mean() > 0.9 and wrong[flagged].sum() > 0.8 * wrong.sum()
     assert not np.isin(epoch_rows(read_index(tmp_path / "run" / "index.parquet"), 3)[0],
                        flagged).any()
+    # in memory, resumed from its state: the audit's flags come back with it
+    state = plain.state_dict()
+    mem = cc.AdaptiveSelector(TensorDataset(x, given), "el2n", 0.2, epochs=4, reselect_every=2,
+                              reference=model, audit_every=2)
+    mem.subset(0, model)
+    again = cc.AdaptiveSelector(TensorDataset(x, given), "el2n", 0.2, epochs=4,
+                                reselect_every=2, reference=model, audit_every=2)
+    again.load_state_dict(mem.state_dict())
+    ids, _ = again.subset(2, model)  # no audit due at epoch 2 (every 2nd round)
+    assert not np.isin(ids, mem._flags[0]).any() and len(mem._flags[0]) > 50
+    assert state["settings"] != mem.state_dict()["settings"]
     # a selector over the folder with other exclusion settings is refused
     with pytest.raises(ValueError, match="other settings"):
         cc.AdaptiveSelector(TensorDataset(x, given), "el2n", 0.2, epochs=4, reselect_every=2,
