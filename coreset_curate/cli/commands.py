@@ -61,6 +61,20 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_detection(args: argparse.Namespace) -> int:
+    from ..data import load_data
+    from ..detection import make_coco, read_coco
+
+    data = load_data(args.data, args.split)
+    split = args.out_split or args.split
+    path = make_coco(data, args.out, split, count=args.count, seed=args.seed,
+                     class_noise=args.class_noise, overwrite=args.overwrite)
+    det = read_coco(args.out, split)  # read back: the layout is what the reader expects
+    boxes = sum(len(b) for b in det.boxes)
+    print(f"wrote {path}: {len(det)} images, {boxes} boxes of {det.num_classes} classes")
+    return 0
+
+
 def _cmd_noise(args: argparse.Namespace) -> int:
     from ..data import load_data
     from ..noise import inject_noise

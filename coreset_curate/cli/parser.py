@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .commands import (_cmd_audit, _cmd_clean, _cmd_demo, _cmd_export, _cmd_noise,
-                       _cmd_score, _cmd_select, _cmd_train)
+from .commands import (_cmd_audit, _cmd_clean, _cmd_demo, _cmd_export, _cmd_make_detection,
+                       _cmd_noise, _cmd_score, _cmd_select, _cmd_train)
 
 
 def _positive_int(text: str) -> int:
@@ -202,6 +202,28 @@ def _add_clean(sub) -> None:
     cl.set_defaults(func=_cmd_clean)
 
 
+def _add_make_detection(sub) -> None:
+    md = sub.add_parser(
+        "make-detection", help="write a COCO-layout detection set made from a classification "
+                               "split (objects pasted onto canvases)",
+        description="Paste images of a classification split (1-4 a canvas, 24-56 px) onto "
+                    "96-128 px canvases with exact boxes and write ROOT/SPLIT/*.png and "
+                    "ROOT/annotations/instances_SPLIT.json, deterministically by seed; "
+                    "load_data('coco:ROOT', SPLIT) reads it back.")
+    md.add_argument("--data", required=True, help="classification dataset (Parquet folder, "
+                    "digits, ...)")
+    md.add_argument("--split", default="train", help="split to take the objects from")
+    md.add_argument("--count", type=_positive_int, required=True, help="canvases to write")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--class-noise", type=float, default=0.0,
+                    help="share of boxes given another class (truth kept in "
+                         "true_category_id), for experiments (0)")
+    md.add_argument("--out-split", default=None, help="split name written (default --split)")
+    md.add_argument("--out", required=True, help="dataset root folder")
+    md.add_argument("--overwrite", action="store_true")
+    md.set_defaults(func=_cmd_make_detection)
+
+
 def _add_train(sub) -> None:
     tr = sub.add_parser(
         "train", help="full-precision training or QAT with per-epoch coreset selection",
@@ -283,6 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_demo, _add_select, _add_export, _add_audit, _add_clean, _add_noise,
-                _add_train, _add_score):
+                _add_train, _add_score, _add_make_detection):
         add(sub)
     return parser

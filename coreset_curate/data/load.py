@@ -8,6 +8,7 @@ image folders and scikit-learn's digits.
   ``../shared/data/cifar10``, whose files are named ``train-*.parquet`` / ``test-*.parquet``);
 * ``"torchvision:NAME"`` (``CIFAR10``, ``CIFAR100``, ``MNIST``, ``FashionMNIST``, ...) read
   from ``root``, downloading only with ``download=True``;
+* ``"coco:ROOT"``: a COCO-layout detection dataset (``detection.read_coco``);
 * ``"digits"``: scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn;
   split ``train`` = rows whose index is not a multiple of 5, ``test`` = the others,
   ``all`` = every row).
@@ -100,6 +101,12 @@ def load_data(
         raise TypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
                         f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
     text = os.fspath(source)
+    if text.startswith("coco:"):  # a detection dataset: images with boxes
+        if stream or labels is not None:
+            raise ValueError("coco: detection datasets load into memory, without labels=")
+        from ..detection import read_coco
+
+        return read_coco(text.split(":", 1)[1], split)
     if text.startswith("imagefolder:"):
         return _image_folder(text, split, view if stream else None, num_threads)
     if stream and (text == "digits" or text.startswith("torchvision:")):

@@ -1,0 +1,153 @@
+"""Detection data: the COCO-layout reader, the set made from a classification split, and
+box-aware transforms."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coreset_curate.cli import main
+from coreset_curate.data import load_data
+from coreset_curate.detection import BadAnnotation, hflip, make_coco, read_coco, resize
+from coreset_curate.detection.synth import _resized
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", "train")
+
+
+@pytest.fixture(scope="module")
+def made(digits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    make_coco(digits, root, "train", count=40, seed=3)
+    return root
+
+
+def test_made_set_reads_back_with_exact_boxes(made, digits):
+    det = load_data(f"coco:{made}", "train")
+    doc = json.loads((made / "annotations" / "instances_train.json").read_text())
+    assert len(det) == 40 and list(det.sample_ids) == list(range(1, 41))
+    assert det.class_names == digits.class_names and det.category_ids == list(range(1, 11))
+    assert 40 <= sum(len(b) for b in det.boxes) <= 160
+    by_image: dict[int, list] = {}
+    for a in doc["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for i, img in enumerate(det.images):
+        h, w = img.shape[1:]
+        assert 96 <= h <= 128 and 96 <= w <= 128
+        anns = by_image.get(int(det.sample_ids[i]), [])
+        assert len(anns) == len(det.boxes[i])
+        for a, box, cls in zip(anns, det.boxes[i], det.classes[i]):
+            x, y, s, _ = a["bbox"]
+            assert np.array_equal(box, [x, y, x + s, y + s]) and 24 <= s <= 56
+            assert cls == a["category_id"] - 1 == a["true_category_id"] - 1
+        # the object pasted last lies on top: its box holds exactly its resized source
+        if anns:
+            a = anns[-1]
+            x, y, s, _ = a["bbox"]
+            src = digits.images[digits.positions([a["source_id"]])[0]].expand(3, -1, -1)
+            assert np.array_equal(img[:, y:y + s, x:x + s].numpy(), _resized(src, s))
+            assert det.classes[i][-1] == int(digits.labels[digits.positions(
+                [a["source_id"]])[0]])
+
+
+def test_made_set_is_deterministic_by_seed(made, digits, tmp_path):
+    make_coco(digits, tmp_path / "a", "train", count=40, seed=3)
+    make_coco(digits, tmp_path / "b", "train", count=40, seed=4)
+    for name in ("annotations/instances_train.json", "train/000007.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (made / name).read_bytes()
+    assert (tmp_path / "b" / "annotations" / "instances_train.json").read_bytes() != (
+        made / "annotations" / "instances_train.json").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        make_coco(digits, tmp_path / "a", "train", count=5)
+
+
+def test_class_noise_relabels_its_share_and_keeps_the_truth(digits, tmp_path):
+    make_coco(digits, tmp_path, "train", count=300, seed=0, class_noise=0.3)
+    anns = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())[
+        "annotations"]
+    wrong = np.mean([a["category_id"] != a["true_category_id"] for a in anns])
+    assert len(anns) > 500 and abs(wrong - 0.3) < 0.05
+
+
+def _coco(root, images, annotations, categories):
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "train").mkdir(exist_ok=True)
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": categories}))
+    return root
+
+
+def test_grayscale_sparse_categories_crowd_and_empty_images(tmp_path):
+    Image.fromarray(np.full((20, 30), 77, np.uint8), mode="L").save(tmp_path / "g.png")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "g.png").rename(tmp_path / "train" / "g.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "train" / "e.png")
+    _coco(tmp_path, [{"id": 90, "file_name": "g.png", "width": 30, "height": 20},
+                     {"id": 5, "file_name": "e.png", "width": 10, "height": 10}],
+          [{"id": 1, "image_id": 90, "category_id": 17, "bbox": [1, 2, 10, 5]},
+           {"id": 2, "image_id": 90, "category_id": 3, "bbox": [0, 0, 30, 20], "iscrowd": 1},
+           {"id": 3, "image_id": 90, "category_id": 17, "bbox": [20, 10, 10, 10]}],
+          [{"id": 17, "name": "cat"}, {"id": 3, "name": "dog"}])
+    det = read_coco(tmp_path, "train")
+    assert list(det.sample_ids) == [5, 90] and det.class_names == ["dog", "cat"]
+    assert det.category_ids == [3, 17]
+    gray = det.images[1]
+    assert gray.shape == (3, 20, 30) and (gray == 77).all()
+    assert det.boxes[0].shape == (0, 4) and det.image_labels.tolist() == [-1, 1]
+    assert np.array_equal(det.boxes[1], [[1, 2, 11, 7], [20, 10, 30, 20]])
+    assert np.array_equal(det.crowd[1], [[0, 0, 30, 20]])
+
+
+@pytest.mark.parametrize("ann,message", [
+    ({"id": 7, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 4]}, "outside the 16x12"),
+    ({"id": 7, "image_id": 1, "category_id": 9, "bbox": [1, 1, 2, 2]}, "category 9"),
+    ({"id": 7, "image_id": 2, "category_id": 1, "bbox": [1, 1, 2, 2]}, "refers to image 2"),
+    ({"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 2]}, "no area"),
+    ({"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2]}, "[x, y, width, height]"),
+])
+def test_bad_annotations_name_the_image(tmp_path, ann, message):
+    _coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], [ann],
+          [{"id": 1, "name": "x"}])
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "train" / "a.png")
+    with pytest.raises(BadAnnotation, match="image") as err:
+        read_coco(tmp_path, "train")
+    assert message in str(err.value)
+
+
+def test_missing_or_mis_sized_image_files_are_named(tmp_path):
+    _coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], [],
+          [{"id": 1, "name": "x"}])
+    with pytest.raises(FileNotFoundError, match="a.png"):
+        read_coco(tmp_path, "train")
+    Image.fromarray(np.zeros((12, 15, 3), np.uint8)).save(tmp_path / "train" / "a.png")
+    with pytest.raises(BadAnnotation, match="15x12 but the annotations say 16x12"):
+        read_coco(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="instances_val.json"):
+        read_coco(tmp_path, "val")
+
+
+def test_boxes_follow_flips_and_resizes():
+    img = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    box = np.array([[10, 5, 25, 30]], np.float32)
+    img[:, 5:30, 10:25] = 255
+    flipped, fbox = hflip(img, box)
+    ys, xs = np.nonzero(flipped[0].numpy())
+    assert np.array_equal(fbox, [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])
+    big, bbox = resize(img, box, (80, 120))
+    assert np.array_equal(bbox, box * 2)
+    ys, xs = np.nonzero(big[0].numpy() > 127)
+    assert np.array_equal([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], bbox[0])
+
+
+def test_cli_make_detection(tmp_path, capsys):
+    assert main(["make-detection", "--data", "digits", "--split", "test", "--count", "6",
+                 "--out", str(tmp_path), "--out-split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "6 images" in out and (tmp_path / "annotations" / "instances_val.json").exists()
+    assert len(read_coco(tmp_path, "val")) == 6
