@@ -63,7 +63,8 @@ class QuantConfig:
     per_channel: one weight step per output channel (True) or one per layer (False).
     first_last: ``"int8"`` keeps the first conv and the last linear at 8 bits (the LSQ
         paper's choice), ``"float"`` leaves them in float, ``"same"`` quantizes them like
-        every other layer.
+        every other layer. A model with an ``output_layers`` attribute (module names: a
+        detector's class and box convolutions) has those as its last layers.
     init: step-size initialisation, ``"mse"`` (grid search for the step that minimises
         the quantization error; default) or ``"lsq"`` (the paper's 2 * mean|v| / sqrt(Qp)).
     """
@@ -368,10 +369,13 @@ def quantize_model(
     if not layers:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
     first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
-    last_linear = next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    # the output layers: a classifier's last linear, or those a model names (a detector's
+    # class and box convolutions)
+    outputs = set(getattr(model, "output_layers", ()) or
+                  [next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)])
     for name, module in layers:
         wb, ab = config.w_bits, config.a_bits
-        if name in (first_conv, last_linear):
+        if name == first_conv or name in outputs:
             if config.first_last == "float":
                 continue
             if config.first_last == "int8":

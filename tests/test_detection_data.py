@@ -151,3 +151,39 @@ def test_cli_make_detection(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 images" in out and (tmp_path / "annotations" / "instances_val.json").exists()
     assert len(read_coco(tmp_path, "val")) == 6
+
+
+# ------------------------------------------------------------------ models
+def test_retinanet_quantizes_every_conv_with_first_and_outputs_at_8_bits(tmp_path):
+    from coreset_curate.detection import create_detector
+    from coreset_curate.quant import _QuantMixin, calibrate_, quantize_model
+
+    torch.manual_seed(0)
+    model = create_detector("retinanet_resnet18_fpn", num_classes=10)
+    convs = [n for n, m in model.named_modules() if type(m) is torch.nn.Conv2d]
+    quantize_model(model, 4, 4)
+    bits = {n: m.w_quant.bits for n, m in model.named_modules() if isinstance(m, _QuantMixin)}
+    assert sorted(bits) == sorted(convs)  # backbone, FPN and both heads
+    eight = {"backbone.body.conv1", "head.classification_head.cls_logits",
+             "head.regression_head.bbox_reg"}
+    assert {n for n, b in bits.items() if b == 8} == eight
+    assert all(b == 4 for n, b in bits.items() if n not in eight)
+    x = torch.rand(2, 3, 100, 120)
+    calibrate_(model, [x], max_batches=1)
+    model.train()
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0]]), "labels": torch.tensor([3])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model(list(x), targets)
+    assert set(losses) == {"classification", "bbox_regression"}
+    sum(losses.values()).backward()
+    step = model.head.classification_head.conv[0][0].w_quant.step
+    assert step.grad is not None and torch.isfinite(step.grad).all()
+    torch.save(model.state_dict(), tmp_path / "q.pt")
+    again = quantize_model(create_detector("retinanet_resnet18_fpn", num_classes=10), 4, 4)
+    again.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    model.eval(), again.eval()
+    with torch.no_grad():
+        a, b = model(list(x)), again(list(x))
+    assert all(torch.equal(p["scores"], q["scores"]) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="unknown detector"):
+        create_detector("yolo", num_classes=10)

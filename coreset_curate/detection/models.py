@@ -1,0 +1,95 @@
+"""RetinaNet detectors from torchvision, sized for the data here and ready for LSQ.
+
+``create_detector("retinanet_resnet18_fpn", num_classes=10)`` (small inputs, for the CPU
+set made by ``make_coco``) and ``"retinanet_resnet50_fpn"`` (the paper's, COCO-sized
+inputs), registered apart from the classifiers (``DETECTORS``, ``register_detector``):
+torchvision's ``RetinaNet`` on a ResNet FPN backbone (P3-P7, batch-norm that trains, every
+layer trainable), its own focal and box losses in train mode and post-processed detections
+in eval mode. Images go in as float tensors in [0, 1]; the model normalises and resizes
+them itself (``min_size``/``max_size``: 128/128 for the small set, COCO's 800/1333 for
+ResNet-50).
+
+``output_layers`` names the head's two output convolutions (class logits and box
+deltas): ``quantize_model`` keeps them at 8 bits with ``first_last="int8"``, as it keeps a
+classifier's last linear layer, beside the backbone's first convolution. Every other
+convolution of backbone, FPN and heads is quantized at the model's bit widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..checks import is_int
+
+__all__ = ["DETECTORS", "register_detector", "create_detector", "list_detectors", "retinanet"]
+
+DETECTORS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_detector(name: str) -> Callable:
+    def add(fn):
+        if name in DETECTORS:
+            raise ValueError(f"detector {name!r} is already registered")
+        DETECTORS[name] = fn
+        return fn
+
+    return add
+
+
+def list_detectors() -> list[str]:
+    return sorted(DETECTORS)
+
+
+def create_detector(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Build the registered detector ``name`` with untrained weights."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(list_detectors())}")
+    if not is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+    return DETECTORS[name](num_classes=num_classes, **kwargs)
+
+OUTPUT_LAYERS = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg")
+
+
+def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 128,
+              max_size: int = 128,
+              anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
+              score_thresh: float = 0.05, detections_per_img: int = 100) -> nn.Module:
+    """A RetinaNet with untrained weights (see module doc). ``anchor_sizes``: the base
+    anchor side of P3..P7 (three scales and three aspect ratios each)."""
+    import torchvision
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    if backbone not in ("resnet18", "resnet34", "resnet50"):
+        raise ValueError(f"backbone must be resnet18, resnet34 or resnet50; got {backbone!r}")
+    if len(anchor_sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size for each of P3..P7; got {anchor_sizes}")
+    body = getattr(torchvision.models, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
+    fpn = _resnet_fpn_extractor(body, trainable_layers=5, returned_layers=[2, 3, 4],
+                                extra_blocks=LastLevelP6P7(256, 256), norm_layer=nn.BatchNorm2d)
+    anchors = AnchorGenerator(
+        tuple((s, round(s * 2 ** (1 / 3)), round(s * 2 ** (2 / 3))) for s in anchor_sizes),
+        ((0.5, 1.0, 2.0),) * 5)
+    model = RetinaNet(fpn, num_classes, min_size=min_size, max_size=max_size,
+                      anchor_generator=anchors, score_thresh=score_thresh,
+                      detections_per_img=detections_per_img)
+    model.output_layers = OUTPUT_LAYERS
+    return model
+
+
+@register_detector("retinanet_resnet18_fpn")
+def _retinanet_r18(num_classes: int, **kwargs) -> nn.Module:
+    return retinanet(num_classes, backbone="resnet18", **kwargs)
+
+
+@register_detector("retinanet_resnet50_fpn")
+def _retinanet_r50(num_classes: int, **kwargs) -> nn.Module:
+    kwargs.setdefault("min_size", 800)
+    kwargs.setdefault("max_size", 1333)
+    kwargs.setdefault("anchor_sizes", (32, 64, 128, 256, 512))
+    return retinanet(num_classes, backbone="resnet50", **kwargs)
