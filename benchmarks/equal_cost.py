@@ -112,6 +112,50 @@ def noisy_share(run_dir: Path) -> float | None:
     return float(np.mean((given != true)[pos]))
 
 
+def score_coverage(run_dir: Path) -> list[dict] | None:
+    """For a run whose rounds come from training steps (free_scores): per selection
+    epoch, the share of all samples that had a score and of the selected ones that had
+    one (the rest were drawn without any information about them)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from coreset_curate.index import epoch_rows, read_index
+
+    rounds = sorted((run_dir / "scores").glob("epoch_*.parquet"))
+    if not rounds or not (run_dir / "index.parquet").exists():
+        return None
+    index = read_index(run_dir / "index.parquet")
+    out = []
+    for path in rounds:
+        t = pq.read_table(path, columns=["sample_id", "loss"])
+        seen = ~np.isnan(t.column("loss").to_numpy(zero_copy_only=False).astype(np.float64))
+        epoch = int(path.stem.split("_")[1])
+        chosen, _ = epoch_rows(index, epoch)
+        pos = np.searchsorted(t.column("sample_id").to_numpy(), chosen)
+        out.append({"epoch": epoch, "scored": float(seen.mean()),
+                    "selected_scored": float(seen[pos].mean())})
+    return out
+
+
+def write_coverage() -> None:
+    """``--coverage``: score_coverage of every finished free-scores run, into
+    equal_cost_coverage.json, and a one-line summary of each printed."""
+    from coreset_curate.atomic import write_text
+
+    rows = []
+    for r in load_results():
+        if not r.get("free_scores"):
+            continue
+        cov = score_coverage(RUNS_DIR / r["name"])
+        if cov is None:
+            continue
+        rows.append({"name": r["name"], "per_epoch": cov})
+        mean = sum(c["selected_scored"] for c in cov) / len(cov)
+        print(f"{r['name']}: selected samples that had a score, mean over the "
+              f"{len(cov)} selections {mean:.3f} (last {cov[-1]['selected_scored']:.3f})")
+    write_text(RESULTS.with_name("equal_cost_coverage.json"), json.dumps(rows, indent=2))
+
+
 def supersede(names: list[str], reason: str | None) -> None:
     """Move the records of ``names`` out of the results (into equal_cost_superseded.json,
     with the reason) and delete their run folders, so that the next pass runs them again."""
@@ -216,7 +260,12 @@ def main() -> None:
                              "equal_cost_superseded.json with --reason")
     parser.add_argument("--reason", default=None, help="why the --redo runs are redone")
     parser.add_argument("--render", action="store_true", help="only write table and plot")
+    parser.add_argument("--coverage", action="store_true",
+                        help="only measure how many selected samples had a free score")
     args = parser.parse_args()
+    if args.coverage:
+        write_coverage()
+        return
     if args.redo:
         supersede(args.redo, args.reason)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
