@@ -187,3 +187,50 @@ def test_retinanet_quantizes_every_conv_with_first_and_outputs_at_8_bits(tmp_pat
     assert all(torch.equal(p["scores"], q["scores"]) for p, q in zip(a, b))
     with pytest.raises(ValueError, match="unknown detector"):
         create_detector("yolo", num_classes=10)
+
+
+# ------------------------------------------------------------------ per-image scores
+def test_detection_scores_follow_their_definitions(made):
+    """evs, prob_label and loss on hand-made head outputs: a head that puts the matched
+    box's class on every foreground anchor scores evs 0, the wrong class sqrt(2)."""
+    from coreset_curate.detection import create_detector
+    from coreset_curate.detection.scores import head_outputs, image_scores
+
+    torch.manual_seed(0)
+    model = create_detector("retinanet_resnet18_fpn", num_classes=10).eval()
+    det = read_coco(made, "train")
+    images = [det.images[0].float() / 255]
+    targets = [{"boxes": torch.as_tensor(det.boxes[0]), "labels": torch.as_tensor(det.classes[0])}]
+    cls, deltas, anchors, resized = head_outputs(model, images, targets)
+    from torchvision.ops import boxes as box_ops
+
+    matched = model.proposal_matcher(box_ops.box_iou(resized[0]["boxes"], anchors[0]))
+    fg = matched >= 0
+    right = torch.full_like(cls, -20.0)
+    right[0, fg, resized[0]["labels"][matched[fg]]] = 20.0
+    wrong = torch.full_like(cls, -20.0)
+    wrong[0, fg, (resized[0]["labels"][matched[fg]] + 1) % 10] = 20.0
+    good = image_scores(model, right, deltas, anchors, resized, ref_cls=right)
+    bad = image_scores(model, wrong, deltas, anchors, resized, ref_cls=right)
+    assert good["fg_anchors"][0] == int(fg.sum()) > 0
+    assert good["evs"][0] < 1e-6 and good["prob_label"][0] > 0.999 and good["ds"][0] < 1e-6
+    assert bad["evs"][0] == pytest.approx(2 ** 0.5, abs=1e-5) and bad["prob_label"][0] < 1e-6
+    assert bad["ds"][0] > 0.5 and bad["loss"][0] > good["loss"][0]
+    assert good["pred"][0] in set(det.classes[0].tolist())
+
+
+def test_score_detections_writes_one_row_an_image(made):
+    from coreset_curate.detection import create_detector
+    from coreset_curate.detection.scores import score_detections
+
+    torch.manual_seed(0)
+    det = read_coco(made, "train").subset(np.arange(6))
+    student, ref = (create_detector("retinanet_resnet18_fpn", num_classes=10) for _ in range(2))
+    t = score_detections(student, det, ref, epoch=2, batch_size=4)
+    assert t.num_rows == 6 and t.column("sample_id").to_pylist() == det.sample_ids.tolist()
+    assert t.column("label").to_pylist() == det.image_labels.tolist()
+    assert t.column("num_boxes").to_pylist() == [len(b) for b in det.boxes]
+    evs = t.column("evs").to_numpy()
+    assert np.isfinite(evs).all() and (evs >= 0).all() and (evs <= 10 ** 0.5).all()
+    assert t.column("ds").null_count == 0
+    assert score_detections(student, det, epoch=0).column("ds").null_count == 6
