@@ -234,3 +234,25 @@ def test_score_detections_writes_one_row_an_image(made):
     assert np.isfinite(evs).all() and (evs >= 0).all() and (evs <= 10 ** 0.5).all()
     assert t.column("ds").null_count == 0
     assert score_detections(student, det, epoch=0).column("ds").null_count == 6
+
+
+def test_selection_runs_on_detection_tables_with_a_group_for_images_without_boxes():
+    import pyarrow as pa
+
+    from coreset_curate.selection import select
+    from coreset_curate.tables import with_metadata
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.full(10, -1), np.arange(30) % 3]  # 10 images without boxes
+    n = len(labels)
+    cols = {"sample_id": np.arange(n), "label": labels, "epoch": np.zeros(n, np.int32),
+            **{c: rng.random(n).astype(np.float32) for c in ("evs", "ds", "loss")}}
+    table = with_metadata(pa.table(cols), {"task": "detection"})
+    for method in ("acs", "random_epoch", "el2n"):
+        ids = select([table], method, 0.2, epochs=4).sample_ids
+        assert np.bincount(labels[ids] + 1).tolist() == [2, 2, 2, 2]  # 20% of each group
+    evs = cols["evs"]
+    top_empty = np.argsort(-evs[:10])[:2]
+    assert set(top_empty) <= set(select([table], "el2n", 0.2).sample_ids)
+    with pytest.raises(Exception, match="non-negative"):  # not a detection table: refused
+        select([pa.table(cols)], "el2n", 0.2)

@@ -192,7 +192,10 @@ class SelectionContext:
 
     @property
     def labels(self) -> np.ndarray:
-        return self.columns["label"]
+        """The classes rows are grouped by: the label column, shifted up by one where a
+        detection table holds -1 (images without boxes, a group of their own)."""
+        labels = self.columns["label"]
+        return labels + 1 if len(labels) and labels.min() < 0 else labels
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.columns:
@@ -436,7 +439,8 @@ def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:
         raise UnknownIds(f"the exclusion list names {int((~known).sum())} sample ids that the "
                          f"score tables lack, e.g. {ids[~known][:5].tolist()} (an audit of "
                          "another dataset?)")
-    full_counts = np.bincount(last["label"].astype(np.int64))
+    labels = last["label"].astype(np.int64)
+    full_counts = np.bincount(labels - min(0, int(labels.min())))  # as ctx.labels groups
     kept = []
     for r in rounds:
         keep = ~np.isin(r["sample_id"], ids)

@@ -148,9 +148,10 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
     if not sources:
         raise ValueError("selection needs at least one score table")
     want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
-    parts, names, fp = [], [], None
+    parts, names, fp, detection = [], [], None, True
     for i, src in enumerate(sources):
         cols, meta, name = _read_source(src, i, want, allow_missing)
+        detection = detection and meta.get("task") == "detection"
         t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:
@@ -175,8 +176,10 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
         bad = np.isinf(v) if nullable else ~np.isfinite(v)
         if bad.any():
             raise TableError(f"score column {c!r} has {int(bad.sum())} NaN or infinite values")
-    if cols["label"].min() < 0:
-        raise TableError("labels must be non-negative class indices")
+    # a detection table's label is -1 for an image without boxes: a group of its own
+    if cols["label"].min() < (-1 if detection else 0):
+        raise TableError("labels must be non-negative class indices"
+                         + (" (or -1 in a detection table)" if detection else ""))
     cols["label"] = small_ints(cols["label"])
     epochs_col = cols.pop("epoch")
     lo, hi = int(epochs_col.min()), int(epochs_col.max())
