@@ -208,8 +208,10 @@ def render(results: list) -> str:
     lines = ["| noise | method | fraction | cleaning | top-1 | best | noisy share of subsets "
              "| wall (s) | scoring (s) | cores shared |", "|" + " --- |" * 10]
     order = {n: i for i, n in enumerate([None, *[t for t, _ in SETTINGS]])}
+    cleanings = {"none": 0, "exclude": 1, "relabel": 2}
     for r in sorted(runs, key=lambda r: (order.get(r["noise_type"], 9), r["noise_rate"] or 0,
-                                         r["method"] != "full", r["cleaning"], r["method"])):
+                                         r["method"] != "full", cleanings[r["cleaning"]],
+                                         r["method"])):
         noise = "clean" if r["noise_type"] is None else f"{r['noise_type']} {r['noise_rate']:.0%}"
         share = "-" if r["noisy_share"] is None else f"{r['noisy_share']:.3f}"
         lines.append(f"| {noise} | {r['method']} | {r['fraction']:g} | {r['cleaning']} | "
