@@ -120,6 +120,13 @@ class RoundScorer:
         ``out/scores/epoch_T.parquet`` (its path is returned) or kept in memory (the table)."""
         non_negative_int("epoch", epoch)
         device = self.device or _model_device(model)
+        if getattr(self.rows, "task", None) == "detection":
+            from .detection.scores import score_detections
+
+            table = score_detections(model, self.rows, self.reference, epoch=epoch,
+                                     device=device, metadata={**self.metadata, **meta})
+            self.last_table = table
+            return self.keep(table, epoch)
         table = score_dataset(model, self.rows, self._reference(device),
                               transform=self.transform, epoch=epoch, probs=self.probs,
                               batch_size=self.batch_size, device=device,
@@ -176,6 +183,9 @@ class AdaptiveSelector:
             self.rows.sample_ids, self.rows.labels.numpy(), meta={
                 "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
                 "class_names": self.rows.class_names, **self.scorer.metadata})
+        if free_scores and getattr(self.rows, "task", None) == "detection":
+            raise ValueError("free_scores records classifier logits; a detector's rounds come "
+                             "from scoring passes")
         if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
@@ -415,6 +425,9 @@ class AdaptiveSelector:
 
 def _ids_only_table(rows) -> pa.Table:
     n = len(rows)
-    return pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
-                     "label": pa.array(rows.labels.numpy(), pa.int64()),
-                     "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
+    table = pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
+                      "label": pa.array(rows.labels.numpy(), pa.int64()),
+                      "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
+    if getattr(rows, "task", None) == "detection":  # label -1: images without boxes
+        table = with_metadata(table, {"task": "detection"})
+    return table

@@ -256,3 +256,29 @@ def test_selection_runs_on_detection_tables_with_a_group_for_images_without_boxe
     assert set(top_empty) <= set(select([table], "el2n", 0.2).sample_ids)
     with pytest.raises(Exception, match="non-negative"):  # not a detection table: refused
         select([pa.table(cols)], "el2n", 0.2)
+
+
+def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
+    import coreset_curate as cc
+    from coreset_curate.detection import create_detector
+    from coreset_curate.tables import read_table, table_metadata
+
+    torch.manual_seed(0)
+    det = read_coco(made, "train")
+    student, ref = (create_detector("retinanet_resnet18_fpn", num_classes=10) for _ in range(2))
+    sel = cc.AdaptiveSelector(det, "acs", 0.25, epochs=2, reselect_every=2, reference=ref,
+                              out=tmp_path / "run", batch_size=8)
+    ids, weights = sel.subset(0, student)
+    groups = det.image_labels
+    budget = {c: int(np.floor(0.25 * (groups == c).sum() + 0.5)) for c in np.unique(groups)}
+    chosen = groups[det.positions(ids)]
+    assert {c: int((chosen == c).sum()) for c in budget} == budget
+    scores = read_table(tmp_path / "run" / "scores" / "epoch_0000.parquet")
+    assert table_metadata(scores)["task"] == "detection" and scores.num_rows == len(det)
+    assert scores.column("ds").null_count == 0
+    ids1, _ = sel.subset(1)  # within R: the same subset, no scoring
+    assert np.array_equal(ids, ids1)
+    rnd = cc.AdaptiveSelector(det, "random_epoch", 0.25, epochs=2)
+    assert len(rnd.subset(0)[0]) == len(ids)
+    with pytest.raises(ValueError, match="free_scores"):
+        cc.AdaptiveSelector(det, "rho", 0.25, epochs=2, free_scores=True, reference=ref)

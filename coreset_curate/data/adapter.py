@@ -159,7 +159,7 @@ class DatasetRows(LabelledRows):
 def as_rows(data, **kwargs) -> LabelledRows:
     """``data`` as rows the toolkit reads: a toolkit dataset as it is, a torch ``Dataset``
     or the dataset of a ``DataLoader`` wrapped in ``DatasetRows`` (``kwargs`` go to it)."""
-    if isinstance(data, LabelledRows):
+    if isinstance(data, LabelledRows) or getattr(data, "task", None) == "detection":
         return data
     if isinstance(data, DataLoader):
         kwargs.setdefault("num_workers", data.num_workers)

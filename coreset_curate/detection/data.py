@@ -49,6 +49,10 @@ class DetectionData:
     name: str
     file_names: list[str] = field(default_factory=list)
     crowd: list[np.ndarray] = field(default_factory=list)
+    # what the selector and the scorers read: a detection task, and a model that takes the
+    # images as they are (it normalises and resizes them itself)
+    task = "detection"
+    transformed = True
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -78,6 +82,11 @@ class DetectionData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``image_labels`` as a tensor: the label column of the score tables."""
+        return torch.as_tensor(self.image_labels)
 
     @property
     def image_labels(self) -> np.ndarray:
