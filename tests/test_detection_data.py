@@ -282,3 +282,24 @@ def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
     assert len(rnd.subset(0)[0]) == len(ids)
     with pytest.raises(ValueError, match="free_scores"):
         cc.AdaptiveSelector(det, "rho", 0.25, epochs=2, free_scores=True, reference=ref)
+
+
+# ------------------------------------------------------------------ COCO AP
+def test_coco_ap_of_perfect_shifted_and_wrong_detections(made):
+    from coreset_curate.detection.evaluate import ap_of_detections
+
+    det = read_coco(made, "train")
+    perfect = [{"boxes": b, "scores": np.ones(len(b)), "labels": c}
+               for b, c in zip(det.boxes, det.classes)]
+    assert ap_of_detections(det, perfect)["ap"] == pytest.approx(1.0)
+    # boxes shifted by a fifth of their side: IoU 0.67, found at 0.50, missed at 0.75
+    shifted = [{"boxes": b + np.c_[(b[:, 2] - b[:, 0]) / 5, np.zeros(len(b)),
+                                   (b[:, 2] - b[:, 0]) / 5, np.zeros(len(b))],
+                "scores": np.ones(len(b)), "labels": c} for b, c in zip(det.boxes, det.classes)]
+    m = ap_of_detections(det, shifted)
+    assert m["ap50"] == pytest.approx(1.0) and m["ap75"] == pytest.approx(0.0)
+    wrong = [{"boxes": b, "scores": np.ones(len(b)), "labels": (c + 1) % 10}
+             for b, c in zip(det.boxes, det.classes)]
+    assert ap_of_detections(det, wrong)["ap"] == pytest.approx(0.0)
+    empty = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)}] * len(det)
+    assert ap_of_detections(det, empty)["ap50"] == 0.0

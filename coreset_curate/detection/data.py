@@ -49,6 +49,7 @@ class DetectionData:
     name: str
     file_names: list[str] = field(default_factory=list)
     crowd: list[np.ndarray] = field(default_factory=list)
+    crowd_classes: list[np.ndarray] = field(default_factory=list)
     # what the selector and the scorers read: a detection task, and a model that takes the
     # images as they are (it normalises and resizes them itself)
     task = "detection"
@@ -65,6 +66,8 @@ class DetectionData:
             raise ValueError("image ids must be unique")
         if not self.crowd:
             self.crowd = [np.zeros((0, 4), np.float32) for _ in range(n)]
+        if not self.crowd_classes:
+            self.crowd_classes = [np.zeros(len(c), np.int64) for c in self.crowd]
         k = len(self.class_names)
         for i, (img, b, c) in enumerate(zip(self.images, self.boxes, self.classes)):
             if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
@@ -126,7 +129,8 @@ class DetectionData:
                              [self.classes[p] for p in pos], self.sample_ids[pos],
                              list(self.class_names), list(self.category_ids), self.split,
                              self.name, [self.file_names[p] for p in pos] if self.file_names
-                             else [], [self.crowd[p] for p in pos])
+                             else [], [self.crowd[p] for p in pos],
+                             [self.crowd_classes[p] for p in pos])
 
 
 def _load_json(path: Path) -> dict:
@@ -195,11 +199,12 @@ def read_coco(root: str | os.PathLike, split: str = "train") -> DetectionData:
         per_image[img_id].append(a)
     ids = sorted(images)
     out_images, out_boxes, out_classes, out_crowd, files = [], [], [], [], []
+    out_crowd_cls = []
     for img_id in ids:
         im = images[img_id]
         what = f"image {img_id} ({im['file_name']})"
         w, h = int(im["width"]), int(im["height"])
-        boxes, classes, crowd = [], [], []
+        boxes, classes, crowd, crowd_cls = [], [], [], []
         for a in per_image[img_id]:
             b = a.get("bbox")
             if not (isinstance(b, list) and len(b) == 4
@@ -220,6 +225,7 @@ def read_coco(root: str | os.PathLike, split: str = "train") -> DetectionData:
             xyxy = [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
             if a.get("iscrowd"):
                 crowd.append(xyxy)
+                crowd_cls.append(index[a["category_id"]])
             else:
                 boxes.append(xyxy)
                 classes.append(index[a["category_id"]])
@@ -231,9 +237,10 @@ def read_coco(root: str | os.PathLike, split: str = "train") -> DetectionData:
         out_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
         out_classes.append(np.asarray(classes, np.int64))
         out_crowd.append(np.asarray(crowd, np.float32).reshape(-1, 4))
+        out_crowd_cls.append(np.asarray(crowd_cls, np.int64))
         files.append(str(im["file_name"]))
     return DetectionData(out_images, out_boxes, out_classes, np.asarray(ids, np.int64), names,
-                         cat_ids, split, f"coco:{root}", files, out_crowd)
+                         cat_ids, split, f"coco:{root}", files, out_crowd, out_crowd_cls)
 
 
 # ------------------------------------------------------------------ box-aware transforms
