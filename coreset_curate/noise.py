@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .tables import make_metadata, read_table, table_metadata, with_metadata, write_table
+from .tables import make_metadata, with_metadata, write_table
 
 __all__ = ["NOISE_TYPES", "CIFAR10_FLIPS", "LabelNoise", "inject_noise", "read_labels"]
 
@@ -137,17 +137,10 @@ def inject_noise(labels, rate: float, noise_type: str = "symmetric", *, seed: in
 def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(sample_id, label, true_label, metadata) from a labels table (``noise`` command,
     or ``labels.parquet`` in a run trained with ``label_noise``), sorted by sample_id."""
-    table = read_table(path)
-    missing = [c for c in LABELS_SCHEMA.names if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path} is not a labels table: it lacks {missing} (has "
-                         f"{table.column_names})")
-    cols = [table.column(c) for c in LABELS_SCHEMA.names]
-    if any(c.null_count for c in cols):
-        raise ValueError(f"{path}: labels table has missing values")
-    ids, noisy, true = (np.asarray(c.to_numpy(), np.int64) for c in cols)
-    order = np.argsort(ids, kind="stable")
-    ids, noisy, true = ids[order], noisy[order], true[order]
-    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
-        raise ValueError(f"{path}: duplicate sample_id values")
-    return ids, noisy, true, table_metadata(table)
+    from .labels import read_labels_table
+
+    table = read_labels_table(path)  # its checks: columns, missing values, duplicate ids
+    if table.true_labels is None:
+        raise ValueError(f"{path} is not a labels table with true labels: it lacks "
+                         "['true_label']")
+    return table.sample_ids, table.labels, table.true_labels, table.metadata

@@ -261,12 +261,10 @@ class AdaptiveSelector:
         """The rounds the method reads: the latest at or before ``epoch``, or all of them."""
         if not self.spec.columns:
             return [_ids_only_table(self.rows)]
-        rounds = dict(self.scorer.rounds)
-        if self.out is not None and self.spec.all_rounds:
-            for p in (self.out / "scores").glob("epoch_*.parquet"):
-                rounds.setdefault(int(p.stem.split("_")[1]), str(p))
-        usable = sorted(e for e in rounds if e <= epoch)
-        return [rounds[e] for e in (usable if self.spec.all_rounds else usable[-1:])]
+        if self.spec.all_rounds:
+            return self._scoring_rounds(epoch)
+        usable = sorted(e for e in self.scorer.rounds if e <= epoch)
+        return [self.scorer.rounds[e] for e in usable[-1:]]
 
     # ------------------------------------------------------------------ selecting
     def _audit_due(self, epoch: int) -> bool:
