@@ -56,22 +56,31 @@ OUTPUT_LAYERS = ("head.classification_head.cls_logits", "head.regression_head.bb
 def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 128,
               max_size: int = 128,
               anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
-              score_thresh: float = 0.05, detections_per_img: int = 100) -> nn.Module:
+              fpn_channels: int = 256, score_thresh: float = 0.05,
+              detections_per_img: int = 100) -> nn.Module:
     """A RetinaNet with untrained weights (see module doc). ``anchor_sizes``: the base
-    anchor side of P3..P7 (three scales and three aspect ratios each)."""
+    anchor side of P3..P7 (three scales and three aspect ratios each); ``fpn_channels``:
+    the width of the pyramid and of the head's convolutions (256 as published; the head
+    runs on every pyramid level, so narrowing it is what makes a CPU detector fast)."""
     import torchvision
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     if backbone not in ("resnet18", "resnet34", "resnet50"):
         raise ValueError(f"backbone must be resnet18, resnet34 or resnet50; got {backbone!r}")
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one size for each of P3..P7; got {anchor_sizes}")
+    if not is_int(fpn_channels) or fpn_channels < 8:
+        raise ValueError(f"fpn_channels must be an integer of at least 8; got {fpn_channels!r}")
     body = getattr(torchvision.models, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
-    fpn = _resnet_fpn_extractor(body, trainable_layers=5, returned_layers=[2, 3, 4],
-                                extra_blocks=LastLevelP6P7(256, 256), norm_layer=nn.BatchNorm2d)
+    # C3..C5 into the pyramid (P3..P5), P6 and P7 from P5, every layer trainable
+    c5 = body.inplanes  # the channels of layer4's output
+    fpn = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"},
+                          [c5 // 4, c5 // 2, c5], fpn_channels,
+                          extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+                          norm_layer=nn.BatchNorm2d)
     anchors = AnchorGenerator(
         tuple((s, round(s * 2 ** (1 / 3)), round(s * 2 ** (2 / 3))) for s in anchor_sizes),
         ((0.5, 1.0, 2.0),) * 5)

@@ -16,7 +16,7 @@ from ..checks import (boolean, fraction as check_fraction, non_negative_int,
 from ..selection import METHODS, SCHEDULES
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL",
-           "PATH_KEYS", "resolve_path", "same_path"]
+           "PATH_KEYS", "resolve_path", "same_path", "is_detector"]
 
 FULL = "full"
 # score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
@@ -180,6 +180,8 @@ class TrainConfig:
         if self.audit_every and self.free_scores:
             raise ValueError("audit_every audits eval-view scoring rounds; free_scores makes "
                              "its rounds from training steps: use one or the other")
+        if is_detector(self.model):
+            self._check_detection()
         if self.label_noise is not None:
             from ..noise import NOISE_TYPES
 
@@ -192,6 +194,19 @@ class TrainConfig:
                 raise ValueError(f"label_noise type must be one of {NOISE_TYPES}; got "
                                  f"{ln.get('type')!r}")
 
+    def _check_detection(self) -> None:
+        """What a detector's run does not (yet) take: name it rather than ignore it."""
+        unsupported = [k for k in ("labels", "label_noise", "exclude", "audit_every")
+                       if getattr(self, k) is not None]
+        unsupported += [k for k in ("stream", "free_scores", "compile") if getattr(self, k)]
+        if unsupported:
+            raise ValueError(f"{unsupported} do not apply to a detector ({self.model!r}) yet: "
+                             "class noise on boxes is made with `coreset-curate make-detection "
+                             "--class-noise`")
+        if self.mean is not None or self.std is not None:
+            raise ValueError("a detector normalises its images itself: leave mean and std "
+                             "unset")
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -199,6 +214,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown recipe key(s) {unknown}; accepted keys: {sorted(known)}")
         return cls(**values)
+
+
+def is_detector(model: str) -> bool:
+    """Whether ``model`` names a registered detector (a detection run) rather than a
+    classifier."""
+    from ..detection.models import DETECTORS
+
+    return model in DETECTORS
 
 
 # keys that name files: relative paths in a recipe resolve against the recipe's folder

@@ -5,7 +5,11 @@ data every R epochs.
     coreset-curate train --recipe recipes/NAME.yaml --set fraction=0.3 --out RUN [--resume]
 
 A readable loop over library pieces: ``AdaptiveSelector.subset`` (score and select when a
-round is due) -> ``train_epoch`` -> ``evaluate``. RUN_DIR receives ``config.yaml`` (the
+round is due) -> ``train_epoch`` -> ``evaluate``. A recipe whose ``model`` is a registered
+detector (``retinanet_resnet18_fpn``...) on detection data (``coco:ROOT``) runs the same
+loop with ``detection.train`` (RetinaNet's losses, distillation of the teacher's head
+outputs) and COCO AP (``ap``, ``ap50``, ``ap75``; the best by ``ap``) in place of top-1.
+RUN_DIR receives ``config.yaml`` (the
 resolved settings), ``scores/`` (one table per scoring round), ``index.parquet`` (every
 epoch's subset), ``last.pt`` and ``best.pt`` (checkpoints), ``metrics.jsonl`` (one line
 per epoch, with the time spent scoring, selecting, training and evaluating), ``model.pt``
@@ -33,7 +37,8 @@ from ..models import create_model
 from ..quant import calibrate_, quantize_model
 from ..selector import AdaptiveSelector, RoundScorer
 from .checkpoint import load_state, save_atomic, sha256_of
-from .config import FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, same_path, write_config
+from .config import (FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, is_detector, same_path,
+                     write_config)
 from .loop import evaluate, rank_plan, train_epoch
 from .schedule import ProgressLR, build_optimizer
 
@@ -100,6 +105,12 @@ def _splits(config: TrainConfig, out: Path, main: bool):
     view = ({"stream": True, "crop_size": config.crop_size, "resize_size": config.resize_size,
              "num_workers": config.data_workers} if config.stream else {})
     train = load_data(config.data, config.train_split, **view)
+    detection = getattr(train, "task", None) == "detection"
+    if detection != is_detector(config.model):
+        raise ValueError(f"model {config.model!r} is a {'detector' if not detection else 'classifier'}"
+                         f" but data {config.data!r} is "
+                         f"{'a detection' if detection else 'a classification'} dataset: a "
+                         "detector trains on coco:ROOT data, a classifier on labelled images")
     test = load_data(config.data, config.test_split, **view)
     if config.limit_train:
         train = train.subset(np.arange(min(config.limit_train, len(train))))
@@ -137,6 +148,30 @@ def _splits(config: TrainConfig, out: Path, main: bool):
     return train, test
 
 
+def _create(arch: str, train, kwargs: dict) -> torch.nn.Module:
+    """A model of ``arch`` (a classifier or a registered detector) for ``train``'s classes."""
+    if is_detector(arch):
+        from ..detection import create_detector
+
+        return create_detector(arch, num_classes=train.num_classes, **kwargs)
+    return create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
+                        **kwargs)
+
+
+def _calibration_batches(config: TrainConfig, train, eval_tf, device):
+    """Batches of the training split that initialise the LSQ steps: spread over the split
+    (an image folder lists class by class)."""
+    if getattr(train, "task", None) == "detection":
+        from ..detection.train import batch_of
+
+        pos = spread_positions(len(train), 16 * config.calibration_batches)
+        return ((batch_of(train, pos[s:s + 16], device=device)[0],)
+                for s in range(0, len(pos), 16))
+    calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
+                 if config.stream else None)
+    return (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
+
+
 def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: dict,
                    train) -> tuple[torch.nn.Module, str]:
     """A full-precision model from a weights-only checkpoint, its sha256 checked."""
@@ -145,8 +180,7 @@ def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: 
         raise ValueError(f"{what} {path} does not have the sha256 the recipe names ({sha256}; "
                          f"it has {digest}): a checkpoint of your own needs "
                          f"--set {what}_sha256={digest} (or null)")
-    fp = create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
-                      **kwargs)
+    fp = _create(arch, train, kwargs)
     try:
         fp.load_state_dict(load_state(path))
     except RuntimeError as err:
@@ -159,8 +193,7 @@ def _models(config: TrainConfig, train, eval_tf, device):
     """(student, teacher, DS reference, the reference checkpoint's sha256): the student
     starts from the full-precision weights of its architecture and, in QAT, is quantized
     and calibrated on batches spread over the split."""
-    model = create_model(config.model, num_classes=train.num_classes,
-                         in_channels=train.image_shape[0], **config.model_kwargs)
+    model = _create(config.model, train, config.model_kwargs)
     teacher = init = teacher_digest = init_digest = None
     if config.teacher:
         teacher, teacher_digest = _fp_checkpoint(
@@ -176,10 +209,7 @@ def _models(config: TrainConfig, train, eval_tf, device):
         model.load_state_dict(reference.state_dict())
     if config.mode == "qat":
         model.to(device)
-        # calibration batches spread over the split (an image folder lists class by class)
-        calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
-                     if config.stream else None)
-        calib = (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
+        calib = _calibration_batches(config, train, eval_tf, device)
         quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
                        first_last=config.first_last, init=config.quant_init)
         calibrate_(model, calib, max_batches=config.calibration_batches)
@@ -194,8 +224,10 @@ def _models(config: TrainConfig, train, eval_tf, device):
 class _Run:
     """The state a checkpoint holds, besides the model and optimizer."""
 
-    def __init__(self) -> None:
-        self.start_epoch, self.best_top1, self.calibrated_top1 = 0, -1.0, None
+    def __init__(self, metric: str = "top1") -> None:
+        # metric: what picks the best epoch (top-1, or a detector's COCO AP)
+        self.metric = metric
+        self.start_epoch, self.best, self.calibrated = 0, -1.0, None
         self.shared = False
         self.totals = {k: 0.0 for k in (*STAGES, "wall_s")}
 
@@ -207,8 +239,9 @@ class _Run:
         if changed:
             raise ValueError(f"cannot resume {out} with other settings: {changed} differ from "
                              "the run's (start a new run, or resume with the same recipe)")
-        self.start_epoch, self.best_top1 = int(state["epoch"]), float(state["best_top1"])
-        self.calibrated_top1 = state.get("calibrated_top1")
+        self.start_epoch = int(state["epoch"])
+        self.best = float(state[f"best_{self.metric}"])
+        self.calibrated = state.get(f"calibrated_{self.metric}")
         self.shared = bool(state.get("cores_oversubscribed", False))
         self.totals.update({k: float(v) for k, v in state["totals"].items()})
 
@@ -262,6 +295,11 @@ class _Parts:
     eval_bs: int
     rank: int
     world: int
+    detection: bool = False
+
+    @property
+    def metric(self) -> str:
+        return "ap" if self.detection else "top1"
 
 
 def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
@@ -286,8 +324,18 @@ def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
         batches = -(-subset_size // c.batch_size)
     p.lr_sched.begin_epoch(epoch, batches)
     lr_now = p.lr_sched.lr
+    teacher = p.teacher if (c.mode == "qat" and c.kd) else None
+    if p.detection:
+        from ..detection.train import train_detection_epoch
+
+        loss = train_detection_epoch(p.train_model, p.train, p.optimizer, positions=positions,
+                                     weights=weights, teacher=teacher, batch_size=c.batch_size,
+                                     generator=aug_gen, scheduler=p.lr_sched, device=p.device,
+                                     plan=plan)
+        t["train_s"] = time.perf_counter() - t0
+        return loss, lr_now, subset_size, t
     loss = train_epoch(p.train_model, p.train, p.train_tf, p.optimizer, positions=positions,
-                       weights=weights, teacher=p.teacher if (c.mode == "qat" and c.kd) else None,
+                       weights=weights, teacher=teacher,
                        label_weight=c.label_weight, batch_size=c.batch_size, generator=aug_gen,
                        scheduler=p.lr_sched, device=p.device, channels_last=c.channels_last,
                        label_smoothing=c.label_smoothing, plan=plan,
@@ -302,45 +350,62 @@ def _checkpoint(p: _Parts, run: _Run, epoch: int, improved: bool) -> None:
         save_atomic(p.model.state_dict(), p.out / "best.pt")
     save_atomic({"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
                  "generator": p.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                 "epoch": epoch + 1, "best_top1": run.best_top1, "totals": run.totals,
-                 "calibrated_top1": run.calibrated_top1, "config": asdict(p.config),
+                 "epoch": epoch + 1, f"best_{run.metric}": run.best, "totals": run.totals,
+                 f"calibrated_{run.metric}": run.calibrated, "config": asdict(p.config),
                  "cores_oversubscribed": run.shared,
                  **({"selector": p.selector.state_dict()} if p.config.free_scores
                     and p.selector is not None else {})},
                 p.out / "last.pt")
 
 
-def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float) -> tuple[float | None, float]:
+def _evaluate(p: _Parts) -> dict[str, float]:
+    """The test split's metrics: ``{"top1": percent}``, or a detector's COCO AP
+    (``ap``, ``ap50``, ``ap75``, fractions)."""
+    if p.detection:
+        from ..detection.evaluate import coco_ap
+
+        ap = coco_ap(p.model, p.test, batch_size=p.eval_bs, device=p.device)
+        return {k: ap[k] for k in ("ap", "ap50", "ap75")}
+    return {"top1": evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)}
+
+
+def _shown(scores: dict[str, float], best: float) -> str:
+    if "top1" in scores:
+        return f"top-1 {scores['top1']:.2f}% (best {best:.2f}%)"
+    return f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f} (best AP {best:.3f})"
+
+
+def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float
+           ) -> tuple[dict[str, float] | None, float]:
     """One epoch: select, train, and on rank 0 evaluate, log and checkpoint. Returns
-    (top-1 or None on other ranks, the wall clock mark)."""
+    (the test metrics or None on other ranks, the wall clock mark)."""
     loss, lr_now, subset_size, t = _train_one(p, epoch)
     if p.rank != 0:
         barrier(p.world)  # rank 0 evaluates and checkpoints
         return None, t_wall
     t0 = time.perf_counter()
-    top1 = evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)
+    scores = _evaluate(p)
     t["eval_s"] = time.perf_counter() - t0
     for k in t:
         run.totals[k] += t[k]
     now = time.perf_counter()
     run.totals["wall_s"] += now - t_wall  # wall time of every sitting, setup included
-    improved = top1 > run.best_top1
-    run.best_top1 = max(run.best_top1, top1)
-    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, "top1": top1,
-            "best_top1": run.best_top1, "subset_size": subset_size,
+    improved = scores[run.metric] > run.best
+    run.best = max(run.best, scores[run.metric])
+    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, **scores,
+            f"best_{run.metric}": run.best, "subset_size": subset_size,
             **{k: round(v, 3) for k, v in t.items()}}
-    log.info("epoch %d/%d: loss %.4f, top-1 %.2f%% (best %.2f%%), %d samples, score %.1fs "
-             "select %.2fs train %.1fs eval %.1fs", epoch + 1, p.config.epochs, loss, top1,
-             run.best_top1, subset_size, t["scoring_s"], t["selection_s"], t["train_s"],
-             t["eval_s"])
+    log.info("epoch %d/%d: loss %.4f, %s, %d samples, score %.1fs select %.2fs train %.1fs "
+             "eval %.1fs", epoch + 1, p.config.epochs, loss, _shown(scores, run.best),
+             subset_size, t["scoring_s"], t["selection_s"], t["train_s"], t["eval_s"])
     with open(p.out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")
     _checkpoint(p, run, epoch, improved)
     barrier(p.world)
-    return top1, now
+    return scores, now
 
 
-def _summary(p: _Parts, run: _Run, top1: float, t_wall: float) -> dict:
+def _summary(p: _Parts, run: _Run, scores: dict[str, float], t_wall: float) -> dict:
     c = p.config
     save_atomic(p.model.state_dict(), p.out / "model.pt")
     summary = {
@@ -348,8 +413,8 @@ def _summary(p: _Parts, run: _Run, top1: float, t_wall: float) -> dict:
         "w_bits": c.w_bits if c.mode == "qat" else 32,
         "a_bits": c.a_bits if c.mode == "qat" else 32,
         "method": c.method, "fraction": c.fraction, "epochs": c.epochs,
-        "R": c.reselect_every, "seed": c.seed, "top1": top1, "best_top1": run.best_top1,
-        "calibrated_top1": run.calibrated_top1,
+        "R": c.reselect_every, "seed": c.seed, **scores, f"best_{run.metric}": run.best,
+        f"calibrated_{run.metric}": run.calibrated,
         **{k: round(v, 2) for k, v in run.totals.items()},
         "wall_s": round(run.totals["wall_s"] + time.perf_counter() - t_wall, 2),
         "train_samples": len(p.train), "test_samples": len(p.test), "device": str(p.device),
@@ -366,20 +431,30 @@ def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
     """Data, models, optimizer and selector of a run, resumed from its checkpoint."""
     device = _device(config, world)
     _set_backends(config, device)
-    eval_bs = config.eval_batch_size or inference_batch_size(device)
-    score_bs = config.score_batch_size or inference_batch_size(device)
+    detection = is_detector(config.model)
+    # a detector's images are large and of many sizes: small inference batches
+    eval_bs = config.eval_batch_size or (16 if detection else inference_batch_size(device))
+    score_bs = config.score_batch_size or (16 if detection else inference_batch_size(device))
     train, test = _splits(config, out, rank == 0)
-    train_tf, eval_tf = default_transforms(train, mean=config.mean, std=config.std)
+    # a detector normalises and resizes its images itself, and flips them with their boxes
+    train_tf, eval_tf = ((None, None) if detection else
+                         default_transforms(train, mean=config.mean, std=config.std))
     model, teacher, reference, digest = _models(config, train, eval_tf, device)
     optimizer = build_optimizer(model, config)
     p = _Parts(config, out, train, test, train_tf, eval_tf, model, model, teacher, optimizer,
                ProgressLR(optimizer, config), torch.Generator().manual_seed(config.seed),
-               None, None, device, eval_bs, rank, world)
-    run, last_ckpt = _Run(), out / "last.pt"
+               None, None, device, eval_bs, rank, world, detection)
+    if detection:
+        from ..detection.train import DetectorLoss
+
+        p.train_model = DetectorLoss(model, config.label_weight)
+    run, last_ckpt = _Run(p.metric), out / "last.pt"
     if config.mode == "qat" and rank == 0 and not (resume and last_ckpt.exists()):
-        run.calibrated_top1 = evaluate(model, test, eval_tf, batch_size=eval_bs, device=device)
-        log.info("W%dA%d after calibration, before QAT: top-1 %.2f%%", config.w_bits,
-                 config.a_bits, run.calibrated_top1)
+        scores = _evaluate(p)
+        run.calibrated = scores[p.metric]
+        log.info("W%dA%d after calibration, before QAT: %s", config.w_bits, config.a_bits,
+                 f"top-1 {run.calibrated:.2f}%" if p.metric == "top1" else
+                 f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f}")
     if resume and last_ckpt.exists():
         state = load_state(last_ckpt)
         run.resume_from(state, config, out)
@@ -395,7 +470,7 @@ def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
 
         if config.compile:
             log.warning("compile is off under torchrun")
-        p.train_model = DistributedDataParallel(model)
+        p.train_model = DistributedDataParallel(p.train_model)
     elif config.compile:
         p.train_model = torch.compile(model)
     p.selector, p.scorer = _selector(config, train, eval_tf, reference, digest, out, device,
@@ -421,11 +496,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     p, run = _build(config, out, resume, rank, world)
     end = config.epochs if stop_after is None else min(config.epochs,
                                                         run.start_epoch + stop_after)
-    top1 = None
+    scores = None
     # warns once: whether other processes' threads share the cores (times inflated)
     run.shared = run.shared or (rank == 0 and bool(check_cores()))
     for epoch in range(run.start_epoch, end):
-        top1, t_wall = _epoch(p, run, epoch, t_wall)
+        scores, t_wall = _epoch(p, run, epoch, t_wall)
         if rank == 0 and not run.shared:
             run.shared = bool(check_cores())
     if end < config.epochs:
@@ -433,11 +508,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
         return None
     if rank != 0:
         return None
-    if top1 is None:  # resumed a finished run
-        top1 = evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)
+    if scores is None:  # resumed a finished run
+        scores = _evaluate(p)
     if config.score_final and not p.scorer.round_path(config.epochs).exists():
         t0 = time.perf_counter()
         path = p.scorer.score(p.model, config.epochs, final=True)
         run.totals["scoring_s"] += time.perf_counter() - t0
         log.info("scored the finished model: %s (%.1fs)", path, time.perf_counter() - t0)
-    return _summary(p, run, top1, t_wall)
+    return _summary(p, run, scores, t_wall)

@@ -1,0 +1,148 @@
+"""Detection training: RetinaNet's losses, distillation of head outputs, and the trainer
+(select, train, AP, resume) on a detector recipe."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from coreset_curate.data import load_data
+from coreset_curate.detection import create_detector, make_coco
+from coreset_curate.detection.train import DetectorLoss, batch_of, soft_sigmoid_kd
+from coreset_curate.tables import table_metadata
+from coreset_curate.training import load_recipe, run_training
+
+SMALL = {"fpn_channels": 16}
+
+
+@pytest.fixture(scope="module")
+def det_root(tmp_path_factory):
+    digits = load_data("digits", "train")
+    root = tmp_path_factory.mktemp("detset")
+    make_coco(digits, root, "train", count=12, seed=0)
+    make_coco(load_data("digits", "test"), root, "test", count=4, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def det(det_root):
+    return load_data(f"coco:{det_root}", "train")
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return create_detector("retinanet_resnet18_fpn", num_classes=10, **SMALL)
+
+
+def _batch(det, positions):
+    images, targets = batch_of(det, positions)
+    # an image without boxes, as COCO has
+    images.append(torch.rand(3, 100, 110))
+    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)})
+    return images, targets
+
+
+def test_ground_truth_loss_is_retinanets_own(det):
+    """Without a teacher the per-image loss averages to torchvision's RetinaNet losses
+    (focal + L1 box, each over the foreground count), images without boxes included."""
+    model = _model().train()
+    images, targets = _batch(det, [0, 1, 2])
+    ours = DetectorLoss(model)(images, targets)
+    theirs = model(images, targets)
+    assert torch.allclose(ours, sum(theirs.values()), rtol=1e-5, atol=1e-6)
+    assert ours.item() > 0
+
+
+def test_soft_sigmoid_kd_by_hand():
+    # p = 0.5, t = 0.75: KL = .75 ln 1.5 + .25 ln .5 = 0.130812, weight (0.25)^2
+    got = soft_sigmoid_kd(torch.zeros(1), torch.tensor([math.log(3.0)]))
+    assert got.item() == pytest.approx(0.0625 * 0.130812, rel=1e-4)
+    x = torch.randn(50, 10, requires_grad=True)
+    same = soft_sigmoid_kd(x, x.detach())
+    same.backward()
+    assert abs(same.item()) < 1e-6 and x.grad.abs().max() < 1e-6  # optimum at the teacher
+
+
+def test_distillation_vanishes_at_the_teacher_and_not_elsewhere(det):
+    model = _model().eval()  # eval: batch-norm as the teacher's, so the outputs coincide
+    images, targets = _batch(det, [0, 1])
+    loss = DetectorLoss(model, label_weight=0.0)
+    same = loss(images, targets, teacher=copy.deepcopy(model))
+    same.backward()
+    assert abs(same.item()) < 1e-5
+    assert all(p.grad is None or p.grad.abs().max() < 1e-5 for p in model.parameters())
+    other = _model(seed=1).eval()
+    with torch.no_grad():  # untrained heads all say the prior (0.01): make this one differ
+        other.head.classification_head.cls_logits.bias += 2.0
+    assert loss(images, targets, teacher=other).item() > 1e-3
+    # the ground-truth term comes in with label_weight
+    with_gt = DetectorLoss(model, label_weight=1.0)(images, targets, teacher=other)
+    assert with_gt.item() == pytest.approx(loss.last["kd"] + DetectorLoss(model)(
+        images, targets).item(), rel=1e-4)
+
+
+def test_image_weights_scale_each_images_loss(det):
+    model = _model().eval()
+    loss = DetectorLoss(model)
+    images, targets = batch_of(det, [0, 1])
+    alone = loss(images[:1], targets[:1]).item()
+    weighted = loss(images, targets, torch.tensor([1.0, 0.0])).item()
+    assert weighted == pytest.approx(alone / 2, rel=1e-5)
+
+
+def test_flipped_batches_keep_their_boxes_on_the_objects(det):
+    g = torch.Generator().manual_seed(0)
+    images, targets = batch_of(det, list(range(len(det))), generator=g, flip=True)
+    flipped = 0
+    for i, (img, t) in enumerate(zip(images, targets)):
+        if not torch.equal(img, det.images[i].float() / 255):
+            flipped += 1
+            assert torch.equal(img, det.images[i].flip(-1).float() / 255)
+            w = img.shape[-1]
+            assert np.allclose(t["boxes"][:, [2, 0]].numpy(), w - det.boxes[i][:, [0, 2]])
+    assert 0 < flipped < len(det)
+
+
+def _recipe(root, data=None, **extra):
+    values = [f"data={data or f'coco:{root}'}", "model=retinanet_resnet18_fpn",
+              f"model_kwargs={json.dumps(SMALL)}", "batch_size=4", "lr=0.01",
+              "num_threads=1", "channels_last=false"]
+    return load_recipe(None, values + [f"{k}={json.dumps(v)}" for k, v in extra.items()])
+
+
+def test_detector_recipe_trains_selects_scores_and_resumes_exactly(det_root, tmp_path):
+    fp = run_training(_recipe(det_root, mode="fp", epochs=1), tmp_path / "fp")
+    assert {"ap", "ap50", "ap75", "best_ap"} <= set(fp) and "top1" not in fp
+    qat = dict(mode="qat", teacher=str(tmp_path / "fp" / "model.pt"), epochs=2,
+               reselect_every=1, method="acs", fraction=0.5, label_weight=1.0)
+    whole = run_training(_recipe(det_root, **qat), tmp_path / "whole")
+    assert whole["w_bits"] == 4 and whole["calibrated_ap"] is not None
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1]
+    assert all(0 <= x["ap50"] <= 1 and x["subset_size"] < 12 for x in lines)
+    scores = pq.read_table(tmp_path / "whole" / "scores" / "epoch_0001.parquet")
+    assert table_metadata(scores)["task"] == "detection" and scores.num_rows == 12
+    index = pq.read_table(tmp_path / "whole" / "index.parquet").to_pydict()
+    assert sorted(set(index["epoch"])) == [0, 1]
+    # stopped after one epoch and resumed: the same subsets and the same weights
+    assert run_training(_recipe(det_root, **qat), tmp_path / "parts", stop_after=1) is None
+    again = run_training(_recipe(det_root, **qat), tmp_path / "parts", resume=True)
+    assert again["model_sha256"] == whole["model_sha256"]
+    assert pq.read_table(tmp_path / "parts" / "index.parquet").to_pydict() == index
+
+
+def test_detector_recipes_refuse_what_they_do_not_take(det_root):
+    with pytest.raises(ValueError, match="do not apply to a detector"):
+        _recipe(det_root, label_noise={"rate": 0.2})
+    with pytest.raises(ValueError, match="normalises its images itself"):
+        _recipe(det_root, mean=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="is a classifier but data"):
+        run_training(load_recipe(None, [f"data=coco:{det_root}", "epochs=1"]), det_root / "x")
+    with pytest.raises(ValueError, match="is a detector but data"):
+        run_training(_recipe(det_root, data="digits", epochs=1), det_root / "y")
