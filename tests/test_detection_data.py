@@ -185,6 +185,10 @@ def test_retinanet_quantizes_every_conv_with_first_and_outputs_at_8_bits(tmp_pat
     with torch.no_grad():
         a, b = model(list(x)), again(list(x))
     assert all(torch.equal(p["scores"], q["scores"]) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="unexpected keyword argument 'fpn_channel'"):
+        create_detector("retinanet_resnet18_fpn", num_classes=10, fpn_channel=64)
+    with pytest.raises(ValueError, match="backbone_weights for resnet18 must be one of"):
+        create_detector("retinanet_resnet18_fpn", num_classes=10, backbone_weights="NOPE")
     with pytest.raises(ValueError, match="unknown detector"):
         create_detector("yolo", num_classes=10)
 

@@ -146,3 +146,42 @@ def test_detector_recipes_refuse_what_they_do_not_take(det_root):
         run_training(load_recipe(None, [f"data=coco:{det_root}", "epochs=1"]), det_root / "x")
     with pytest.raises(ValueError, match="is a detector but data"):
         run_training(_recipe(det_root, data="digits", epochs=1), det_root / "y")
+
+
+def test_backbone_from_a_classifier_checkpoint_and_relative_to_the_recipe(tmp_path):
+    from coreset_curate.models import create_model
+
+    torch.manual_seed(0)
+    clf = create_model("resnet18", num_classes=10)
+    torch.save(clf.state_dict(), tmp_path / "r18.pt")
+    model = create_detector("retinanet_resnet18_fpn", num_classes=10, **SMALL,
+                            backbone_weights=str(tmp_path / "r18.pt"))
+    assert torch.equal(model.backbone.body.conv1.weight, clf.conv1.weight)
+    assert torch.equal(model.backbone.body.layer4[1].bn2.running_var,
+                       clf.layer4[1].bn2.running_var)
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), tmp_path / "r20.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of torchvision's resnet18"):
+        create_detector("retinanet_resnet18_fpn", num_classes=10,
+                        backbone_weights=str(tmp_path / "r20.pt"))
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "d.yaml").write_text(
+        "model: retinanet_resnet18_fpn\nmodel_kwargs: {backbone_weights: ../r18.pt}\n")
+    cfg = load_recipe(tmp_path / "recipes" / "d.yaml")
+    assert cfg.model_kwargs == {"backbone_weights": str(tmp_path / "r18.pt")}
+
+
+def test_every_shipped_recipe_loads():
+    """The recipes in recipes/ are valid settings (keys, values, roles), detection ones
+    with a registered detector on coco: data."""
+    from pathlib import Path
+
+    from coreset_curate.training.config import is_detector
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert len(recipes) > 20
+    for path in recipes:
+        cfg = load_recipe(path)
+        assert is_detector(cfg.model) == path.name.startswith(("cifar10det_retinanet",
+                                                               "coco_")), path.name
+        if is_detector(cfg.model):
+            assert cfg.data.startswith("coco:")

@@ -288,6 +288,9 @@ def test_recipe_paths_resolve_against_the_recipe(tmp_path, monkeypatch, digits):
     assert cfg.data == f"imagefolder:{tmp_path / 'photos'}"
     assert cfg.exclude == "rel/audit"  # overrides: the working directory's
     assert load_recipe(None, ["data=digits"]).data == "digits"
+    (tmp_path / "recipes" / "d.yaml").write_text("data: coco:../cifar10-det\n")
+    assert load_recipe(tmp_path / "recipes" / "d.yaml").data == \
+        f"coco:{tmp_path / 'cifar10-det'}"
 
 
 def test_a_run_resumes_when_its_path_is_named_relative_to_the_recipe(digits, tmp_path,

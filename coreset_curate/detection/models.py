@@ -17,6 +17,7 @@ convolution of backbone, FPN and heads is quantized at the model's bit widths.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -48,7 +49,15 @@ def create_detector(name: str, num_classes: int, **kwargs) -> nn.Module:
         raise ValueError(f"unknown detector {name!r}; registered: {', '.join(list_detectors())}")
     if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
-    return DETECTORS[name](num_classes=num_classes, **kwargs)
+    try:
+        return DETECTORS[name](num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        options = sorted(set(inspect.signature(retinanet).parameters) - {"num_classes",
+                                                                         "backbone"})
+        raise ValueError(f"detector {name!r}: {err} (model_kwargs; RetinaNet's options: "
+                         f"{options})") from err
 
 OUTPUT_LAYERS = ("head.classification_head.cls_logits", "head.regression_head.bbox_reg")
 
@@ -57,11 +66,15 @@ def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 1
               max_size: int = 128,
               anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256),
               fpn_channels: int = 256, score_thresh: float = 0.05,
-              detections_per_img: int = 100) -> nn.Module:
+              detections_per_img: int = 100, backbone_weights: str | None = None) -> nn.Module:
     """A RetinaNet with untrained weights (see module doc). ``anchor_sizes``: the base
     anchor side of P3..P7 (three scales and three aspect ratios each); ``fpn_channels``:
     the width of the pyramid and of the head's convolutions (256 as published; the head
-    runs on every pyramid level, so narrowing it is what makes a CPU detector fast)."""
+    runs on every pyramid level, so narrowing it is what makes a CPU detector fast);
+    ``backbone_weights``: pretrained weights for the ResNet body, torchvision's name of
+    them (``"DEFAULT"``, ``"IMAGENET1K_V1"``; downloaded by torchvision on first use: the
+    usual start of a COCO detector) or a ``.pt`` checkpoint of this toolkit's classifier
+    of the same ResNet (``model: resnet18``; its ``fc`` layer is left out)."""
     import torchvision
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -74,7 +87,16 @@ def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 1
         raise ValueError(f"anchor_sizes needs one size for each of P3..P7; got {anchor_sizes}")
     if not is_int(fpn_channels) or fpn_channels < 8:
         raise ValueError(f"fpn_channels must be an integer of at least 8; got {fpn_channels!r}")
-    body = getattr(torchvision.models, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
+    from_file = backbone_weights is not None and str(backbone_weights).endswith(".pt")
+    if backbone_weights is not None and not from_file:
+        names = list(torchvision.models.get_model_weights(backbone).__members__)
+        if backbone_weights not in names:
+            raise ValueError(f"backbone_weights for {backbone} must be one of {names} or a "
+                             f"checkpoint file (.pt); got {backbone_weights!r}")
+    body = getattr(torchvision.models, backbone)(
+        weights=None if from_file else backbone_weights, norm_layer=nn.BatchNorm2d)
+    if from_file:
+        _load_body(body, str(backbone_weights), backbone)
     # C3..C5 into the pyramid (P3..P5), P6 and P7 from P5, every layer trainable
     c5 = body.inplanes  # the channels of layer4's output
     fpn = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"},
@@ -89,6 +111,31 @@ def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 1
                       detections_per_img=detections_per_img)
     model.output_layers = OUTPUT_LAYERS
     return model
+
+
+def _load_body(body: nn.Module, path: str, backbone: str) -> None:
+    """The weights of a classifier checkpoint of the same torchvision ResNet (this
+    toolkit's ``resnet18``... trained by ``coreset-curate train``), its classifier layer
+    left out: the detector's pretrained backbone."""
+    from ..training.checkpoint import load_state
+
+    try:
+        state = load_state(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"backbone_weights: no checkpoint {path}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    problem = None
+    try:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of other shapes
+        problem = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+    else:
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            problem = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    if problem:
+        raise ValueError(f"backbone_weights {path} is not a checkpoint of torchvision's "
+                         f"{backbone} ({problem}): train one with model: {backbone}")
 
 
 @register_detector("retinanet_resnet18_fpn")

@@ -234,15 +234,21 @@ _NAMED_PREFIXES = ("torchvision:", "hf:")
 
 def resolve_path(key: str, value, folder: Path):
     """``value`` of path key ``key`` as written in a recipe in ``folder``: relative file
-    paths (and the folder of ``imagefolder:PATH``) joined to ``folder``, made absolute;
-    names (``digits``, ``torchvision:NAME``) and absolute paths as they are."""
+    paths (and the folder of ``imagefolder:PATH`` and ``coco:ROOT``) joined to ``folder``,
+    made absolute, as is a detector's ``model_kwargs: {backbone_weights: FILE.pt}``; names
+    (``digits``, ``torchvision:NAME``) and absolute paths as they are."""
+    if key == "model_kwargs" and isinstance(value, dict) and \
+            str(value.get("backbone_weights", "")).endswith(".pt"):  # a detector's backbone
+        return {**value, "backbone_weights": resolve_path(
+            "init", str(value["backbone_weights"]), folder)}
     if key not in PATH_KEYS or not isinstance(value, str) or not value:
         return value
     if key == "data" and (value in _NAMED_SOURCES or value.startswith(_NAMED_PREFIXES)):
         return value
     prefix = ""
-    if key == "data" and value.startswith("imagefolder:"):
-        prefix, value = "imagefolder:", value[len("imagefolder:"):]
+    for kind in ("imagefolder:", "coco:"):
+        if key == "data" and value.startswith(kind):
+            prefix, value = kind, value[len(kind):]
     value = os.path.expanduser(value)
     if not os.path.isabs(value):
         value = os.path.normpath(os.path.join(os.path.abspath(folder), value))
