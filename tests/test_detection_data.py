@@ -12,7 +12,8 @@ from PIL import Image
 
 from coreset_curate.cli import main
 from coreset_curate.data import load_data
-from coreset_curate.detection import BadAnnotation, hflip, make_coco, read_coco, resize
+from coreset_curate.detection import (BadAnnotation, LazyImages, hflip, make_coco, read_coco,
+                                      resize)
 from coreset_curate.detection.synth import _resized
 
 
@@ -130,6 +131,63 @@ def test_missing_or_mis_sized_image_files_are_named(tmp_path):
         read_coco(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="instances_val.json"):
         read_coco(tmp_path, "val")
+
+
+def test_streamed_coco_decodes_when_read_and_matches_the_decoded_split(made, tmp_path):
+    det = read_coco(made, "train")
+    lazy = load_data(f"coco:{made}", "train", stream=True)
+    assert isinstance(lazy.images, LazyImages) and len(lazy) == len(det)
+    assert lazy.fingerprint == det.fingerprint
+    assert all(lazy.image_size(i) == det.image_size(i) for i in range(len(det)))
+    for i in (0, 17, 39):
+        assert torch.equal(lazy.images[i], det.images[i])
+    part = lazy.subset([5, 2])
+    assert isinstance(part.images, LazyImages) and torch.equal(part.images[1], det.images[2])
+    # a file that changed size after indexing is named when it is read
+    _coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], [],
+          [{"id": 1, "name": "x"}])
+    Image.fromarray(np.zeros((12, 15, 3), np.uint8)).save(tmp_path / "train" / "a.png")
+    odd = read_coco(tmp_path, "train", stream=True)
+    with pytest.raises(BadAnnotation, match="15x12 but the annotations say 16x12"):
+        odd.images[0]
+    with pytest.raises(ValueError, match="a detector resizes its images itself"):
+        load_data(f"coco:{made}", "train", stream=True, crop_size=64)
+
+
+def _hf_detection(made):
+    import datasets
+
+    det = read_coco(made, "train")
+    rows = {"image_id": [], "image": [], "objects": []}
+    for i in range(6):
+        b = det.boxes[i]
+        rows["image_id"].append(int(det.sample_ids[i]) + 100)
+        rows["image"].append(Image.fromarray(det.images[i].permute(1, 2, 0).numpy()))
+        rows["objects"].append({"bbox": np.c_[b[:, :2], b[:, 2:] - b[:, :2]].tolist(),
+                                "category": det.classes[i].tolist()})
+    feats = datasets.Features({
+        "image_id": datasets.Value("int64"), "image": datasets.Image(),
+        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"),
+                                                                length=4),
+                                      "category": datasets.ClassLabel(names=det.class_names)})})
+    return det, datasets.Dataset.from_dict(rows, features=feats)
+
+
+def test_hugging_face_detection_datasets_read_like_coco(made):
+    det, ds = _hf_detection(made)
+    for stream in (False, True):
+        hf = load_data(ds, "train", stream=stream)
+        assert hf.task == "detection" and hf.class_names == det.class_names
+        assert hf.sample_ids.tolist() == (det.sample_ids[:6] + 100).tolist()
+        assert hf.category_ids == list(range(1, 11))
+        for i in range(6):
+            assert np.array_equal(hf.boxes[i], det.boxes[i])
+            assert np.array_equal(hf.classes[i], det.classes[i])
+            assert torch.equal(hf.images[i], det.images[i])
+    bad = ds.map(lambda r: {"objects": {"bbox": [[0.0, 0.0, 500.0, 5.0]], "category": [1]}},
+                 features=ds.features)
+    with pytest.raises(BadAnnotation, match="row 0 .*outside"):
+        load_data(bad, "train")
 
 
 def test_boxes_follow_flips_and_resizes():

@@ -119,6 +119,9 @@ def _recipe(root, data=None, **extra):
 def test_detector_recipe_trains_selects_scores_and_resumes_exactly(det_root, tmp_path):
     fp = run_training(_recipe(det_root, mode="fp", epochs=1), tmp_path / "fp")
     assert {"ap", "ap50", "ap75", "best_ap"} <= set(fp) and "top1" not in fp
+    # images decoded when read (COCO-sized sets): the same run to the byte
+    lazy = run_training(_recipe(det_root, mode="fp", epochs=1, stream=True), tmp_path / "lazy")
+    assert lazy["model_sha256"] == fp["model_sha256"]
     qat = dict(mode="qat", teacher=str(tmp_path / "fp" / "model.pt"), epochs=2,
                reselect_every=1, method="acs", fraction=0.5, label_weight=1.0)
     whole = run_training(_recipe(det_root, **qat), tmp_path / "whole")

@@ -3,12 +3,14 @@ image folders and scikit-learn's digits.
 
 ``load_data(source, split)`` accepts
 
-* a Hugging Face ``datasets.Dataset`` or ``DatasetDict``;
+* a Hugging Face ``datasets.Dataset`` or ``DatasetDict`` (one with an ``objects`` column of
+  ``bbox`` and ``category`` is a detection dataset: ``detection.from_hf_detection``);
 * a folder, a file or a glob of Hugging Face-layout Parquet files (for example
   ``../shared/data/cifar10``, whose files are named ``train-*.parquet`` / ``test-*.parquet``);
 * ``"torchvision:NAME"`` (``CIFAR10``, ``CIFAR100``, ``MNIST``, ``FashionMNIST``, ...) read
   from ``root``, downloading only with ``download=True``;
-* ``"coco:ROOT"``: a COCO-layout detection dataset (``detection.read_coco``);
+* ``"coco:ROOT"``: a COCO-layout detection dataset (``detection.read_coco``; with
+  ``stream=True`` its images are decoded when read);
 * ``"digits"``: scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn;
   split ``train`` = rows whose index is not a multiple of 5, ``test`` = the others,
   ``all`` = every row).
@@ -75,6 +77,9 @@ def load_data(
                          id_column=id_column, root=root, download=download,
                          num_threads=num_threads, stream=stream, crop_size=crop_size,
                          resize_size=resize_size, num_workers=num_workers)
+        if getattr(data, "task", None) == "detection":
+            raise ValueError("labels tables replace a classification dataset's labels; a "
+                             "detection dataset's classes are in its annotations")
         return apply_labels(data, labels)
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string; got {split!r}")
@@ -93,6 +98,13 @@ def load_data(
         if split not in source:
             raise ValueError(f"split {split!r} not in the DatasetDict; it has {list(source)}")
         source = source[split]
+    if datasets is not None and isinstance(source, datasets.Dataset) \
+            and "objects" in source.features:  # a detection dataset: boxes per image
+        from ..detection.data import from_hf_detection
+
+        _detection_options(crop_size, resize_size, num_workers)
+        return from_hf_detection(source, split, "hf:" + (source.info.dataset_name or "dataset"),
+                                 id_column=id_column, image_column=image_column, stream=stream)
     if datasets is not None and isinstance(source, datasets.Dataset):
         return _from_hf(source, split, "hf:" + (source.info.dataset_name or "dataset"),
                         image_column, label_column, id_column, num_threads,
@@ -102,11 +114,10 @@ def load_data(
                         f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
     text = os.fspath(source)
     if text.startswith("coco:"):  # a detection dataset: images with boxes
-        if stream or labels is not None:
-            raise ValueError("coco: detection datasets load into memory, without labels=")
+        _detection_options(crop_size, resize_size, num_workers)
         from ..detection import read_coco
 
-        return read_coco(text.split(":", 1)[1], split)
+        return read_coco(text.split(":", 1)[1], split, stream=stream)
     if text.startswith("imagefolder:"):
         return _image_folder(text, split, view if stream else None, num_threads)
     if stream and (text == "digits" or text.startswith("torchvision:")):
@@ -191,6 +202,13 @@ def find_column(features, what: str, name: str | None) -> str:
         raise ValueError(f"{what} column {name!r} not found; the dataset has columns "
                          f"{list(features)} (name it with {what}_column=)")
     return name
+
+
+def _detection_options(crop_size, resize_size, num_workers) -> None:
+    if crop_size is not None or resize_size is not None or num_workers is not None:
+        raise ValueError("crop_size, resize_size and num_workers apply to classification "
+                         "images; a detector resizes its images itself (stream=True alone "
+                         "decodes a detection split's images when they are read)")
 
 
 def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads, view):

@@ -28,18 +28,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DetectionData", "read_coco", "hflip", "resize", "BadAnnotation"]
+__all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "hflip", "resize",
+           "BadAnnotation"]
 
 
 class BadAnnotation(ValueError):
     """An annotation file that does not describe its images correctly."""
 
 
+class LazyImages:
+    """A split's images decoded when read: ``images[i]`` is a ``(3, H, W)`` uint8 RGB
+    tensor decoded from a file path or encoded bytes, ``sizes[i]`` its ``(H, W)`` known
+    without decoding. What a streamed detection split holds in place of a list of decoded
+    tensors (COCO's 118k training images decoded would take about 100 GB); an image whose
+    file differs in size from what its annotations say is named when it is read."""
+
+    def __init__(self, sources: list, sizes: list[tuple[int, int]], names: list[str]) -> None:
+        if not (len(sources) == len(sizes) == len(names)):
+            raise ValueError("sources, sizes and names must have the same length")
+        self.sources, self.names = list(sources), list(names)
+        self.sizes = [(int(h), int(w)) for h, w in sizes]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = _decode(self.sources[i], self.names[i])
+        if tuple(img.shape[1:]) != self.sizes[i]:
+            raise BadAnnotation(f"{self.names[i]}: the file is {img.shape[2]}x{img.shape[1]} "
+                                f"but the annotations say {self.sizes[i][1]}x{self.sizes[i][0]}")
+        return img
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def select(self, positions) -> LazyImages:
+        return LazyImages([self.sources[p] for p in positions],
+                          [self.sizes[p] for p in positions], [self.names[p] for p in positions])
+
+
 @dataclass
 class DetectionData:
     """One split of a detection dataset in memory (see module doc)."""
 
-    images: list[torch.Tensor]
+    images: list[torch.Tensor] | LazyImages
     boxes: list[np.ndarray]
     classes: list[np.ndarray]
     sample_ids: np.ndarray
@@ -69,8 +101,11 @@ class DetectionData:
         if not self.crowd_classes:
             self.crowd_classes = [np.zeros(len(c), np.int64) for c in self.crowd]
         k = len(self.class_names)
-        for i, (img, b, c) in enumerate(zip(self.images, self.boxes, self.classes)):
-            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+        lazy = isinstance(self.images, LazyImages)  # checked when decoded
+        for i, (b, c) in enumerate(zip(self.boxes, self.classes)):
+            img = None if lazy else self.images[i]
+            if img is not None and (img.dtype != torch.uint8 or img.dim() != 3
+                                    or img.shape[0] != 3):
                 raise ValueError(f"image {int(self.sample_ids[i])} must be a (3, H, W) uint8 "
                                  "tensor")
             if b.shape != (len(c), 4):
@@ -112,6 +147,12 @@ class DetectionData:
                 "ids_sha256": hashlib.sha256(self.sample_ids.tobytes()).hexdigest(),
                 "annotations_sha256": h.hexdigest()}
 
+    def image_size(self, i: int) -> tuple[int, int]:
+        """(height, width) of image ``i``, without decoding a lazy one."""
+        if isinstance(self.images, LazyImages):
+            return self.images.sizes[i]
+        return tuple(self.images[i].shape[1:])
+
     def positions(self, sample_ids) -> np.ndarray:
         from ..checks import UnknownIds, align
 
@@ -125,7 +166,9 @@ class DetectionData:
 
     def subset(self, positions) -> DetectionData:
         pos = [int(p) for p in np.asarray(positions, np.int64)]
-        return DetectionData([self.images[p] for p in pos], [self.boxes[p] for p in pos],
+        images = (self.images.select(pos) if isinstance(self.images, LazyImages)
+                  else [self.images[p] for p in pos])
+        return DetectionData(images, [self.boxes[p] for p in pos],
                              [self.classes[p] for p in pos], self.sample_ids[pos],
                              list(self.class_names), list(self.category_ids), self.split,
                              self.name, [self.file_names[p] for p in pos] if self.file_names
@@ -160,21 +203,44 @@ def _categories(cats: list, where: Path) -> tuple[dict[int, int], list[str], lis
     return {cid: k for k, cid in enumerate(ids)}, [seen[c] for c in ids], ids
 
 
-def _read_image(path: Path, what: str) -> torch.Tensor:
+def _decode(source, what: str) -> torch.Tensor:
+    """A file path or encoded bytes as a (3, H, W) uint8 RGB tensor."""
+    import io
+
     from PIL import Image
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: image file {path} is missing")
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise FileNotFoundError(f"{what}: image file {source} is missing")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             arr = np.asarray(im.convert("RGB"))
     except OSError as err:
-        raise BadAnnotation(f"{what}: {path} is not a readable image: {err}") from err
+        raise BadAnnotation(f"{what}: {source if not isinstance(source, bytes) else 'the image'}"
+                            f" is not a readable image: {err}") from err
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def read_coco(root: str | os.PathLike, split: str = "train") -> DetectionData:
-    """One split of a COCO-layout dataset (see module doc)."""
+def _xyxy(b, w: int, h: int, what: str, ann) -> list[float]:
+    """A COCO ``[x, y, width, height]`` box checked against its ``w`` x ``h`` image, as
+    ``x1, y1, x2, y2`` clipped to the image (half a pixel of slack)."""
+    if not (isinstance(b, (list, tuple)) and len(b) == 4
+            and all(isinstance(v, (int, float)) for v in b)):
+        raise BadAnnotation(f"{what}: annotation {ann} has bbox {b!r}; expected "
+                            "[x, y, width, height]")
+    x, y, bw, bh = map(float, b)
+    if bw <= 0 or bh <= 0:
+        raise BadAnnotation(f"{what}: annotation {ann} has a box of no area ({list(b)})")
+    if x < -0.5 or y < -0.5 or x + bw > w + 0.5 or y + bh > h + 0.5:
+        raise BadAnnotation(f"{what}: annotation {ann} box {list(b)} lies outside the "
+                            f"{w}x{h} image")
+    return [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
+
+
+def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = False
+              ) -> DetectionData:
+    """One split of a COCO-layout dataset (see module doc). ``stream=True`` decodes each
+    image when it is read (``LazyImages``) instead of all of them now: for COCO itself; a
+    missing file is still named now, a mis-sized one when it is read."""
     root = Path(root)
     if not split or "/" in split or ".." in split:
         raise ValueError(f"split name {split!r} may not hold '/' or '..'")
@@ -206,41 +272,115 @@ def read_coco(root: str | os.PathLike, split: str = "train") -> DetectionData:
         w, h = int(im["width"]), int(im["height"])
         boxes, classes, crowd, crowd_cls = [], [], [], []
         for a in per_image[img_id]:
-            b = a.get("bbox")
-            if not (isinstance(b, list) and len(b) == 4
-                    and all(isinstance(v, (int, float)) for v in b)):
-                raise BadAnnotation(f"{what}: annotation {a.get('id')} has bbox {b!r}; expected "
-                                    "[x, y, width, height]")
-            x, y, bw, bh = map(float, b)
-            if bw <= 0 or bh <= 0:
-                raise BadAnnotation(f"{what}: annotation {a.get('id')} has a box of no area "
-                                    f"({b})")
-            if x < -0.5 or y < -0.5 or x + bw > w + 0.5 or y + bh > h + 0.5:
-                raise BadAnnotation(f"{what}: annotation {a.get('id')} box {b} lies outside "
-                                    f"the {w}x{h} image")
+            xyxy = _xyxy(a.get("bbox"), w, h, what, a.get("id"))
             if a.get("category_id") not in index:
                 raise BadAnnotation(f"{what}: annotation {a.get('id')} has category "
                                     f"{a.get('category_id')!r}, not among the categories "
                                     f"{cat_ids[:10]}{'...' if len(cat_ids) > 10 else ''}")
-            xyxy = [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
             if a.get("iscrowd"):
                 crowd.append(xyxy)
                 crowd_cls.append(index[a["category_id"]])
             else:
                 boxes.append(xyxy)
                 classes.append(index[a["category_id"]])
-        img = _read_image(root / split / im["file_name"], what)
-        if tuple(img.shape[1:]) != (h, w):
-            raise BadAnnotation(f"{what}: the file is {img.shape[2]}x{img.shape[1]} but the "
-                                f"annotations say {w}x{h}")
-        out_images.append(img)
+        path = root / split / im["file_name"]
+        if stream:
+            if not path.is_file():
+                raise FileNotFoundError(f"{what}: image file {path} is missing")
+            out_images.append((path, (h, w), what))
+        else:
+            img = _decode(path, what)
+            if tuple(img.shape[1:]) != (h, w):
+                raise BadAnnotation(f"{what}: the file is {img.shape[2]}x{img.shape[1]} but "
+                                    f"the annotations say {w}x{h}")
+            out_images.append(img)
         out_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
         out_classes.append(np.asarray(classes, np.int64))
         out_crowd.append(np.asarray(crowd, np.float32).reshape(-1, 4))
         out_crowd_cls.append(np.asarray(crowd_cls, np.int64))
         files.append(str(im["file_name"]))
+    if stream and out_images:
+        out_images = LazyImages(*map(list, zip(*out_images)))
     return DetectionData(out_images, out_boxes, out_classes, np.asarray(ids, np.int64), names,
                          cat_ids, split, f"coco:{root}", files, out_crowd, out_crowd_cls)
+
+
+def _hf_categories(feats) -> list[str] | None:
+    """Class names of a Hugging Face ``objects`` column's ``category`` (None: plain ints)."""
+    import datasets
+
+    obj = feats["objects"]
+    if isinstance(obj, (list, datasets.Sequence)):
+        obj = obj[0] if isinstance(obj, list) else obj.feature
+    cat = obj.get("category") if isinstance(obj, dict) else None
+    if cat is None:
+        raise ValueError("a Hugging Face detection dataset needs an 'objects' column with "
+                         f"'bbox' and 'category'; it has {obj}")
+    while isinstance(cat, (list, datasets.Sequence)):
+        cat = cat[0] if isinstance(cat, list) else cat.feature
+    return list(cat.names) if isinstance(cat, datasets.ClassLabel) else None
+
+
+def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None,
+                      image_column: str | None = None, stream: bool = False) -> DetectionData:
+    """A Hugging Face detection dataset (an image column and an ``objects`` column with
+    ``bbox`` as COCO's ``[x, y, width, height]`` pixels and ``category``, the Hub's usual
+    layout) as a ``DetectionData``: ``sample_ids`` from ``id_column`` (default
+    ``image_id`` where it exists, else the row number), class names from the category's
+    ``ClassLabel``, category ids 1..K; images decoded now, or when read with
+    ``stream=True``. Boxes are checked against the image sizes as ``read_coco`` checks
+    them, and a bad one is named with its row."""
+    import datasets
+
+    from ..data.load import find_column
+
+    feats = ds.features
+    image_column = find_column(feats, "image", image_column)
+    if not isinstance(feats[image_column], datasets.Image):
+        raise ValueError(f"column {image_column!r} must hold images; it is {feats[image_column]}")
+    if id_column is None and "image_id" in feats:
+        id_column = "image_id"
+    names = _hf_categories(feats)
+    plain = ds.cast_column(image_column, datasets.Image(decode=False))
+    cols = plain.select_columns([c for c in (image_column, "objects", id_column) if c])
+    rows = cols.to_dict()
+    if names is None:
+        top = max((max(o["category"], default=-1) for o in rows["objects"]), default=-1)
+        names = [str(k) for k in range(top + 1)]
+    ids = (np.asarray(rows[id_column], np.int64) if id_column
+           else np.arange(len(ds), dtype=np.int64))
+    images, boxes, classes, files = [], [], [], []
+    for r, (enc, objs) in enumerate(zip(rows[image_column], rows["objects"])):
+        what = f"row {r} (image {int(ids[r])})"
+        source = enc.get("bytes") or enc.get("path")
+        if stream:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                w, h = im.size
+            images.append((source, (h, w), what))
+        else:
+            img = _decode(source, what)
+            h, w = img.shape[1:]
+            images.append(img)
+        cats = list(objs.get("category") or [])
+        bbs = list(objs.get("bbox") or [])
+        if len(cats) != len(bbs):
+            raise BadAnnotation(f"{what}: {len(bbs)} boxes but {len(cats)} categories")
+        for j, c in enumerate(cats):
+            if not isinstance(c, int) or not 0 <= c < len(names):
+                raise BadAnnotation(f"{what}: object {j} has category {c!r}, not among the "
+                                    f"{len(names)} classes")
+        boxes.append(np.asarray([_xyxy(b, int(w), int(h), what, j) for j, b in enumerate(bbs)],
+                                np.float32).reshape(-1, 4))
+        classes.append(np.asarray(cats, np.int64))
+        files.append(enc.get("path") or "")
+    if stream and images:
+        images = LazyImages(*map(list, zip(*images)))
+    return DetectionData(images, boxes, classes, ids, names, list(range(1, len(names) + 1)),
+                         split, name, files)
 
 
 # ------------------------------------------------------------------ box-aware transforms

@@ -26,7 +26,7 @@ def coco_ground_truth(data) -> dict:
     """The COCO dataset dict of ``data`` (boxes as xywh, COCO category ids)."""
     images, anns = [], []
     for i, img_id in enumerate(data.sample_ids.tolist()):
-        h, w = data.images[i].shape[1:]
+        h, w = data.image_size(i)
         images.append({"id": img_id, "width": int(w), "height": int(h)})
         for boxes, classes, crowd in ((data.boxes[i], data.classes[i], 0),
                                       (data.crowd[i], data.crowd_classes[i], 1)):

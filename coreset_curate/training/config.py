@@ -198,7 +198,7 @@ class TrainConfig:
         """What a detector's run does not (yet) take: name it rather than ignore it."""
         unsupported = [k for k in ("labels", "label_noise", "exclude", "audit_every")
                        if getattr(self, k) is not None]
-        unsupported += [k for k in ("stream", "free_scores", "compile") if getattr(self, k)]
+        unsupported += [k for k in ("free_scores", "compile") if getattr(self, k)]
         if unsupported:
             raise ValueError(f"{unsupported} do not apply to a detector ({self.model!r}) yet: "
                              "class noise on boxes is made with `coreset-curate make-detection "
