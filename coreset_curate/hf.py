@@ -39,8 +39,16 @@ def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = 
 
 
 def _as_hf(dataset, split: str):
+    if getattr(dataset, "task", None) == "detection":
+        from .detection.data import to_hf_detection
+
+        return to_hf_detection(dataset)
     if isinstance(dataset, LabelledRows):  # ImageData, or a streamed dataset
         return to_hf_dataset(dataset)
+    if isinstance(dataset, str) and dataset.startswith("coco:"):  # files, not decoded
+        from .detection.data import read_coco, to_hf_detection
+
+        return to_hf_detection(read_coco(dataset.split(":", 1)[1], split, stream=True))
     if isinstance(dataset, (str, os.PathLike)):
         if os.fspath(dataset) == "digits":
             from .data import load_data
@@ -65,7 +73,9 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     """The ``datasets.Dataset`` of the samples of ``epoch`` in ``index``.
 
     ``dataset``: a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), an
-    ``ImageData``, ``"digits"`` or a path of Parquet files. The index's dataset fingerprint
+    ``ImageData``, ``"digits"`` or a path of Parquet files; for detection, a
+    ``DetectionData``, ``"coco:ROOT"`` or a Hugging Face detection dataset (rows keyed
+    by ``image_id``, in the Hub's layout: ``detection.to_hf_detection``). The index's dataset fingerprint
     is checked first (``check=False`` skips it), so an index of another dataset fails with
     a clear error instead of selecting the wrong rows. Rows come in ascending sample_id
     order; ``with_weights=True`` adds the index's ``weight`` column. ``labels``: the
@@ -76,6 +86,17 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     table = read_index(index)
     ids, weights = epoch_rows(table, epoch)
     actual = None
+    if "objects" in ds.features:  # a detection dataset: keyed by image_id, no label column
+        from .detection.data import from_hf_detection
+
+        if labels is not None:
+            raise ValueError("labels tables replace a classification dataset's labels; a "
+                             "detection dataset's classes are in its annotations")
+        if id_column is None and "image_id" in ds.features:
+            id_column = "image_id"
+        if check:
+            actual = from_hf_detection(ds, split, "hf", id_column=id_column,
+                                       stream=True).fingerprint
     if labels is not None:
         ds, actual = _with_labels(ds, split, labels, label_column, id_column)
     if check:
@@ -145,6 +166,11 @@ def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PermissionError(f"cannot create the output folder {out_dir}: {err}") from err
+    if "objects" in subset.features:  # a COCO split's images are files: put them inside
+        from datasets.table import embed_table_storage
+
+        subset = subset.with_format("arrow").map(embed_table_storage, batched=True
+                                                 ).with_format(None)
     with atomic_path(target) as tmp:
         subset.to_parquet(str(tmp))
     return target

@@ -188,3 +188,39 @@ def test_every_shipped_recipe_loads():
                                                                "coco_")), path.name
         if is_detector(cfg.model):
             assert cfg.data.startswith("coco:")
+
+
+def test_detection_subsets_load_and_export_through_hugging_face(det_root, det, tmp_path):
+    import datasets
+
+    from coreset_curate import AdaptiveSelector
+    from coreset_curate.hf import export_subset, load_subset
+
+    sel = AdaptiveSelector(det, "random_epoch", 0.5, epochs=1, out=tmp_path / "run")
+    sel.positions(0)
+    ids = pq.read_table(tmp_path / "run" / "index.parquet").column("sample_id").to_pylist()
+    for source in (f"coco:{det_root}", det):
+        sub = load_subset(source, tmp_path / "run" / "index.parquet", 0)
+        assert sub["image_id"] == sorted(ids)
+        pos = det.positions(sub["image_id"])
+        for row, p in zip(sub, pos):
+            assert row["objects"]["category"] == det.classes[p].tolist()
+            assert np.asarray(row["image"]).shape[:2] == det.image_size(p)
+    from coreset_curate.cli import main
+
+    assert main(["-q", "export", "--data", f"coco:{det_root}", "--index",
+                 str(tmp_path / "run" / "index.parquet"), "--epoch", "0", "--out",
+                 str(tmp_path / "export")]) == 0
+    out = tmp_path / "export" / "train-00000-of-00001.parquet"
+    with pytest.raises(FileExistsError):
+        export_subset(f"coco:{det_root}", tmp_path / "run" / "index.parquet", 0,
+                      tmp_path / "export")
+    back = datasets.load_dataset("parquet", data_files=str(out), split="train")
+    assert back["image_id"] == sorted(ids)
+    first = det.positions([back[0]["image_id"]])[0]  # the image bytes travelled inside
+    assert torch.equal(torch.from_numpy(np.array(back[0]["image"])).permute(2, 0, 1),
+                       det.images[first])
+    # the same image ids with other boxes: another dataset
+    make_coco(load_data("digits", "train"), tmp_path / "other", "train", count=12, seed=5)
+    with pytest.raises(ValueError, match="made from another dataset: its annotations_sha256"):
+        load_subset(f"coco:{tmp_path / 'other'}", tmp_path / "run" / "index.parquet", 0)

@@ -111,7 +111,8 @@ def _add_export(sub) -> None:
         "export", help="write an epoch's subset, images included, as Parquet",
         description="Write the rows of one epoch of an index as Parquet with the dataset's "
                     "features; datasets.load_dataset('parquet', data_dir=OUT) reads it.")
-    exp.add_argument("--data", required=True, help="dataset: Parquet folder/file/glob or digits")
+    exp.add_argument("--data", required=True,
+                     help="dataset: Parquet folder/file/glob, digits or coco:ROOT")
     exp.add_argument("--split", default="train")
     exp.add_argument("--index", required=True)
     exp.add_argument("--epoch", type=int, required=True)

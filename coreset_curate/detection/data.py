@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "hflip", "resize",
-           "BadAnnotation"]
+__all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
+           "hflip", "resize", "BadAnnotation"]
 
 
 class BadAnnotation(ValueError):
@@ -407,3 +407,37 @@ def resize(image: torch.Tensor, boxes: np.ndarray, size: tuple[int, int]
     out = np.asarray(boxes, np.float32) * np.array([nw / w, nh / h, nw / w, nh / h],
                                                    np.float32)
     return x.round().clamp(0, 255).to(torch.uint8), out
+
+
+def to_hf_detection(data: DetectionData):
+    """``data`` as a ``datasets.Dataset`` in the Hub's detection layout: ``image_id``,
+    ``image`` (the files of a COCO split, or PNG-encoded tensors), ``width``, ``height``
+    and ``objects`` (``bbox`` as COCO's ``[x, y, width, height]``, ``category`` a
+    ``ClassLabel``), in row order; ``from_hf_detection`` reads it back to the same
+    boxes, classes and fingerprint."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    images = []
+    for i in range(len(data)):
+        if isinstance(data.images, LazyImages) and not isinstance(data.images.sources[i], bytes):
+            images.append({"path": str(data.images.sources[i]), "bytes": None})
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(buf, format="PNG")
+            images.append({"path": None, "bytes": buf.getvalue()})
+    sizes = [data.image_size(i) for i in range(len(data))]
+    objects = [{"bbox": np.c_[b[:, :2], b[:, 2:] - b[:, :2]].astype(np.float32).tolist(),
+                "category": c.tolist()} for b, c in zip(data.boxes, data.classes)]
+    features = datasets.Features({
+        "image_id": datasets.Value("int64"), "image": datasets.Image(),
+        "width": datasets.Value("int32"), "height": datasets.Value("int32"),
+        "objects": datasets.Sequence({
+            "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+            "category": datasets.ClassLabel(names=list(data.class_names))})})
+    return datasets.Dataset.from_dict(
+        {"image_id": data.sample_ids.tolist(), "image": images,
+         "width": [w for _, w in sizes], "height": [h for h, _ in sizes], "objects": objects},
+        features=features, split=data.split)
