@@ -224,3 +224,33 @@ def test_detection_subsets_load_and_export_through_hugging_face(det_root, det, t
     make_coco(load_data("digits", "train"), tmp_path / "other", "train", count=12, seed=5)
     with pytest.raises(ValueError, match="made from another dataset: its annotations_sha256"):
         load_subset(f"coco:{tmp_path / 'other'}", tmp_path / "run" / "index.parquet", 0)
+
+
+def test_torchrun_two_gloo_ranks_distil_a_detector(det_root, tmp_path):
+    """DistributedDataParallel around the per-image loss, the teacher beside it: both
+    ranks run one QAT epoch and rank 0 writes the run."""
+    import os
+    import subprocess
+    import sys
+
+    from coreset_curate.index import epoch_rows, read_index
+
+    torch.save(_model().state_dict(), tmp_path / "teacher.pt")
+    env = {**os.environ, "CORESET_CURATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "ddp"
+    sets = [f"data=coco:{det_root}", "model=retinanet_resnet18_fpn",
+            f"model_kwargs={json.dumps(SMALL)}", "mode=qat", f"teacher={tmp_path / 'teacher.pt'}",
+            "epochs=1", "batch_size=4", "channels_last=false", "method=random_epoch",
+            "fraction=0.5", "label_weight=1.0"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", "-m", "coreset_curate", "train",
+                        *[a for s in sets for a in ("--set", s)], "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["w_bits"] == 4 and 0 <= summary["ap50"] <= 1
+    ids, _ = epoch_rows(read_index(out / "index.parquet"), 0)
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["subset_size"] == len(ids) and 0 < len(ids) < 12
+    assert np.isfinite(line["train_loss"]) and line["train_loss"] > 0
