@@ -254,3 +254,26 @@ def test_torchrun_two_gloo_ranks_distil_a_detector(det_root, tmp_path):
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert line["subset_size"] == len(ids) and 0 < len(ids) < 12
     assert np.isfinite(line["train_loss"]) and line["train_loss"] > 0
+
+
+def test_cli_scores_a_detection_split_and_selects_from_it(det_root, det, tmp_path, capsys):
+    from coreset_curate.cli import main
+
+    torch.save(_model().state_dict(), tmp_path / "fp.pt")
+    common = ["-q", "score", "--data", f"coco:{det_root}", "--model",
+              "retinanet_resnet18_fpn", "--model-kwargs", "fpn_channels=16",
+              "--checkpoint", str(tmp_path / "fp.pt")]
+    assert main([*common, "--w-bits", "4", "--a-bits", "4", "--reference",
+                 str(tmp_path / "fp.pt"), "--out", str(tmp_path / "s.parquet")]) == 0
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column("sample_id").to_pylist() == det.sample_ids.tolist()
+    assert table.column("label").to_pylist() == det.image_labels.tolist()
+    assert table_metadata(table)["task"] == "detection"
+    assert all(d is not None and d >= 0 for d in table.column("ds").to_pylist())
+    assert main(["-q", "select", "--scores", str(tmp_path / "s.parquet"), "--method", "acs",
+                 "--fraction", "0.5", "--epochs", "4", "--out",
+                 str(tmp_path / "index.parquet")]) == 0
+    chosen = pq.read_table(tmp_path / "index.parquet").column("sample_id").to_pylist()
+    assert 0 < len(chosen) < len(det) and set(chosen) <= set(det.sample_ids.tolist())
+    assert main([*common, "--probs", "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "['--probs'] apply to classifiers" in capsys.readouterr().err

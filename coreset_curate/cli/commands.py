@@ -112,6 +112,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise ValueError("--crop-size, --resize-size and --workers apply to --stream")
     data = load_data(args.data, args.split, id_column=args.id_column, labels=args.labels,
                      **view)
+    if getattr(data, "task", None) == "detection":
+        return _score_detector(args, data)
+    if args.model_kwargs:
+        raise ValueError("--model-kwargs applies to detectors (coco:ROOT data)")
     if args.mean is not None or args.std is not None:
         _, eval_tf = default_transforms(data, mean=args.mean, std=args.std)
     else:
@@ -162,6 +166,49 @@ def _cmd_score(args: argparse.Namespace) -> int:
         acc = float((t.column("pred").to_numpy() == t.column("label").to_numpy()).mean())
         print(f"wrote {path}: {t.num_rows} samples, student top-1 {100 * acc:.2f}%, "
               f"mean EVS {float(t.column('evs').to_numpy().mean()):.4f}")
+    return 0
+
+
+def _score_detector(args: argparse.Namespace, data) -> int:
+    """``score`` on a detection split: one table, by ``detection.score_detections``."""
+    import numpy as np
+
+    from ..detection import create_detector
+    from ..detection.scores import score_detections
+    from ..detection.train import batch_of
+    from ..quant import FLOAT_BITS, calibrate_, quantize_model
+    from ..tables import write_table
+    from ..training import load_checkpoint
+    from ..training.config import parse_assignments
+
+    unsupported = [flag for flag, on in (("--embeddings", args.embeddings), ("--probs", args.probs),
+                                         ("--bf16", args.bf16), ("--mean/--std", args.mean
+                                                                 or args.std)) if on]
+    if unsupported:
+        raise ValueError(f"{unsupported} apply to classifiers; a detection split is scored "
+                         "by detection.score_detections (see its columns in the README)")
+    kwargs = parse_assignments(args.model_kwargs, "--model-kwargs")
+
+    def build(path: str, quantized: bool):
+        model = create_detector(args.model, num_classes=data.num_classes, **kwargs)
+        if quantized:
+            quantize_model(model, args.w_bits, args.a_bits, first_last=args.first_last)
+        return model, load_checkpoint(model, path, allow_missing_quantizers=True)
+
+    quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
+    student, missing = build(args.checkpoint, quantized)
+    if missing:
+        log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
+                 args.w_bits, args.a_bits, args.split)
+        rows = np.linspace(0, len(data) - 1, min(len(data), 64)).astype(np.int64)
+        calibrate_(student, ((batch_of(data, rows[s:s + 16])[0],) for s in range(0, len(rows), 16)))
+    reference = build(args.reference, False)[0] if args.reference else None
+    table = score_detections(student, data, reference, epoch=args.epoch,
+                             batch_size=args.batch_size or 16, device=args.device,
+                             metadata={"arch": args.model, "checkpoint": str(args.checkpoint)})
+    write_table(table, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {table.num_rows} images, mean EVS "
+          f"{float(np.nanmean(table.column('evs').to_numpy(zero_copy_only=False))):.4f}")
     return 0
 
 

@@ -251,12 +251,16 @@ def _add_score(sub) -> None:
                     "with --reference). Shards are written as they finish, so a killed run "
                     "started again with the same arguments resumes; under torchrun the "
                     "shards are split across ranks and rank 0 writes one table.")
-    sc.add_argument("--data", required=True, help="Parquet folder/file/glob, digits, or "
-                    "torchvision:NAME")
+    sc.add_argument("--data", required=True, help="Parquet folder/file/glob, digits, "
+                    "torchvision:NAME, or coco:ROOT (detection)")
     sc.add_argument("--split", default="train")
     sc.add_argument("--id-column", default=None, help="column holding sample ids")
     sc.add_argument("--labels", default=None, metavar="LABELS.parquet", help=LABELS_HELP)
-    sc.add_argument("--model", required=True, help="architecture name (see models)")
+    sc.add_argument("--model", required=True, help="architecture name (see models), or a "
+                    "detector (retinanet_resnet18_fpn, ...) for coco:ROOT data")
+    sc.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="a detector's options, as in a recipe's model_kwargs (e.g. "
+                         "fpn_channels=64)")
     sc.add_argument("--checkpoint", required=True, help="student state dict (weights-only)")
     sc.add_argument("--reference", default=None, help="full-precision state dict for DS")
     sc.add_argument("--w-bits", type=_bits, default=32, help="student weight bits (32)")
