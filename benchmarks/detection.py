@@ -30,21 +30,16 @@ record), rendered into benchmarks/README.md::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
 from readme_table import write_between
+from resumable import ROOT, Results, parser, start, train
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "cifar10-det"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "detection"
-RESULTS = ROOT / "benchmarks" / "results" / "detection.json"
+RESULTS = Results(ROOT / "benchmarks" / "results" / "detection.json")
 README = ROOT / "benchmarks" / "README.md"
 TABLE_START, TABLE_END = "<!-- detection:start -->", "<!-- detection:end -->"
 BACKBONE_RECIPE = ROOT / "recipes" / "cifar10det_backbone_resnet18.yaml"
@@ -60,16 +55,6 @@ KEYS = ("method", "fraction", "epochs", "R", "seed", "ap", "ap50", "ap75", "best
         "cores_oversubscribed")
 
 
-def load_results() -> list:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-
-
-def save_record(record: dict) -> None:
-    results = [r for r in load_results() if r["name"] != record["name"]] + [record]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS, json.dumps(results, indent=2))
-
-
 def make_data() -> None:
     from coreset_curate.data import load_data
     from coreset_curate.detection import make_coco
@@ -81,23 +66,15 @@ def make_data() -> None:
             make_coco(load_data(str(cifar), split), DATA, split, count=count, seed=seed)
 
 
-def train(config, out: Path) -> dict:
-    from coreset_curate.training import run_training
-
-    resume = (out / "last.pt").exists()
-    print(f"{out}: {'resuming' if resume else 'starting'}", flush=True)
-    return run_training(config, out, resume=resume, overwrite=not resume)
-
-
 def backbone(args) -> Path:
     from coreset_curate.training import load_recipe
 
     out = RUNS_DIR / "backbone"
-    if not any(r["name"] == "backbone" for r in load_results()):
+    if not RESULTS.has("backbone"):
         sets = [f"data={ROOT.parent / 'shared' / 'data' / 'cifar10'}", *args.threads,
                 *([f"limit_train={args.limit_train}", "epochs=1"] if args.limit_train else [])]
         summary = train(load_recipe(BACKBONE_RECIPE, sets), out)
-        save_record({"name": "backbone", "kind": "backbone", "method": "backbone",
+        RESULTS.save({"name": "backbone", "kind": "backbone", "method": "backbone",
                      **{k: summary[k] for k in ("model", "epochs", "top1", "wall_s",
                                                 "cores_oversubscribed")}, **args.info})
     return out / "model.pt"
@@ -107,18 +84,18 @@ def teacher(args, backbone_pt: Path) -> Path:
     from coreset_curate.training import load_recipe
 
     out = RUNS_DIR / "fp"
-    if not any(r["name"] == "fp" for r in load_results()):
+    if not RESULTS.has("fp"):
         kwargs = {**load_recipe(FP_RECIPE).model_kwargs, "backbone_weights": str(backbone_pt)}
         summary = train(load_recipe(FP_RECIPE, [f"model_kwargs={json.dumps(kwargs)}",
                                                 *args.common, *args.threads]), out)
-        save_record({"name": "fp", "kind": "run", **{k: summary.get(k) for k in KEYS},
+        RESULTS.save({"name": "fp", "kind": "run", **{k: summary.get(k) for k in KEYS},
                      "method": "fp", "scoring_s": 0.0, **args.info})
     return out / "model.pt"
 
 
 def throughput(args, teacher_pt: Path) -> None:
     """Images a second: bare forward, a scoring round, a round with the reference."""
-    if any(r["name"] == "throughput" for r in load_results()):
+    if RESULTS.has("throughput"):
         return
     import numpy as np
     import torch
@@ -162,7 +139,7 @@ def throughput(args, teacher_pt: Path) -> None:
         print(f"{name}: {timings[name]:.1f} images/s", flush=True)
     from coreset_curate.cores import check_cores
 
-    save_record({"name": "throughput", "kind": "throughput", "images": len(data),
+    RESULTS.save({"name": "throughput", "kind": "throughput", "images": len(data),
                  "batch_size": bs, **{f"{k}_images_per_s": round(v, 2)
                                       for k, v in timings.items()},
                  "scoring_vs_bare": round(timings["scoring"] / timings["bare_forward"], 3),
@@ -179,11 +156,11 @@ def row(args, teacher_pt: Path, method: str, fraction: float, r, seed: int) -> N
             *args.threads]
     config = load_recipe(QAT_RECIPE, sets)
     name = f"w4a4_{method}_{round(fraction * 100)}_R{config.reselect_every}_s{seed}"
-    if any(x["name"] == name for x in load_results()):
+    if RESULTS.has(name):
         return
     summary = train(config, RUNS_DIR / name)
     record = {"name": name, "kind": "run", **{k: summary[k] for k in KEYS}, **args.info}
-    save_record(record)
+    RESULTS.save(record)
     print(json.dumps(record), flush=True)
 
 
@@ -215,45 +192,29 @@ def render(results: list) -> str:
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit-train", type=int, default=None, help="smoke runs only")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="num_threads of every run (default: torch's); recorded")
-    parser.add_argument("--runs-dir", default=None, help="(smoke runs) instead of benchmarks/runs")
-    parser.add_argument("--results", default=None, help="(smoke runs) instead of the results file")
-    parser.add_argument("--render", action="store_true",
-                        help="only write the results into benchmarks/README.md")
-    args = parser.parse_args()
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    cli = parser(__doc__)
+    cli.add_argument("--threads", type=int, default=None,
+                     help="num_threads of every run (default: torch's); recorded")
+    args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
-    RESULTS = Path(args.results) if args.results else RESULTS
+    RESULTS = Results(args.results or RESULTS.path)
     if args.render:
-        text = render(load_results())
+        text = render(RESULTS.load())
         write_between(README, TABLE_START, TABLE_END, text)
         print(text)
         return
     args.common = ([f"limit_train={args.limit_train}", "limit_test=50", "epochs=2"]
                    if args.limit_train else [])
+    args.info = start(args, threads=args.threads or torch.get_num_threads())
     args.threads = [f"num_threads={args.threads}"] if args.threads else []
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    args.info = {"machine": {"cpu": platform.processor() or platform.machine(),
-                             "cores": os.cpu_count(), "torch": torch.__version__,
-                             "threads": args.threads[0].split("=")[1] if args.threads
-                             else torch.get_num_threads()},
-                 "date": time.strftime("%Y-%m-%d"), "commit": commit,
-                 **({"limit_train": args.limit_train} if args.limit_train else {})}
     make_data()
     teacher_pt = teacher(args, backbone(args))
     throughput(args, teacher_pt)
     for method, fraction, r, seed in ROWS:
         row(args, teacher_pt, method, fraction, r, seed)
     if not args.results:
-        write_between(README, TABLE_START, TABLE_END, render(load_results()))
+        write_between(README, TABLE_START, TABLE_END, render(RESULTS.load()))
 
 
 if __name__ == "__main__":

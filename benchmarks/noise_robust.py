@@ -31,10 +31,7 @@ benchmarks/README.md::
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,12 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from coreset_curate.atomic import write_text
 from readme_table import write_between
+from resumable import ROOT, Results, parser, start, train
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "noise_robust"
-RESULTS = ROOT / "benchmarks" / "results" / "noise_robust.json"
+RESULTS = Results(ROOT / "benchmarks" / "results" / "noise_robust.json")
 README = ROOT / "benchmarks" / "README.md"
 TABLE_START, TABLE_END = "<!-- noise-robust:start -->", "<!-- noise-robust:end -->"
 SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.2)]
@@ -64,24 +60,6 @@ def tag(noise_type: str | None, rate: float | None) -> str:
     return "clean" if noise_type is None else f"{noise_type[:3]}{round(rate * 100)}"
 
 
-def load_results() -> list:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-
-
-def save_record(record: dict) -> None:
-    results = [r for r in load_results() if r["name"] != record["name"]] + [record]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS, json.dumps(results, indent=2))
-
-
-def train(config, out: Path) -> dict:
-    from coreset_curate.training import run_training
-
-    resume = (out / "last.pt").exists()
-    print(f"{out}: {'resuming' if resume else 'starting'}", flush=True)
-    return run_training(config, out, resume=resume, overwrite=not resume)
-
-
 def noise_key(noise_type, rate) -> list[str]:
     return [] if noise_type is None else [
         f"label_noise={{type: {noise_type}, rate: {rate}, seed: 0}}"]
@@ -92,12 +70,12 @@ def teacher(args, noise_type, rate) -> Path:
 
     out = RUNS_DIR / tag(noise_type, rate) / "fp"
     name = f"{tag(noise_type, rate)}_fp"
-    if not any(r["name"] == name for r in load_results()):
+    if not RESULTS.has(name):
         cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
                           [f"data={args.data}", f"epochs={args.fp_epochs}",
                            *noise_key(noise_type, rate), *args.common])
         summary = train(cfg, out)
-        save_record({"name": name, "kind": "teacher", "noise_type": noise_type,
+        RESULTS.save({"name": name, "kind": "teacher", "noise_type": noise_type,
                      "noise_rate": rate, **{k: summary[k] for k in (
                          "epochs", "top1", "best_top1", "wall_s", "cores_oversubscribed")},
                      **args.info})
@@ -116,7 +94,7 @@ def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
     from coreset_curate.training import load_checkpoint, load_recipe
 
     name = f"{tag(noise_type, rate)}_audit"
-    done = next((r for r in load_results() if r["name"] == name), None)
+    done = next((r for r in RESULTS.load() if r["name"] == name), None)
     if done is not None:
         return done
     folder = fp_dir.parent
@@ -165,7 +143,7 @@ def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
               "left_out_by_relabel": relabeled.metadata["dropped"],
               "wall_s": round(time.perf_counter() - t0, 1), "scoring_s": round(scoring_s, 1),
               **args.info}
-    save_record(record)
+    RESULTS.save(record)
     print(json.dumps(record), flush=True)
     return record
 
@@ -177,7 +155,7 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
 
     t = tag(noise_type, rate)
     name = f"{t}_{method}_{round(fraction * 100)}_R{r}_{cleaning}_s0"
-    if any(x["name"] == name for x in load_results()):
+    if RESULTS.has(name):
         return
     sets = [f"data={args.data}", f"teacher={fp_dir / 'model.pt'}", "teacher_sha256=null",
             f"label_weight={LABEL_WEIGHT}", f"method={method}", f"fraction={fraction}",
@@ -198,7 +176,7 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
                                          "train_s", "eval_s", "train_samples",
                                          "cores_oversubscribed")},
               "noisy_share": noisy_share(out) if method != "full" else None, **args.info}
-    save_record(record)
+    RESULTS.save(record)
     print(json.dumps(record), flush=True)
 
 
@@ -230,40 +208,24 @@ def render(results: list) -> str:
 
 
 def main() -> None:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--fp-epochs", type=int, default=8)
-    parser.add_argument("--settings", nargs="*", default=[tag(*s) for s in SETTINGS],
-                        choices=[tag(*s) for s in SETTINGS])
-    parser.add_argument("--no-ceiling", action="store_true", help="skip the clean-label run")
-    parser.add_argument("--limit-train", type=int, default=None, help="smoke runs only")
-    parser.add_argument("--runs-dir", default=None, help="(smoke runs) instead of benchmarks/runs")
-    parser.add_argument("--results", default=None, help="(smoke runs) instead of the results file")
-    parser.add_argument("--render", action="store_true",
-                        help="only write the results into benchmarks/README.md")
-    args = parser.parse_args()
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    cli = parser(__doc__)
+    cli.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    cli.add_argument("--fp-epochs", type=int, default=8)
+    cli.add_argument("--settings", nargs="*", default=[tag(*s) for s in SETTINGS],
+                     choices=[tag(*s) for s in SETTINGS])
+    cli.add_argument("--no-ceiling", action="store_true", help="skip the clean-label run")
+    args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
-    RESULTS = Path(args.results) if args.results else RESULTS
+    RESULTS = Results(args.results or RESULTS.path)
     if args.render:
-        text = render(load_results())
+        text = render(RESULTS.load())
         write_between(README, TABLE_START, TABLE_END, text)
         print(text)
         return
     args.common = ([f"limit_train={args.limit_train}", "limit_test=500", "compile=false"]
                    if args.limit_train else [])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    args.info = {"machine": {"cpu": platform.processor() or platform.machine(),
-                             "cores": os.cpu_count(), "torch": torch.__version__},
-                 "date": time.strftime("%Y-%m-%d"), "commit": commit,
-                 **({"limit_train": args.limit_train} if args.limit_train else {})}
+    args.info = start(args)
     for noise_type, rate in SETTINGS:
         if tag(noise_type, rate) not in args.settings:
             continue
@@ -274,7 +236,7 @@ def main() -> None:
         if not args.no_ceiling and (noise_type, rate) == SETTINGS[0]:
             row(args, None, None, teacher(args, None, None), "full", 1.0, 4, "none")
     if not args.results:
-        write_between(README, TABLE_START, TABLE_END, render(load_results()))
+        write_between(README, TABLE_START, TABLE_END, render(RESULTS.load()))
 
 
 if __name__ == "__main__":

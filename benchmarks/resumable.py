@@ -1,0 +1,70 @@
+"""What the resumable benchmarks share: a results file of named records (a finished row is
+skipped when the benchmark runs again), training that resumes from a run's last epoch,
+the record of the machine and code, and the command line (smoke runs, --render)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from coreset_curate.atomic import write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Results:
+    """A JSON list of records, each with a unique ``name``, rewritten atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> list:
+        return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def has(self, name: str) -> bool:
+        return any(r["name"] == name for r in self.load())
+
+    def save(self, record: dict) -> None:
+        results = [r for r in self.load() if r["name"] != record["name"]] + [record]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(self.path, json.dumps(results, indent=2))
+
+
+def train(config, out: Path) -> dict:
+    """Run ``config`` into ``out``, resuming from its last checkpoint when there is one."""
+    from coreset_curate.training import run_training
+
+    resume = (out / "last.pt").exists()
+    print(f"{out}: {'resuming' if resume else 'starting'}", flush=True)
+    return run_training(config, out, resume=resume, overwrite=not resume)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every resumable benchmark takes (add its own to the parser)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--limit-train", type=int, default=None, help="smoke runs only")
+    p.add_argument("--runs-dir", default=None, help="(smoke runs) instead of benchmarks/runs")
+    p.add_argument("--results", default=None, help="(smoke runs) instead of the results file")
+    p.add_argument("--render", action="store_true",
+                   help="only write the results into benchmarks/README.md")
+    return p
+
+
+def start(args, **machine) -> dict:
+    """Log to stderr and return the record's ``machine``/``date``/``commit`` fields."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"machine": {"cpu": platform.processor() or platform.machine(),
+                        "cores": os.cpu_count(), "torch": torch.__version__, **machine},
+            "date": time.strftime("%Y-%m-%d"), "commit": commit,
+            **({"limit_train": args.limit_train} if args.limit_train else {})}
