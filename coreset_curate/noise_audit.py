@@ -274,6 +274,10 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         raise ValueError(f"count must be one of {COUNTS}; got {count!r}")
     sr = load_rounds(scores, _COLUMNS)
     rounds, last = sr.rounds, sr.rounds[-1]
+    if "annotations_sha256" in (sr.fingerprint or {}) or last["label"].min() < 0:
+        raise ValueError("the noise audit reads a classifier's scores (one label a sample); "
+                         "these are a detection set's per-image scores, whose label is only "
+                         "the image's most frequent class: auditing boxes is not built yet")
     for c in ("prob_label", "pred", "margin", "evs"):
         if c not in last:
             raise ValueError(f"the score tables lack column {c!r}, which the audit needs")

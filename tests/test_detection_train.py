@@ -277,3 +277,6 @@ def test_cli_scores_a_detection_split_and_selects_from_it(det_root, det, tmp_pat
     assert 0 < len(chosen) < len(det) and set(chosen) <= set(det.sample_ids.tolist())
     assert main([*common, "--probs", "--out", str(tmp_path / "p.parquet")]) == 2
     assert "['--probs'] apply to classifiers" in capsys.readouterr().err
+    assert main(["-q", "audit", "--scores", str(tmp_path / "s.parquet"), "--out",
+                 str(tmp_path / "audit")]) == 2
+    assert "auditing boxes is not built yet" in capsys.readouterr().err
