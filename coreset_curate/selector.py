@@ -87,6 +87,7 @@ class RoundScorer:
         self.metadata = dict(metadata or {})
         self._ref_outputs = reference if isinstance(reference, ReferenceOutputs) else None
         self.rounds: dict[int, str | pa.Table] = {}  # epoch -> path (out) or table
+        self._det_reference: dict = {}  # a detector reference's outputs, kept between rounds
         self.last_table: pa.Table | None = None
 
     def keep(self, table: pa.Table, epoch: int) -> str | pa.Table:
@@ -124,7 +125,8 @@ class RoundScorer:
             from .detection.scores import score_detections
 
             table = score_detections(model, self.rows, self.reference, epoch=epoch,
-                                     device=device, metadata={**self.metadata, **meta})
+                                     device=device, metadata={**self.metadata, **meta},
+                                     reference_cache=self._det_reference)
             self.last_table = table
             return self.keep(table, epoch)
         table = score_dataset(model, self.rows, self._reference(device),

@@ -280,3 +280,23 @@ def test_cli_scores_a_detection_split_and_selects_from_it(det_root, det, tmp_pat
     assert main(["-q", "audit", "--scores", str(tmp_path / "s.parquet"), "--out",
                  str(tmp_path / "audit")]) == 2
     assert "auditing boxes is not built yet" in capsys.readouterr().err
+
+
+def test_reference_outputs_are_kept_between_rounds_and_change_nothing(det):
+    from coreset_curate.detection.scores import score_detections
+
+    student, reference = _model(0).eval(), _model(1).eval()
+    with torch.no_grad():
+        reference.head.classification_head.cls_logits.bias += 2.0
+    calls = []
+    reference.backbone.register_forward_hook(lambda *_: calls.append(1))
+    plain = score_detections(student, det, reference, batch_size=5)
+    assert len(calls) == 3  # 12 images, batches of 5
+    cache: dict = {}
+    first = score_detections(student, det, reference, batch_size=5, reference_cache=cache)
+    second = score_detections(student, det, reference, batch_size=5, reference_cache=cache)
+    assert len(calls) == 6 and len(cache) == 3  # the second round ran no reference pass
+    for table in (first, second):
+        assert table.column("ds").to_pylist() == plain.column("ds").to_pylist()
+        assert table.column("ref_pred").to_pylist() == plain.column("ref_pred").to_pylist()
+    assert max(plain.column("ds").to_pylist()) > 0

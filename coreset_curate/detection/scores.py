@@ -126,6 +126,10 @@ TYPES = {"evs": pa.float32(), "ds": pa.float32(), "loss": pa.float32(),
          "fg_anchors": pa.int32()}
 
 
+def _cache_bytes(cache: dict) -> int:
+    return sum(v.numel() * 4 for v in cache.values())
+
+
 def _batches(data, batch_size: int):
     for start in range(0, len(data), batch_size):
         rows = range(start, min(start + batch_size, len(data)))
@@ -135,12 +139,23 @@ def _batches(data, batch_size: int):
         yield list(rows), images, targets
 
 
+# what a reference cache may hold (its class logits, float32): the CPU set's 4,000 images
+# take about 300 MB; COCO's would take terabytes, so its rounds run the reference again
+REFERENCE_CACHE_BYTES = 2 << 30
+
+
 @torch.no_grad()
 def score_detections(student, data, reference=None, *, epoch: int = 0, batch_size: int = 16,
-                     device=None, metadata: dict | None = None) -> pa.Table:
+                     device=None, metadata: dict | None = None,
+                     reference_cache: dict | None = None) -> pa.Table:
     """Score every image of ``data`` (a ``DetectionData``) with a RetinaNet ``student``
     (and DS against ``reference``): one row per image on the score-table contract plus
-    ``box_loss``, ``num_boxes`` and ``fg_anchors``, in row order (module doc)."""
+    ``box_loss``, ``num_boxes`` and ``fg_anchors``, in row order (module doc).
+
+    ``reference_cache``: a dict kept between the rounds of one run (same data, same batch
+    size): the reference's class logits of each batch are kept there, up to
+    ``REFERENCE_CACHE_BYTES``, so that later rounds skip its forward pass. The reference is
+    fixed, so a cached round's table is the same as a recomputed one."""
     from ..checks import non_negative_int, positive_int
     from ..tables import make_metadata, with_metadata
 
@@ -157,8 +172,16 @@ def score_detections(student, data, reference=None, *, epoch: int = 0, batch_siz
             images = [x.to(device) for x in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             cls, deltas, anchors, resized = head_outputs(student, images, targets)
-            ref_cls = head_outputs(reference, images, targets)[0] if reference is not None \
-                else None
+            ref_cls = None
+            if reference is not None:
+                key = (rows[0], len(rows), batch_size)
+                ref_cls = None if reference_cache is None else reference_cache.get(key)
+                if ref_cls is None:
+                    ref_cls = head_outputs(reference, images, targets)[0]
+                    if reference_cache is not None and _cache_bytes(reference_cache) + \
+                            ref_cls.numel() * 4 <= REFERENCE_CACHE_BYTES:
+                        reference_cache[key] = ref_cls.float().cpu()
+                ref_cls = ref_cls.to(device)
             for k, v in image_scores(student, cls, deltas, anchors, resized, ref_cls).items():
                 cols.setdefault(k, []).extend(v)
     finally:
