@@ -140,7 +140,7 @@ def _batches(data, batch_size: int):
 
 
 # what a reference cache may hold (its class logits, float32): the CPU set's 4,000 images
-# take about 300 MB; COCO's would take terabytes, so its rounds run the reference again
+# take about 500 MB; COCO's would take terabytes, so its rounds run the reference again
 REFERENCE_CACHE_BYTES = 2 << 30
 
 
