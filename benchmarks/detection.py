@@ -104,7 +104,7 @@ def throughput(args, teacher_pt: Path) -> None:
     from coreset_curate.data import load_data
     from coreset_curate.detection import create_detector
     from coreset_curate.detection.scores import head_outputs, score_detections
-    from coreset_curate.detection.train import batch_of
+    from coreset_curate.detection.data import batch_of, calibration_batches
     from coreset_curate.quant import calibrate_, quantize_model
     from coreset_curate.training import load_recipe
 
@@ -119,7 +119,7 @@ def throughput(args, teacher_pt: Path) -> None:
     student = create_detector(cfg.model, data.num_classes, **cfg.model_kwargs)
     student.load_state_dict(ref.state_dict())
     quantize_model(student, cfg.w_bits, cfg.a_bits, first_last=cfg.first_last)
-    calibrate_(student, ((batch_of(data, range(s, s + 16))[0],) for s in range(0, 64, 16)))
+    calibrate_(student, calibration_batches(data, range(64)))
     student.eval()
     bs = 16
 

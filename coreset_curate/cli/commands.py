@@ -173,9 +173,10 @@ def _score_detector(args: argparse.Namespace, data) -> int:
     """``score`` on a detection split: one table, by ``detection.score_detections``."""
     import numpy as np
 
+    from ..data import spread_positions
     from ..detection import create_detector
+    from ..detection.data import calibration_batches
     from ..detection.scores import score_detections
-    from ..detection.train import batch_of
     from ..quant import FLOAT_BITS, calibrate_, quantize_model
     from ..tables import write_table
     from ..training import load_checkpoint
@@ -200,8 +201,7 @@ def _score_detector(args: argparse.Namespace, data) -> int:
     if missing:
         log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
                  args.w_bits, args.a_bits, args.split)
-        rows = np.linspace(0, len(data) - 1, min(len(data), 64)).astype(np.int64)
-        calibrate_(student, ((batch_of(data, rows[s:s + 16])[0],) for s in range(0, len(rows), 16)))
+        calibrate_(student, calibration_batches(data, spread_positions(len(data), 64)))
     reference = build(args.reference, False)[0] if args.reference else None
     table = score_detections(student, data, reference, epoch=args.epoch,
                              batch_size=args.batch_size or 16, device=args.device,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 __all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
-           "hflip", "resize", "BadAnnotation"]
+           "batch_of", "calibration_batches", "hflip", "resize", "BadAnnotation"]
 
 
 class BadAnnotation(ValueError):
@@ -381,6 +381,30 @@ def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None
         images = LazyImages(*map(list, zip(*images)))
     return DetectionData(images, boxes, classes, ids, names, list(range(1, len(names) + 1)),
                          split, name, files)
+
+
+def batch_of(data, positions, *, generator: torch.Generator | None = None,
+             flip: bool = False, device="cpu") -> tuple[list[torch.Tensor], list[dict]]:
+    """Images (float in [0, 1]) and targets of ``positions``; with ``flip``, each image is
+    mirrored with probability 1/2 (its boxes follow), drawn from ``generator``."""
+    images, targets = [], []
+    for p in np.asarray(positions).tolist():
+        img, boxes = data.images[p], data.boxes[p]
+        if flip and float(torch.rand((), generator=generator)) < 0.5:
+            img, boxes = hflip(img, boxes)
+        images.append(img.to(device).float() / 255)
+        targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).to(device),
+                        "labels": torch.as_tensor(data.classes[p], dtype=torch.int64
+                                                  ).to(device)})
+    return images, targets
+
+
+def calibration_batches(data, positions, *, batch_size: int = 16, device="cpu"):
+    """The images of ``positions`` in batches of ``batch_size``, each as a one-element tuple
+    (what ``quant.calibrate_`` takes: its first element goes into the model)."""
+    positions = np.asarray(positions)
+    return ((batch_of(data, positions[s:s + batch_size], device=device)[0],)
+            for s in range(0, len(positions), batch_size))
 
 
 # ------------------------------------------------------------------ box-aware transforms

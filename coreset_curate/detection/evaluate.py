@@ -17,6 +17,8 @@ import io
 import numpy as np
 import torch
 
+from .data import batch_of
+
 __all__ = ["coco_ap", "coco_ground_truth", "ap_of_detections"]
 
 KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
@@ -83,8 +85,8 @@ def coco_ap(model, data, *, batch_size: int = 16, device=None) -> dict[str, floa
     detections = []
     try:
         for start in range(0, len(data), batch_size):
-            images = [data.images[i].to(device).float() / 255
-                      for i in range(start, min(start + batch_size, len(data)))]
+            images = batch_of(data, range(start, min(start + batch_size, len(data))),
+                              device=device)[0]
             for out in model(images):
                 detections.append({k: out[k].cpu().numpy() for k in ("boxes", "scores",
                                                                       "labels")})

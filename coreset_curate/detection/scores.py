@@ -131,12 +131,11 @@ def _cache_bytes(cache: dict) -> int:
 
 
 def _batches(data, batch_size: int):
+    from .data import batch_of
+
     for start in range(0, len(data), batch_size):
-        rows = range(start, min(start + batch_size, len(data)))
-        images = [data.images[r].float() / 255 for r in rows]
-        targets = [{"boxes": torch.as_tensor(data.boxes[r]),
-                    "labels": torch.as_tensor(data.classes[r])} for r in rows]
-        yield list(rows), images, targets
+        rows = list(range(start, min(start + batch_size, len(data))))
+        yield (rows, *batch_of(data, rows))
 
 
 # what a reference cache may hold (its class logits, float32): the CPU set's 4,000 images

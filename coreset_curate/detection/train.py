@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import progress
-from .data import hflip
+from .data import batch_of
 
 __all__ = ["DetectorLoss", "match_anchors", "soft_sigmoid_kd", "train_detection_epoch",
            "batch_of"]
@@ -136,22 +136,6 @@ class DetectorLoss(nn.Module):
         self.last = {"gt": float(torch.stack(gt_terms).mean()),
                      **({"kd": float(torch.stack(kd_terms).mean())} if kd_terms else {})}
         return per_image.mean()
-
-
-def batch_of(data, positions, *, generator: torch.Generator | None = None,
-             flip: bool = False, device="cpu") -> tuple[list[torch.Tensor], list[dict]]:
-    """Images (float in [0, 1]) and targets of ``positions``; with ``flip``, each image is
-    mirrored with probability 1/2 (its boxes follow), drawn from ``generator``."""
-    images, targets = [], []
-    for p in np.asarray(positions).tolist():
-        img, boxes = data.images[p], data.boxes[p]
-        if flip and float(torch.rand((), generator=generator)) < 0.5:
-            img, boxes = hflip(img, boxes)
-        images.append(img.to(device).float() / 255)
-        targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).to(device),
-                        "labels": torch.as_tensor(data.classes[p], dtype=torch.int64
-                                                  ).to(device)})
-    return images, targets
 
 
 def train_detection_epoch(loss_model: nn.Module, data, optimizer: torch.optim.Optimizer, *,

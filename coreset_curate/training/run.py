@@ -162,11 +162,11 @@ def _calibration_batches(config: TrainConfig, train, eval_tf, device):
     """Batches of the training split that initialise the LSQ steps: spread over the split
     (an image folder lists class by class)."""
     if getattr(train, "task", None) == "detection":
-        from ..detection.train import batch_of
+        from ..detection.data import calibration_batches
 
-        pos = spread_positions(len(train), 16 * config.calibration_batches)
-        return ((batch_of(train, pos[s:s + 16], device=device)[0],)
-                for s in range(0, len(pos), 16))
+        return calibration_batches(train, spread_positions(len(train),
+                                                           16 * config.calibration_batches),
+                                   device=device)
     calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
                  if config.stream else None)
     return (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
