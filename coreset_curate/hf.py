@@ -38,17 +38,21 @@ def dataset_fingerprint(ds, split: str = "train", *, label_column: str | None = 
     return fingerprint(labels, split, ids)
 
 
-def _as_hf(dataset, split: str):
+def _detection_source(dataset, split: str):
+    """A ``DetectionData`` or ``coco:ROOT`` (read without decoding) as a ``DetectionData``;
+    None for anything else."""
     if getattr(dataset, "task", None) == "detection":
-        from .detection.data import to_hf_detection
+        return dataset
+    if isinstance(dataset, str) and dataset.startswith("coco:"):
+        from .detection.data import read_coco
 
-        return to_hf_detection(dataset)
+        return read_coco(dataset.split(":", 1)[1], split, stream=True)
+    return None
+
+
+def _as_hf(dataset, split: str):
     if isinstance(dataset, LabelledRows):  # ImageData, or a streamed dataset
         return to_hf_dataset(dataset)
-    if isinstance(dataset, str) and dataset.startswith("coco:"):  # files, not decoded
-        from .detection.data import read_coco, to_hf_detection
-
-        return to_hf_detection(read_coco(dataset.split(":", 1)[1], split, stream=True))
     if isinstance(dataset, (str, os.PathLike)):
         if os.fspath(dataset) == "digits":
             from .data import load_data
@@ -82,7 +86,13 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     labels table the run was trained with (``labels`` recipe key): the rows come with its
     labels, and the fingerprint checked is that of the data read with it.
     """
-    ds = _as_hf(dataset, split)
+    det = _detection_source(dataset, split)
+    if det is not None:
+        from .detection.data import to_hf_detection
+
+        ds = to_hf_detection(det)
+    else:
+        ds = _as_hf(dataset, split)
     table = read_index(index)
     ids, weights = epoch_rows(table, epoch)
     actual = None
@@ -94,9 +104,9 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
                              "detection dataset's classes are in its annotations")
         if id_column is None and "image_id" in ds.features:
             id_column = "image_id"
-        if check:
-            actual = from_hf_detection(ds, split, "hf", id_column=id_column,
-                                       stream=True).fingerprint
+        if check:  # a Hub dataset is read back for its fingerprint; ours have one
+            actual = (det if det is not None else from_hf_detection(
+                ds, split, "hf", id_column=id_column, stream=True)).fingerprint
     if labels is not None:
         ds, actual = _with_labels(ds, split, labels, label_column, id_column)
     if check:
