@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from readme_table import write_between
-from resumable import ROOT, Results, parser, start, train
+from resumable import ROOT, Results, parser, rendered, start, train
 
 DATA = ROOT / "cifar10-det"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "detection"
@@ -209,10 +209,7 @@ def main() -> None:
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
     RESULTS = Results(args.results or RESULTS.path)
-    if args.render:
-        text = render(RESULTS.load())
-        write_between(README, TABLE_START, TABLE_END, text)
-        print(text)
+    if rendered(args, RESULTS, render, README, TABLE_START, TABLE_END):
         return
     args.common = ([f"limit_train={args.limit_train}", "limit_test=50", "epochs=2"]
                    if args.limit_train else [])

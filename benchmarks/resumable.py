@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from coreset_curate.atomic import write_text
+from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,15 @@ def start(args, **machine) -> dict:
                         "cores": os.cpu_count(), "torch": torch.__version__, **machine},
             "date": time.strftime("%Y-%m-%d"), "commit": commit,
             **({"limit_train": args.limit_train} if args.limit_train else {})}
+
+
+def rendered(args, results: Results, render, readme: Path, start_mark: str,
+             end_mark: str) -> bool:
+    """With ``--render``: write ``render(records)`` between the README's markers, print it
+    and return True (the benchmark stops there); otherwise False."""
+    if not args.render:
+        return False
+    text = render(results.load())
+    write_between(readme, start_mark, end_mark, text)
+    print(text)
+    return True
