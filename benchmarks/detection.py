@@ -27,6 +27,10 @@ record), rendered into benchmarks/README.md::
 
     nohup python benchmarks/detection.py > detection.log 2>&1 &
     python benchmarks/detection.py --render
+
+``--redo NAME... --reason TEXT`` moves finished records to ``detection_superseded.json``
+and deletes their run folders (``fp`` and ``throughput`` are names too; a W4A4 row trained
+from a superseded teacher must go with it).
 """
 
 from __future__ import annotations
@@ -203,12 +207,18 @@ def main() -> None:
     import torch
 
     cli = parser(__doc__)
+    cli.add_argument("--redo", nargs="*", default=[], metavar="NAME",
+                     help="run these rows again from scratch: their records move to "
+                          "detection_superseded.json with --reason, their run folders go")
+    cli.add_argument("--reason", default=None, help="why the --redo rows are redone")
     cli.add_argument("--threads", type=int, default=None,
                      help="num_threads of every run (default: torch's); recorded")
     args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
     RESULTS = Results(args.results or RESULTS.path)
+    if args.redo:
+        RESULTS.supersede(args.redo, args.reason, RUNS_DIR)
     if rendered(args, RESULTS, render, README, TABLE_START, TABLE_END):
         return
     args.common = ([f"limit_train={args.limit_train}", "limit_test=50", "epochs=2"]

@@ -157,27 +157,11 @@ def write_coverage() -> None:
 
 
 def supersede(names: list[str], reason: str | None) -> None:
-    """Move the records of ``names`` out of the results (into equal_cost_superseded.json,
-    with the reason) and delete their run folders, so that the next pass runs them again."""
-    import shutil
+    """Move the records of ``names`` into equal_cost_superseded.json (with the reason) and
+    delete their run folders, so that the next pass runs them again."""
+    from resumable import Results
 
-    from coreset_curate.atomic import write_text
-
-    if not reason:
-        raise SystemExit("--redo needs --reason (kept beside the superseded records)")
-    results = load_results()
-    unknown = sorted(set(names) - {r["name"] for r in results})
-    if unknown:
-        raise SystemExit(f"no results named {unknown}")
-    path = RESULTS.with_name("equal_cost_superseded.json")
-    old = json.loads(path.read_text()) if path.exists() else []
-    old += [{**r, "superseded": {"reason": reason, "date": time.strftime("%Y-%m-%d")}}
-            for r in results if r["name"] in names]
-    write_text(path, json.dumps(old, indent=2))  # first: a crash here loses nothing
-    write_text(RESULTS, json.dumps([r for r in results if r["name"] not in names], indent=2))
-    for name in names:
-        shutil.rmtree(RUNS_DIR / name, ignore_errors=True)
-        print(f"{name}: superseded ({reason}); it runs again")
+    Results(RESULTS).supersede(names, reason, RUNS_DIR)
 
 
 def load_results() -> list[dict]:

@@ -36,6 +36,31 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text(self.path, json.dumps(results, indent=2))
 
+    def supersede(self, names: list[str], reason: str | None, runs_dir: Path) -> None:
+        """Move the records of ``names`` out of the results (into ``STEM_superseded.json``
+        beside them, with the reason and date) and delete their run folders under
+        ``runs_dir``, so that the benchmark's next pass runs them again. A name with a
+        folder and no record yet (a row stopped part-way) loses its folder."""
+        import shutil
+
+        if not reason:
+            raise SystemExit("--redo needs --reason (kept beside the superseded records)")
+        results = self.load()
+        have = {r["name"] for r in results}
+        unknown = sorted(n for n in names if n not in have and not (runs_dir / n).exists())
+        if unknown:
+            raise SystemExit(f"no results or run folders named {unknown}")
+        path = self.path.with_name(f"{self.path.stem}_superseded.json")
+        old = json.loads(path.read_text()) if path.exists() else []
+        old += [{**r, "superseded": {"reason": reason, "date": time.strftime("%Y-%m-%d")}}
+                for r in results if r["name"] in names]
+        write_text(path, json.dumps(old, indent=2))  # first: a crash here loses nothing
+        write_text(self.path, json.dumps([r for r in results if r["name"] not in names],
+                                         indent=2))
+        for name in names:
+            shutil.rmtree(runs_dir / name, ignore_errors=True)
+            print(f"{name}: superseded ({reason}); it runs again", flush=True)
+
 
 def train(config, out: Path) -> dict:
     """Run ``config`` into ``out``, resuming from its last checkpoint when there is one."""
