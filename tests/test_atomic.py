@@ -9,9 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
