@@ -366,8 +366,12 @@ def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
     assert scores.column("ds").null_count == 0
     ids1, _ = sel.subset(1)  # within R: the same subset, no scoring
     assert np.array_equal(ids, ids1)
+    # the scoring pass ran in the selector's batches (the reference's kept outputs are
+    # keyed by batch); a detection dataset's default is 16 images, not 256
+    assert sel.scorer._det_reference and {k[2] for k in sel.scorer._det_reference} == {8}
     rnd = cc.AdaptiveSelector(det, "random_epoch", 0.25, epochs=2)
     assert len(rnd.subset(0)[0]) == len(ids)
+    assert rnd.scorer.batch_size == 16
     with pytest.raises(ValueError, match="free_scores"):
         cc.AdaptiveSelector(det, "rho", 0.25, epochs=2, free_scores=True, reference=ref)
 
