@@ -350,6 +350,42 @@ def test_busy_elsewhere_reads_the_kernel_count(tmp_path):
     assert busy_elsewhere(samples=1, path=str(fake)) is None
 
 
+def test_core_watch_flags_sustained_sharing_only(monkeypatch):
+    """CoreWatch: busy threads elsewhere in 3 readings in a row flag the cores as shared;
+    the same count in readings with quiet ones between does not; a child process's busy
+    thread is this run's own."""
+    import subprocess
+    import sys
+    import time
+
+    from coreset_curate import cores
+
+    def fake(readings):
+        it = iter(readings)
+        return lambda samples=5, interval_s=0.02, path="": next(it, 0)
+
+    def watched(readings):
+        monkeypatch.setattr(cores, "busy_elsewhere", fake(readings))
+        with cores.CoreWatch(threads=2, cores=2, interval_s=0.001, sustained=3) as w:
+            time.sleep(0.2)
+        return w
+
+    assert not watched([5, 0, 5, 0, 5, 5, 0, 5]).shared
+    w = watched([0, 5, 5, 5])
+    assert w.shared and "oversubscribed" in w.message
+    assert not watched([0] * 10).shared
+    monkeypatch.undo()
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        deadline = time.time() + 10
+        while cores._own_running() < 2 and time.time() < deadline:  # the child's spin
+            time.sleep(0.05)
+        assert cores._own_running() >= 2
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_trainer_audits_every_round_and_keeps_flags_out(tmp_path):
     """audit_every in a QAT recipe: each round's audit is written, and no later subset
     holds a sample it flagged as mislabeled."""

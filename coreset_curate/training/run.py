@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text
-from ..cores import check_cores
+from ..cores import CoreWatch, check_cores
 from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
                     spread_positions)
 from ..distributed import barrier, distributed_context
@@ -375,10 +375,11 @@ def _shown(scores: dict[str, float], best: float) -> str:
     return f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f} (best AP {best:.3f})"
 
 
-def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float
+def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | None = None
            ) -> tuple[dict[str, float] | None, float]:
     """One epoch: select, train, and on rank 0 evaluate, log and checkpoint. Returns
-    (the test metrics or None on other ranks, the wall clock mark)."""
+    (the test metrics or None on other ranks, the wall clock mark). ``watch``: what it saw
+    of the cores during the epoch goes into the checkpoint."""
     loss, lr_now, subset_size, t = _train_one(p, epoch)
     if p.rank != 0:
         barrier(p.world)  # rank 0 evaluates and checkpoints
@@ -400,6 +401,7 @@ def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float
              subset_size, t["scoring_s"], t["selection_s"], t["train_s"], t["eval_s"])
     with open(p.out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")
+    run.shared = run.shared or (watch is not None and watch.shared)
     _checkpoint(p, run, epoch, improved)
     barrier(p.world)
     return scores, now
@@ -497,12 +499,20 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     end = config.epochs if stop_after is None else min(config.epochs,
                                                         run.start_epoch + stop_after)
     scores = None
-    # warns once: whether other processes' threads share the cores (times inflated)
+    # warns once: whether other processes' threads share the cores (times inflated), read
+    # at the start, after each epoch and, in one process, every few seconds between
     run.shared = run.shared or (rank == 0 and bool(check_cores()))
-    for epoch in range(run.start_epoch, end):
-        scores, t_wall = _epoch(p, run, epoch, t_wall)
-        if rank == 0 and not run.shared:
-            run.shared = bool(check_cores())
+    watch = CoreWatch() if world == 1 and not run.shared else None
+    try:
+        if watch is not None:
+            watch.start()
+        for epoch in range(run.start_epoch, end):
+            scores, t_wall = _epoch(p, run, epoch, t_wall, watch)
+            if rank == 0 and not run.shared:
+                run.shared = bool(check_cores())
+    finally:
+        if watch is not None:
+            watch.stop()
     if end < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end, config.epochs)
         return None
