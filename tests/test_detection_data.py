@@ -190,6 +190,26 @@ def test_hugging_face_detection_datasets_read_like_coco(made):
         load_data(bad, "train")
 
 
+def test_streamed_hugging_face_sizes_come_from_width_and_height_columns(made):
+    """Streamed, a dataset's width/height columns give the sizes (no file is opened for
+    them); an image that disagrees with its columns is named when it is decoded."""
+    det, ds = _hf_detection(made)
+    hs = [int(det.images[i].shape[1]) for i in range(6)]
+    ws = [int(det.images[i].shape[2]) for i in range(6)]
+    good = ds.add_column("width", ws).add_column("height", hs)
+    hf = load_data(good, "train", stream=True)
+    assert hf.images.sizes == list(zip(hs, ws))
+    assert torch.equal(hf.images[0], det.images[0])
+    wrong = ds.add_column("width", [w + 200 for w in ws]).add_column("height", hs)
+    hf = load_data(wrong, "train", stream=True)  # boxes fit the wider size: read
+    assert hf.images.sizes[0] == (hs[0], ws[0] + 200)
+    with pytest.raises(BadAnnotation, match="row 0 .*the file is"):
+        hf.images[0]
+    with pytest.raises(BadAnnotation, match="width and height must be positive"):
+        load_data(ds.add_column("width", [0] * 6).add_column("height", hs), "train",
+                  stream=True)
+
+
 def test_boxes_follow_flips_and_resizes():
     img = torch.zeros(3, 40, 60, dtype=torch.uint8)
     box = np.array([[10, 5, 25, 30]], np.float32)

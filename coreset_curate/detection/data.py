@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import is_int
+
 __all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
            "batch_of", "calibration_batches", "hflip", "resize", "BadAnnotation"]
 
@@ -329,7 +331,9 @@ def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None
     ``image_id`` where it exists, else the row number), class names from the category's
     ``ClassLabel``, category ids 1..K; images decoded now, or when read with
     ``stream=True``. Boxes are checked against the image sizes as ``read_coco`` checks
-    them, and a bad one is named with its row."""
+    them, and a bad one is named with its row. Streamed, the sizes come from ``width``
+    and ``height`` columns where the dataset has both (each image is checked against
+    them when it is decoded), else from each image file's header."""
     import datasets
 
     from ..data.load import find_column
@@ -342,7 +346,9 @@ def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None
         id_column = "image_id"
     names = _hf_categories(feats)
     plain = ds.cast_column(image_column, datasets.Image(decode=False))
-    cols = plain.select_columns([c for c in (image_column, "objects", id_column) if c])
+    sized = stream and "width" in feats and "height" in feats
+    cols = plain.select_columns([c for c in (image_column, "objects", id_column,
+                                             *(("width", "height") if sized else ())) if c])
     rows = cols.to_dict()
     if names is None:
         top = max((max(o["category"], default=-1) for o in rows["objects"]), default=-1)
@@ -354,12 +360,19 @@ def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None
         what = f"row {r} (image {int(ids[r])})"
         source = enc.get("bytes") or enc.get("path")
         if stream:
-            import io
+            if sized:
+                w, h = rows["width"][r], rows["height"][r]
+                if not (is_int(w) and is_int(h) and w > 0 and h > 0):
+                    raise BadAnnotation(f"{what}: width and height must be positive integers; "
+                                        f"got {w!r} and {h!r}")
+            else:
+                import io
 
-            from PIL import Image
+                from PIL import Image
 
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-                w, h = im.size
+                with Image.open(io.BytesIO(source) if isinstance(source, bytes)
+                                else source) as im:
+                    w, h = im.size
             images.append((source, (h, w), what))
         else:
             img = _decode(source, what)
