@@ -208,7 +208,7 @@ def main() -> None:
     import torch
 
     cli = parser(__doc__)
-    cli.add_argument("--redo", nargs="*", default=[], metavar="NAME",
+    cli.add_argument("--redo", nargs="+", default=[], metavar="NAME",
                      help="run these rows again from scratch: their records move to "
                           "detection_superseded.json with --reason, their run folders go")
     cli.add_argument("--reason", default=None, help="why the --redo rows are redone")

@@ -28,6 +28,7 @@ from pathlib import Path
 from qat_cifar10 import code_version, machine
 from readme_table import write_between
 from results_file import append_record
+from resumable import Results
 
 from coreset_curate.atomic import atomic_path
 
@@ -156,14 +157,6 @@ def write_coverage() -> None:
     write_text(RESULTS.with_name("equal_cost_coverage.json"), json.dumps(rows, indent=2))
 
 
-def supersede(names: list[str], reason: str | None) -> None:
-    """Move the records of ``names`` into equal_cost_superseded.json (with the reason) and
-    delete their run folders, so that the next pass runs them again."""
-    from resumable import Results
-
-    Results(RESULTS).supersede(names, reason, RUNS_DIR)
-
-
 def load_results() -> list[dict]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
@@ -239,7 +232,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run names to run")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this many minutes")
-    parser.add_argument("--redo", nargs="*", default=[], metavar="NAME",
+    parser.add_argument("--redo", nargs="+", default=[], metavar="NAME",
                         help="run these again from scratch: their records move to "
                              "equal_cost_superseded.json with --reason")
     parser.add_argument("--reason", default=None, help="why the --redo runs are redone")
@@ -251,7 +244,8 @@ def main() -> None:
         write_coverage()
         return
     if args.redo:
-        supersede(args.redo, args.reason)
+        # records into equal_cost_superseded.json, run folders deleted: the pass redoes them
+        Results(RESULTS).supersede(args.redo, args.reason, RUNS_DIR)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if args.render:

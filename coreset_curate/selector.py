@@ -82,8 +82,8 @@ class RoundScorer:
                  reference_key: str | None = None, metadata: dict | None = None) -> None:
         self.rows, self.transform, self.out = rows, transform, out
         self.reference, self.reference_key = reference, reference_key
-        detection = getattr(rows, "task", None) == "detection"
-        self.batch_size = batch_size or (16 if detection else 256)
+        self.detection = getattr(rows, "task", None) == "detection"
+        self.batch_size = batch_size or (16 if self.detection else 256)
         self.device = device
         self.probs = rows.num_classes <= 256 if probs is None else bool(probs)
         self.metadata = dict(metadata or {})
@@ -123,11 +123,12 @@ class RoundScorer:
         ``out/scores/epoch_T.parquet`` (its path is returned) or kept in memory (the table)."""
         non_negative_int("epoch", epoch)
         device = self.device or _model_device(model)
-        if getattr(self.rows, "task", None) == "detection":
+        if self.detection:
             from .detection.scores import score_detections
 
             table = score_detections(model, self.rows, self.reference, epoch=epoch,
-                                     batch_size=self.batch_size, device=device, metadata={**self.metadata, **meta},
+                                     batch_size=self.batch_size, device=device,
+                                     metadata={**self.metadata, **meta},
                                      reference_cache=self._det_reference)
             self.last_table = table
             return self.keep(table, epoch)

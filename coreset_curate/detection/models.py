@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
@@ -87,8 +87,8 @@ def retinanet(num_classes: int, *, backbone: str = "resnet18", min_size: int = 1
     them (``"DEFAULT"``, ``"IMAGENET1K_V1"``; downloaded by torchvision on first use: the
     usual start of a COCO detector) or a ``.pt`` checkpoint of this toolkit's classifier
     of the same ResNet (``model: resnet18``; its ``fc`` layer is left out); ``head_norm``:
-    ``"group"`` (group norm after each head convolution: up to 32 groups, of two channels or more) or None (the
-    published head: module doc)."""
+    ``"group"`` (group norm after each head convolution: up to 32 groups, of two channels
+    or more) or None (the published head: module doc)."""
     import torchvision
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.retinanet import RetinaNetHead

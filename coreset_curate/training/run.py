@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -502,17 +503,11 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
     # warns once: whether other processes' threads share the cores (times inflated), read
     # at the start, after each epoch and, in one process, every few seconds between
     run.shared = run.shared or (rank == 0 and bool(check_cores()))
-    watch = CoreWatch() if world == 1 and not run.shared else None
-    try:
-        if watch is not None:
-            watch.start()
+    with CoreWatch() if world == 1 and not run.shared else nullcontext() as watch:
         for epoch in range(run.start_epoch, end):
             scores, t_wall = _epoch(p, run, epoch, t_wall, watch)
             if rank == 0 and not run.shared:
                 run.shared = bool(check_cores())
-    finally:
-        if watch is not None:
-            watch.stop()
     if end < config.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end, config.epochs)
         return None
