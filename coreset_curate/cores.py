@@ -49,7 +49,7 @@ def busy_elsewhere(samples: int = 5, interval_s: float = 0.02,
     return max(0, counts[len(counts) // 2])
 
 
-def _own_running() -> int:
+def _own_running(proc: str = "/proc") -> int:
     """Threads in the running state of this process and of its child processes (a
     loader's decoding workers are the run's own work; Linux ``/proc/self/task``)."""
     n, seen = 0, set()
@@ -57,20 +57,20 @@ def _own_running() -> int:
     while todo:
         pid = todo.pop()
         try:
-            tasks = os.listdir(f"/proc/{pid}/task")
+            tasks = os.listdir(f"{proc}/{pid}/task")
         except OSError:
             if pid == "self":
                 return 1
             continue
         for tid in tasks:
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                with open(f"{proc}/{pid}/task/{tid}/stat") as fh:
                     state = fh.read().rsplit(")", 1)[1].split()[0]
             except (OSError, IndexError):
                 continue
             n += state == "R"
             try:
-                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                with open(f"{proc}/{pid}/task/{tid}/children") as fh:
                     kids = fh.read().split()
             except OSError:
                 kids = []

@@ -350,12 +350,10 @@ def test_busy_elsewhere_reads_the_kernel_count(tmp_path):
     assert busy_elsewhere(samples=1, path=str(fake)) is None
 
 
-def test_core_watch_flags_sustained_sharing_only(monkeypatch):
+def test_core_watch_flags_sustained_sharing_only(monkeypatch, tmp_path):
     """CoreWatch: busy threads elsewhere in 3 readings in a row flag the cores as shared;
     the same count in readings with quiet ones between does not; a child process's busy
-    thread is this run's own."""
-    import subprocess
-    import sys
+    thread is this run's own (on a made-up /proc: a live child's state is the kernel's)."""
     import time
 
     from coreset_curate import cores
@@ -375,15 +373,14 @@ def test_core_watch_flags_sustained_sharing_only(monkeypatch):
     assert w.shared and "oversubscribed" in w.message
     assert not watched([0] * 10).shared
     monkeypatch.undo()
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        deadline = time.time() + 10
-        while cores._own_running() < 2 and time.time() < deadline:  # the child's spin
-            time.sleep(0.05)
-        assert cores._own_running() >= 2
-    finally:
-        child.kill()
-        child.wait()
+    proc = tmp_path / "proc"
+    for pid, tid, state, kids in (("self", "10", "R", "42"), ("self", "11", "S", ""),
+                                  ("42", "42", "R", "43"), ("43", "43", "S", "")):
+        task = proc / pid / "task" / tid
+        task.mkdir(parents=True)
+        (task / "stat").write_text(f"{tid} (py thon) {state} 1 2 3\n")
+        (task / "children").write_text(kids)
+    assert cores._own_running(str(proc)) == 2  # thread 10 and the child's 42
 
 
 def test_trainer_audits_every_round_and_keeps_flags_out(tmp_path):
