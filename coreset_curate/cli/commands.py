@@ -287,10 +287,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
     if args.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {args.schedule!r}; registered: {sorted(SCHEDULES)}")
-    config = DemoConfig(fp_epochs=args.fp_epochs, epochs=args.epochs,
-                        reselect_every=args.reselect_every, fraction=args.fraction,
-                        method=args.method, schedule=args.schedule, w_bits=args.w_bits,
-                        a_bits=args.a_bits, seed=args.seed)
-    summary = run_demo(args.out, config, overwrite=args.overwrite)
+    chosen = dict(epochs=args.epochs, reselect_every=args.reselect_every,
+                  fraction=args.fraction, method=args.method, schedule=args.schedule,
+                  w_bits=args.w_bits, a_bits=args.a_bits, seed=args.seed)
+    if args.fp_epochs is not None:
+        chosen["fp_epochs"] = args.fp_epochs
+    if args.task == "detection":
+        from ..detection.demo import (DetectionDemoConfig, format_detection_summary,
+                                      run_detection_demo)
+
+        summary = run_detection_demo(args.out, DetectionDemoConfig(**chosen),
+                                     overwrite=args.overwrite)
+        print(format_detection_summary(summary))
+        return 0
+    summary = run_demo(args.out, DemoConfig(**chosen), overwrite=args.overwrite)
     print(format_summary(summary))
     return 0

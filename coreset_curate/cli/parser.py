@@ -51,8 +51,14 @@ def _add_demo(sub) -> None:
         "demo", help="run the whole pipeline on scikit-learn's digits (no download)",
         description="Train a small float CNN on scikit-learn's digits, quantize it with LSQ, "
                     "score every sample, select ACS subsets for a few QAT epochs, and write "
-                    "scores.parquet, index.parquet, checkpoints and summary.json to --out.")
+                    "scores.parquet, index.parquet, checkpoints and summary.json to --out. "
+                    "With --task detection, the same for a RetinaNet on canvases of pasted "
+                    "digits (a COCO-layout set written to OUT/data), scored by COCO AP.")
     demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--task", choices=("classification", "detection"),
+                      default="classification",
+                      help="classification (a CNN on the digits) or detection (RetinaNet on "
+                           "digit canvases)")
     demo.add_argument("--epochs", type=_positive_int, default=12, help="QAT epochs (12)")
     demo.add_argument("--reselect-every", type=_positive_int, default=3,
                       help="re-score and re-select every R epochs (3)")
@@ -61,8 +67,8 @@ def _add_demo(sub) -> None:
     demo.add_argument("--schedule", default="cos", help="ACS schedule (cos)")
     demo.add_argument("--w-bits", type=_bits, default=4, help="weight bits (4)")
     demo.add_argument("--a-bits", type=_bits, default=4, help="activation bits (4)")
-    demo.add_argument("--fp-epochs", type=_positive_int, default=30,
-                      help="epochs of full-precision training (30)")
+    demo.add_argument("--fp-epochs", type=_positive_int, default=None,
+                      help="epochs of full-precision training (30; detection 24)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
     demo.set_defaults(func=_cmd_demo)
