@@ -84,6 +84,15 @@ def test_detection_demo_keeps_earlier_outputs_unless_told(demo_run):
     assert (out / "index.parquet").read_bytes() == before
 
 
+def test_detection_demo_without_pycocotools_stops_before_training(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pycocotools.cocoeval", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"coreset-curate\[detection\]"):
+        run_detection_demo(tmp_path / "out", TINY)
+    assert not (tmp_path / "out").exists()
+
+
 def test_detection_demo_config_names_a_bad_value():
     with pytest.raises(ValueError, match="fraction"):
         DetectionDemoConfig(fraction=1.5)

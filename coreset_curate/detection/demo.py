@@ -115,6 +115,11 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
     from ..training import TrainConfig, run_training
     from .data import read_coco
 
+    try:  # before minutes of training: every epoch ends with COCO AP
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError as err:
+        raise ImportError("the detection demo measures COCO AP with pycocotools: "
+                          "pip install 'coreset-curate[detection]'") from err
     out = Path(out)
     clash = [n for n in (*OUTPUTS, "data", "backbone", "fp", "qat") if (out / n).exists()]
     if clash and not overwrite:
