@@ -89,8 +89,13 @@ PLAN = [
     # does the reducible-loss score add to coverage? rho with unseen first, more seeds
     (2, "rho", 0.1, 1, 1, True, {**RHO, "unseen": "first"}),
     (2, "rho", 0.1, 2, 1, True, {**RHO, "unseen": "first"}),
-    (2, "acs", 0.1, 0, 2, False, {}),
+    (2, "acs", 0.1, 0, 2, False, {}), (4, "acs", 0.1, 0, 2, False, {}),
+    # 30% at both bit widths (one seed each: about 14 minutes a run), then full data
     (2, "random_cover", 0.3, 0, 1, False, {}), (2, "random_epoch", 0.3, 0, 1, False, {}),
+    (2, "rho", 0.3, 0, 1, True, RHO), (2, "acs", 0.3, 0, 4, False, {}),
+    (4, "random_epoch", 0.3, 0, 1, False, {}), (4, "rho", 0.3, 0, 1, True, RHO),
+    (4, "acs", 0.3, 0, 4, False, {}), (4, "random_cover", 0.3, 0, 1, False, {}),
+    (2, "acs", 0.3, 0, 2, False, {}), (4, "acs", 0.3, 0, 2, False, {}),
     (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
 ]
 
