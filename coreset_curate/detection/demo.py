@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import atomic_path, write_text
-from ..checks import non_negative_int, positive_int
+from ..checks import fraction, non_negative_int, positive_int
 
 __all__ = ["DetectionDemoConfig", "run_detection_demo", "format_detection_summary"]
 
@@ -64,8 +64,7 @@ class DetectionDemoConfig:
                      "batch_size", "fpn_channels"):
             positive_int(name, getattr(self, name))
         non_negative_int("seed", self.seed)
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1]; got {self.fraction!r}")
+        fraction("fraction", self.fraction)
         if not self.fp_lr > 0:
             raise ValueError(f"fp_lr must be positive; got {self.fp_lr!r}")
 
