@@ -78,6 +78,23 @@ def _demo_data(config: DemoConfig):
     return data
 
 
+def collect_outputs(out: Path) -> tuple[list[Path], pa.Table | None, pa.Table]:
+    """The end step of both demos: every scoring round of ``out/qat`` in one
+    ``out/scores.parquet`` (not written when there was no round), ``out/qat``'s index as
+    ``out/index.parquet``, and the two state dicts as ``out/fp.pt`` and ``out/student.pt``,
+    each written atomically. Returns the round files, the scores (or None) and the index."""
+    rounds = sorted((out / "qat" / "scores").glob("epoch_*.parquet"))
+    scores = pa.concat_tables([pq.read_table(p) for p in rounds]) if rounds else None
+    if scores is not None:
+        write_table(scores, out / "scores.parquet", overwrite=True)
+    index = pq.read_table(out / "qat" / "index.parquet")
+    write_table(index, out / "index.parquet", overwrite=True)
+    for src, dst in (("fp/model.pt", "fp.pt"), ("qat/model.pt", "student.pt")):
+        with atomic_path(out / dst) as tmp:
+            shutil.copyfile(out / src, tmp)
+    return rounds, scores, index
+
+
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
              overwrite: bool = False) -> dict:
     """Run the demo into folder ``out`` and return its summary (also in summary.json)."""
@@ -99,14 +116,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *,
         method=config.method, fraction=config.fraction, reselect_every=config.reselect_every,
         schedule=config.schedule), out / "qat", overwrite=True)
 
-    rounds = sorted((out / "qat" / "scores").glob("epoch_*.parquet"))
-    scores = pa.concat_tables([pq.read_table(p) for p in rounds])
-    write_table(scores, out / "scores.parquet", overwrite=True)
-    index = pq.read_table(out / "qat" / "index.parquet")
-    write_table(index, out / "index.parquet", overwrite=True)
-    for src, dst in (("fp/model.pt", "fp.pt"), ("qat/model.pt", "student.pt")):
-        with atomic_path(out / dst) as tmp:
-            shutil.copyfile(out / src, tmp)
+    rounds, scores, index = collect_outputs(out)
 
     data = _demo_data(config)
     if config.label_noise:  # the labels the scores were made with

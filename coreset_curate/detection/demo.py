@@ -28,7 +28,6 @@ one table), ``DIR/index.parquet`` (the subset of every epoch), ``DIR/fp.pt`` and
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,10 +106,7 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
                        *, overwrite: bool = False) -> dict:
     """Run the detection demo into folder ``out`` (module doc); returns its summary (also
     in ``summary.json``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..tables import write_table
+    from ..demo import collect_outputs
     from ..training import TrainConfig, run_training
     from .data import read_coco
 
@@ -147,15 +143,7 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
         reselect_every=config.reselect_every, schedule=config.schedule), out / "qat",
         overwrite=True)
 
-    rounds = sorted((out / "qat" / "scores").glob("epoch_*.parquet"))
-    scores = pa.concat_tables([pq.read_table(p) for p in rounds]) if rounds else None
-    if scores is not None:
-        write_table(scores, out / "scores.parquet", overwrite=True)
-    index = pq.read_table(out / "qat" / "index.parquet")
-    write_table(index, out / "index.parquet", overwrite=True)
-    for src, dst in (("fp/model.pt", "fp.pt"), ("qat/model.pt", "student.pt")):
-        with atomic_path(out / dst) as tmp:
-            shutil.copyfile(out / src, tmp)
+    _, scores, index = collect_outputs(out)
     train = read_coco(out / "data", "train")
     metrics = [json.loads(x) for x in (out / "qat" / "metrics.jsonl").read_text().splitlines()]
     summary = {
