@@ -37,6 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "equal_cost.json"
 PLOT = ROOT / "benchmarks" / "results" / "equal_cost.png"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "equal_cost"
 README = ROOT / "benchmarks" / "README.md"
+TRAIN_SIZE = 50_000  # CIFAR-10's training split
 TABLE_START, TABLE_END = "<!-- equal-cost:start -->", "<!-- equal-cost:end -->"
 
 RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
@@ -188,10 +189,19 @@ def _share(r: dict) -> str:
     return "-" if r.get("noisy_share") is None else f"{100 * r['noisy_share']:.1f}%"
 
 
+def _train_rate(r: dict) -> str:
+    """Training images per second of the row's training steps (CIFAR-10: 50,000 images)."""
+    n = TRAIN_SIZE * (1.0 if r["method"] == "full" else r["fraction"]) * r["epochs"]
+    return f"{n / r['train_s']:.0f}" if r.get("train_s") else "-"
+
+
 def render(results: list[dict]) -> str:
+    # train img/s tells the machine's speed apart from the method's cost: rows made in
+    # sessions on different machines differ in wall time by as much as 1.4x
     rows = ["| W/A | method | options | fraction | R | seed | noise | top-1 final | top-1 best "
-            "| wall (s) | scoring (s) | train (s) | eval (s) | noisy share | commit |",
-            "|" + " --- |" * 15]
+            "| wall (s) | scoring (s) | train (s) | eval (s) | train img/s | noisy share "
+            "| date | commit |",
+            "|" + " --- |" * 17]
     for r in sorted(results, key=lambda r: (-r["w_bits"], r["fraction"], r["method"],
                                             json.dumps(r["options"], sort_keys=True),
                                             r["R"], r["seed"])):
@@ -201,7 +211,8 @@ def render(results: list[dict]) -> str:
                     f"{r['fraction']:g} | {r['R']} | {r['seed']} | {_noise(r)} | "
                     f"{r['top1']:.2f} | {r['best_top1']:.2f} | {r['wall_s']:.0f} | "
                     f"{r['scoring_s']:.1f} | {r['train_s']:.0f} | {r['eval_s']:.0f} | "
-                    f"{_share(r)} | {r.get('commit') or '-'} |")
+                    f"{_train_rate(r)} | {_share(r)} | {r.get('date') or '-'} | "
+                    f"{r.get('commit') or '-'} |")
     return "\n".join(rows) + "\n\n![top-1 against wall time](results/equal_cost.png)"
 
 
