@@ -196,8 +196,8 @@ def _train_rate(r: dict) -> str:
 
 
 def render(results: list[dict]) -> str:
-    # train img/s tells the machine's speed apart from the method's cost: rows made in
-    # sessions on different machines differ in wall time by as much as 1.4x
+    # train img/s tells the machine's speed apart from the method's cost: rows made hours
+    # apart trained at 240-365 img/s with the cores quiet each time
     rows = ["| W/A | method | options | fraction | R | seed | noise | top-1 final | top-1 best "
             "| wall (s) | scoring (s) | train (s) | eval (s) | train img/s | noisy share "
             "| date | commit |",
