@@ -98,6 +98,9 @@ PLAN = [
     (4, "acs", 0.3, 0, 4, False, {}), (4, "random_cover", 0.3, 0, 1, False, {}),
     (2, "acs", 0.3, 0, 2, False, {}), (4, "acs", 0.3, 0, 2, False, {}),
     (2, "full", 1.0, 0, 4, False, {}), (4, "full", 1.0, 0, 4, False, {}),
+    # the soft draw's unbiased loss weights 1 / (n p) (Katharopoulos and Fleuret 2018), the
+    # one rho option no row had measured: against the seed-0 soft row without them
+    (2, "rho", 0.1, 0, 1, True, {**RHO, "reweight": True}),
 ]
 
 
