@@ -219,29 +219,58 @@ def render(results: list[dict]) -> str:
     return "\n".join(rows) + "\n\n![top-1 against wall time](results/equal_cost.png)"
 
 
+# the chart: one colour per method, one marker per fraction; filled for the method as
+# the plan compares it (ACS at the recipe's R = 4, rho's default options on free scores,
+# the random controls re-drawn every epoch), hollow for its variants (another R, other
+# options); runs with label noise are in the table only (other data)
+COLOURS = {"random_epoch": "tab:olive", "random_cover": "tab:brown", "rho": "tab:blue",
+           "acs": "tab:orange", "full": "tab:purple"}
+MARKERS = {0.1: "o", 0.3: "s", 1.0: "*"}
+
+
+def _is_default(r: dict) -> bool:
+    if r["method"] == "acs":
+        return r["R"] == 4
+    if r["method"] == "rho":
+        return r["options"] == RHO and bool(r.get("free_scores"))
+    return r["R"] == 1 and not r.get("free_scores") or r["method"] == "full"
+
+
 def plot(results: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, bits in zip(axes, (2, 4)):
-        runs = [r for r in results if r["w_bits"] == bits]
-        labels = sorted({_label(r) + f" {r['fraction']:g} R={r['R']}" for r in runs})
-        colours = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
+        runs = [r for r in results if r["w_bits"] == bits and not r.get("label_noise")]
         for r in runs:
-            lab = _label(r) + f" {r['fraction']:g} R={r['R']}"
-            ax.scatter(r["wall_s"], r["top1"], color=colours[lab], s=36,
-                       label=lab if lab not in ax.get_legend_handles_labels()[1] else None)
+            colour = COLOURS.get(r["method"], "tab:gray")
+            filled = _is_default(r)
+            ax.scatter(r["wall_s"], r["top1"], marker=MARKERS.get(r["fraction"], "D"),
+                       s=90 if r["fraction"] == 1.0 else 40, linewidths=1.3,
+                       facecolors=colour if filled else "none", edgecolors=colour)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([200, 300, 400, 600, 800, 1200, 1600]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(f"CIFAR-10 ResNet-20 W{bits}A{bits}, 12 epochs")
-        ax.set_xlabel("wall time, scoring included (s, 2-core CPU)")
+        ax.set_xlabel("wall time, scoring included (s, 2-core CPU, log scale)")
         ax.set_ylabel("test top-1 (%)")
-        if runs:
-            ax.legend(fontsize=6.5, loc="best", framealpha=0.6)
-        else:
+        ax.grid(alpha=0.3, which="both")
+        if not runs:
             ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=m) for m, c in COLOURS.items()]
+    handles += [Line2D([], [], ls="", marker=mk, color="k", mfc="none",
+                       label="full data" if f == 1.0 else f"{f:.0%} subset")
+                for f, mk in MARKERS.items()]
+    handles.append(Line2D([], [], ls="", marker="o", color="k", mfc="none",
+                          label="hollow: a variant (ACS R = 2, other rho options)"))
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(PLOT) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
