@@ -18,7 +18,11 @@ train split, seed 0, and 500 test canvases from the test split, seed 1):
    epoch at no scoring cost), seeds 0, 1 and 2, then ``full``, then the 30% pair.
 
 Every run lives in ``benchmarks/runs/detection/`` and resumes from its last epoch;
-finished rows are skipped, so the command below continues where it stopped. Results:
+finished rows are skipped, so the command below continues where it stopped. Run folders
+stay on the machine that made them and the teacher is too large for git (about 50 MB), so
+on a new machine with rows still to run the backbone and the teacher are trained again
+(about 50 minutes) and must reproduce their records' top-1 and AP to the last digit, or
+the benchmark stops and names the ``--redo`` to run. Results:
 ``benchmarks/results/detection.json`` (a list of records: ``method`` (``fp`` for the
 teacher), ``fraction``, ``seed``, ``ap``, ``ap50``, ``ap75``, ``wall_s`` with scoring
 included, ``scoring_s``, ``cores_oversubscribed``; and one ``kind: throughput``
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 from readme_table import write_between
-from resumable import ROOT, Results, parser, rendered, start, train
+from resumable import ROOT, Results, parser, rendered, stage, start, train
 
 DATA = ROOT / "cifar10-det"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "detection"
@@ -73,30 +77,39 @@ def make_data() -> None:
 
 
 def backbone(args) -> Path:
+    """The CIFAR-10 classifier the teacher starts from (its run folder is not kept: on a
+    new machine it is trained again and must reproduce its record's top-1)."""
     from coreset_curate.training import load_recipe
 
     out = RUNS_DIR / "backbone"
-    if not RESULTS.has("backbone"):
+
+    def build() -> dict:
         sets = [f"data={ROOT.parent / 'shared' / 'data' / 'cifar10'}", *args.threads,
                 *([f"limit_train={args.limit_train}", "epochs=1"] if args.limit_train else [])]
         summary = train(load_recipe(BACKBONE_RECIPE, sets), out)
-        RESULTS.save({"name": "backbone", "kind": "backbone", "method": "backbone",
-                     **{k: summary[k] for k in ("model", "epochs", "top1", "wall_s",
-                                                "cores_oversubscribed")}, **args.info})
-    return out / "model.pt"
+        return {"name": "backbone", "kind": "backbone", "method": "backbone",
+                **{k: summary[k] for k in ("model", "epochs", "top1", "wall_s",
+                                           "cores_oversubscribed")}, **args.info}
+
+    return stage(RESULTS, "backbone", out, build, ("model.pt",)) / "model.pt"
 
 
-def teacher(args, backbone_pt: Path) -> Path:
+def teacher(args) -> Path:
+    """The full-precision RetinaNet (about 50 MB, too large to keep in git: on a new
+    machine it is trained again, from the backbone, and must reproduce its record's AP)."""
     from coreset_curate.training import load_recipe
 
     out = RUNS_DIR / "fp"
-    if not RESULTS.has("fp"):
-        kwargs = {**load_recipe(FP_RECIPE).model_kwargs, "backbone_weights": str(backbone_pt)}
+
+    def build() -> dict:
+        kwargs = {**load_recipe(FP_RECIPE).model_kwargs,
+                  "backbone_weights": str(backbone(args))}
         summary = train(load_recipe(FP_RECIPE, [f"model_kwargs={json.dumps(kwargs)}",
                                                 *args.common, *args.threads]), out)
-        RESULTS.save({"name": "fp", "kind": "run", **{k: summary.get(k) for k in KEYS},
-                     "method": "fp", "scoring_s": 0.0, **args.info})
-    return out / "model.pt"
+        return {"name": "fp", "kind": "run", **{k: summary.get(k) for k in KEYS},
+                "method": "fp", "scoring_s": 0.0, **args.info}
+
+    return stage(RESULTS, "fp", out, build, ("model.pt",)) / "model.pt"
 
 
 def throughput(args, teacher_pt: Path) -> None:
@@ -160,16 +173,23 @@ def throughput(args, teacher_pt: Path) -> None:
                  "cores_oversubscribed": bool(check_cores()), **args.info})
 
 
+def row_name(method: str, fraction: float, r) -> str:
+    from coreset_curate.training import load_recipe
+
+    r = r or load_recipe(QAT_RECIPE).reselect_every
+    return f"w4a4_{method}_{round(fraction * 100)}_R{r}"
+
+
 def row(args, teacher_pt: Path, method: str, fraction: float, r, seed: int) -> None:
     from coreset_curate.training import load_recipe
 
+    name = f"{row_name(method, fraction, r)}_s{seed}"
+    if RESULTS.has(name):
+        return
     sets = [f"teacher={teacher_pt}", f"method={method}", f"fraction={fraction}",
             f"seed={seed}", *([f"reselect_every={r}"] if r else []), *args.common,
             *args.threads]
     config = load_recipe(QAT_RECIPE, sets)
-    name = f"w4a4_{method}_{round(fraction * 100)}_R{config.reselect_every}_s{seed}"
-    if RESULTS.has(name):
-        return
     summary = train(config, RUNS_DIR / name)
     record = {"name": name, "kind": "run", **{k: summary[k] for k in KEYS}, **args.info}
     RESULTS.save(record)
@@ -227,10 +247,12 @@ def main() -> None:
     args.info = start(args, threads=args.threads or torch.get_num_threads())
     args.threads = [f"num_threads={args.threads}"] if args.threads else []
     make_data()
-    teacher_pt = teacher(args, backbone(args))
-    throughput(args, teacher_pt)
-    for method, fraction, r, seed in ROWS:
-        row(args, teacher_pt, method, fraction, r, seed)
+    todo = [spec for spec in ROWS if not RESULTS.has(f"{row_name(*spec[:3])}_s{spec[3]}")]
+    if todo or not RESULTS.has("throughput") or not RESULTS.has("fp"):
+        teacher_pt = teacher(args)  # built again on a new machine, only when needed
+        throughput(args, teacher_pt)
+        for method, fraction, r, seed in todo:
+            row(args, teacher_pt, method, fraction, r, seed)
     if not args.results:
         write_between(README, TABLE_START, TABLE_END, render(RESULTS.load()))
 

@@ -19,7 +19,11 @@ For each setting (20% and 40% symmetric, 20% asymmetric noise, noise seed 0):
 
 Once: ``full`` on clean labels from a teacher trained the same way on clean labels (the
 ceiling). Every run lives in ``benchmarks/runs/noise_robust/`` and resumes from its last
-epoch; finished rows are skipped. Results: ``benchmarks/results/noise_robust.json`` (one
+epoch; finished rows are skipped. Run folders stay on the machine that made them, so each
+teacher's ``model.pt`` and noisy ``labels.parquet`` (1.4 MB) are also copied into
+``benchmarks/kept/noise_robust/`` with their sha256 in the record: commit them, and a new
+machine goes on with the setting's rows from them (the audit, two minutes, is made again
+there and must reproduce its record). Results: ``benchmarks/results/noise_robust.json`` (one
 record per run: ``noise_type``, ``noise_rate``, ``method``, ``fraction``, ``cleaning``,
 ``top1``, ``noisy_share`` of the subsets, ``wall_s`` with scoring included, ``seed``, and
 ``cores_oversubscribed`` when another process shared the cores), rendered into
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from readme_table import write_between
-from resumable import ROOT, Results, parser, rendered, start, train
+from resumable import ROOT, Results, parser, rendered, stage, start, train
 
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "noise_robust"
 RESULTS = Results(ROOT / "benchmarks" / "results" / "noise_robust.json")
@@ -66,25 +70,40 @@ def noise_key(noise_type, rate) -> list[str]:
 
 
 def teacher(args, noise_type, rate) -> Path:
+    """The setting's full-precision teacher (``model.pt``, and the noisy ``labels.parquet``
+    it was trained on): its files are kept in ``benchmarks/kept/noise_robust/`` so that a
+    setting's rows can go on on a new machine (commit them; smoke runs keep nothing)."""
     from coreset_curate.training import load_recipe
 
     out = RUNS_DIR / tag(noise_type, rate) / "fp"
     name = f"{tag(noise_type, rate)}_fp"
-    if not RESULTS.has(name):
+
+    def build() -> dict:
         cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
                           [f"data={args.data}", f"epochs={args.fp_epochs}",
                            *noise_key(noise_type, rate), *args.common])
         summary = train(cfg, out)
-        RESULTS.save({"name": name, "kind": "teacher", "noise_type": noise_type,
-                     "noise_rate": rate, **{k: summary[k] for k in (
-                         "epochs", "top1", "best_top1", "wall_s", "cores_oversubscribed")},
-                     **args.info})
-    return out
+        return {"name": name, "kind": "teacher", "noise_type": noise_type,
+                "noise_rate": rate, **{k: summary[k] for k in (
+                    "epochs", "top1", "best_top1", "wall_s", "cores_oversubscribed")},
+                **args.info}
+
+    files = ("model.pt",) if noise_type is None else ("model.pt", "labels.parquet")
+    return stage(RESULTS, name, out, build, files,
+                 keep=None if args.results else f"noise_robust/{name}")
 
 
-def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
+def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> Path:
     """Score the teacher and the calibrated student, audit both rounds, write the
-    relabeled table; returns the audit's record (computed once, then read back)."""
+    relabeled table (``audit/`` and ``clean_relabel.parquet`` in the setting's folder,
+    which is returned; made again, and checked against its record, when they are gone)."""
+    name = f"{tag(noise_type, rate)}_audit"
+    return stage(RESULTS, name, fp_dir.parent,
+                 lambda: _audit(args, noise_type, rate, fp_dir, name),
+                 ("audit/audit.parquet", "clean_relabel.parquet"))
+
+
+def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
     from coreset_curate.data import default_transforms, iter_batches, load_data, spread_positions
     from coreset_curate.labels import apply_labels, exclusions, read_labels_table
     from coreset_curate.models import create_model
@@ -93,10 +112,6 @@ def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
     from coreset_curate.tables import write_table
     from coreset_curate.training import load_checkpoint, load_recipe
 
-    name = f"{tag(noise_type, rate)}_audit"
-    done = next((r for r in RESULTS.load() if r["name"] == name), None)
-    if done is not None:
-        return done
     folder = fp_dir.parent
     t0 = time.perf_counter()
     train_set = load_data(args.data, "train")
@@ -143,9 +158,12 @@ def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> dict:
               "left_out_by_relabel": relabeled.metadata["dropped"],
               "wall_s": round(time.perf_counter() - t0, 1), "scoring_s": round(scoring_s, 1),
               **args.info}
-    RESULTS.save(record)
     print(json.dumps(record), flush=True)
     return record
+
+
+def row_name(noise_type, rate, method, fraction, r, cleaning) -> str:
+    return f"{tag(noise_type, rate)}_{method}_{round(fraction * 100)}_R{r}_{cleaning}_s0"
 
 
 def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> None:
@@ -154,7 +172,7 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
     from coreset_curate.training import load_recipe
 
     t = tag(noise_type, rate)
-    name = f"{t}_{method}_{round(fraction * 100)}_R{r}_{cleaning}_s0"
+    name = row_name(noise_type, rate, method, fraction, r, cleaning)
     if RESULTS.has(name):
         return
     sets = [f"data={args.data}", f"teacher={fp_dir / 'model.pt'}", "teacher_sha256=null",
@@ -226,11 +244,18 @@ def main() -> None:
     for noise_type, rate in SETTINGS:
         if tag(noise_type, rate) not in args.settings:
             continue
-        fp_dir = teacher(args, noise_type, rate)
-        cleaning_audit(args, noise_type, rate, fp_dir)
-        for method, fraction, r, cleaning in ROWS:
-            row(args, noise_type, rate, fp_dir, method, fraction, r, cleaning)
-        if not args.no_ceiling and (noise_type, rate) == SETTINGS[0]:
+        # the teacher and the audit only where a row still needs them (a setting whose
+        # rows are all done needs neither, on a new machine too)
+        todo = [spec for spec in ROWS if not RESULTS.has(row_name(noise_type, rate, *spec))]
+        if todo or not RESULTS.has(f"{tag(noise_type, rate)}_audit"):
+            fp_dir = teacher(args, noise_type, rate)
+            if any(spec[3] != "none" for spec in todo) \
+                    or not RESULTS.has(f"{tag(noise_type, rate)}_audit"):
+                cleaning_audit(args, noise_type, rate, fp_dir)
+            for spec in todo:
+                row(args, noise_type, rate, fp_dir, *spec)
+        if not args.no_ceiling and (noise_type, rate) == SETTINGS[0] \
+                and not RESULTS.has(row_name(None, None, "full", 1.0, 4, "none")):
             row(args, None, None, teacher(args, None, None), "full", 1.0, 4, "none")
     if not args.results:
         write_between(README, TABLE_START, TABLE_END, render(RESULTS.load()))

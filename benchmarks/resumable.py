@@ -1,22 +1,32 @@
 """What the resumable benchmarks share: a results file of named records (a finished row is
 skipped when the benchmark runs again), training that resumes from a run's last epoch,
-the record of the machine and code, and the command line (smoke runs, --render)."""
+finished stages whose files later rows need (a teacher) kept or rebuilt when the run
+folders are gone, the record of the machine and code, and the command line (smoke runs,
+--render)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
+from coreset_curate.atomic import atomic_path, write_text
 from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
+# copies of finished stages' files that later rows need, small enough to commit (run
+# folders are ignored by git, so a new machine has none of them)
+KEPT = ROOT / "benchmarks" / "kept"
+# a rebuilt stage must reproduce these fields of its record where the record has them
+SAME_FIELDS = ("top1", "best_top1", "ap", "ap50", "ap75", "best_ap", "flagged_mislabeled",
+               "flags", "noisy_share_relabeled")
 
 
 class Results:
@@ -60,6 +70,75 @@ class Results:
         for name in names:
             shutil.rmtree(runs_dir / name, ignore_errors=True)
             print(f"{name}: superseded ({reason}); it runs again", flush=True)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage(results: Results, name: str, out: Path, build, files: tuple[str, ...],
+          keep: str | None = None) -> Path:
+    """Run folder ``out`` of the finished stage ``name`` (a teacher, an audit), holding
+    ``files`` (paths inside ``out``): built by ``build()``, which writes them and returns
+    the stage's record, when ``results`` has no record of it.
+
+    Run folders are not kept from one machine to the next, so a finished stage's record
+    may outlive its files. Then they come back from ``KEPT/keep/`` (with ``keep``, the
+    stage's files are copied there when it finishes, with their sha256 in the record:
+    commit them), or else the stage is built again and must reproduce its record (the
+    same ``SAME_FIELDS``, to the last digit). A stage that does not reproduce stops the
+    benchmark with the ``--redo`` to run: later rows were made from the old files."""
+    record = next((r for r in results.load() if r["name"] == name), None)
+    if record is not None and all((out / f).exists() for f in files):
+        return out
+    kept = KEPT / keep if keep else None
+    if record is not None and kept is not None and all((kept / f).exists() for f in files):
+        sums = record.get("sha256", {})
+        bad = [f for f in files if sums.get(f) != sha256_of(kept / f)]
+        if bad:
+            raise SystemExit(f"{name}: the kept {', '.join(bad)} in {kept} differ from the "
+                             "sha256 in its record; restore them with git or --redo it")
+        for f in files:
+            _copy(kept / f, out / f)
+        print(f"{name}: files restored from {kept}", flush=True)
+        return out
+    if record is not None:
+        print(f"{name}: finished before, but {out} lacks its files (a new machine?): "
+              "building it again; it must reproduce its record", flush=True)
+    new = build()
+    missing = [f for f in files if not (out / f).exists()]
+    if missing:
+        raise RuntimeError(f"{name}: building it wrote no {missing} in {out}")
+    if kept is not None:
+        new["sha256"] = {f: sha256_of(out / f) for f in files}
+    if record is None:
+        results.save(new)
+    else:
+        same = [k for k in SAME_FIELDS if k in record]
+        differ = [k for k in same if record[k] != new.get(k)]
+        if not same or differ:
+            raise SystemExit(
+                f"{name}: built again, it does not reproduce its record "
+                f"({'in ' + ', '.join(differ) if differ else 'nothing to compare'}: this "
+                f"machine, threads or code?); the rows made from it stand on the old "
+                f"files: run again with --redo {name} and those rows")
+        if kept is not None:
+            results.save({**record, "sha256": new["sha256"]})
+        print(f"{name}: built again, the same as its record ({', '.join(same)})", flush=True)
+    if kept is not None:
+        for f in files:
+            _copy(out / f, kept / f)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def train(config, out: Path) -> dict:
