@@ -177,13 +177,23 @@ def test_recipes_inherit_with_base(tmp_path):
 def test_shipped_recipes_load():
     from pathlib import Path
 
+    from coreset_curate.selection.core import check_request
+
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) >= 19
     for path in recipes:
         cfg = load_recipe(path)
         assert cfg.data and cfg.model
-        if path.name.startswith("cifar10_resnet20_w"):  # the CPU table's recipes
+        if path.name.startswith("cifar10_resnet20_w") and "_rho_" not in path.name:
+            # the CPU table's recipes
             assert cfg.mode == "qat" and cfg.epochs == 12 and cfg.reselect_every == 4
+        if "_rho_" in path.name:  # the equal-cost benchmark's rows: every epoch, free
+            assert cfg.method == "rho" and cfg.free_scores and cfg.reselect_every == 1
+            assert cfg.epochs == 12 and cfg.fraction == 0.1
+            # the options are the method's own (a misspelt one would only fail at the
+            # run's first selection)
+            opts = check_request(cfg.method, cfg.fraction, 0, 0, cfg.method_options)
+            assert opts["unseen"] in ("first", "mean") and opts["uniform"] == 0.2
 
 
 @pytest.mark.parametrize("n,batch,world", [(1000, 128, 2), (37, 8, 3), (5, 4, 4)])
