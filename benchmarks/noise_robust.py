@@ -14,8 +14,10 @@ For each setting (20% and 40% symmetric, 20% asymmetric noise, noise seed 0):
    distillation from that teacher: ``full`` on the noisy labels, and at 10% ``acs``
    (the recipe's R = 4) and ``random_epoch`` (re-drawn every epoch: R = 1, the same cost),
    each with no cleaning, with ``exclude`` (the audit's flagged mislabeled samples never
-   selected; class budgets those of all samples, so the same number of steps) and with
-   ``relabel`` (trained on the relabeled table).
+   selected; class budgets those of all samples, so the same number of steps), with
+   ``relabel`` (trained on the relabeled table) and with ``exclude_retrain`` (``exclude``,
+   distilling from a second teacher trained the same way on the cleaned labels: ``clean``
+   without ``--relabel``, the flagged samples left out).
 
 Once: ``full`` on clean labels from a teacher trained the same way on clean labels (the
 ceiling). Every run lives in ``benchmarks/runs/noise_robust/`` and resumes from its last
@@ -56,6 +58,9 @@ SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.2)]
 ROWS = [("acs", 0.1, 4, "none"), ("random_epoch", 0.1, 1, "none"),
         ("acs", 0.1, 4, "exclude"), ("random_epoch", 0.1, 1, "exclude"),
         ("acs", 0.1, 4, "relabel"), ("random_epoch", 0.1, 1, "relabel"),
+        # exclude, and distil from a teacher trained again on the cleaned labels (the 20%
+        # reading: the students land near the noisy teacher whatever their subsets hold)
+        ("acs", 0.1, 4, "exclude_retrain"), ("random_epoch", 0.1, 1, "exclude_retrain"),
         ("full", 1.0, 4, "none")]
 LABEL_WEIGHT = 0.5
 
@@ -85,7 +90,8 @@ def teacher(args, noise_type, rate) -> Path:
         summary = train(cfg, out)
         return {"name": name, "kind": "teacher", "noise_type": noise_type,
                 "noise_rate": rate, **{k: summary[k] for k in (
-                    "epochs", "top1", "best_top1", "wall_s", "cores_oversubscribed")},
+                    "epochs", "top1", "best_top1", "wall_s", "train_samples",
+                    "cores_oversubscribed")},
                 **args.info}
 
     files = ("model.pt",) if noise_type is None else ("model.pt", "labels.parquet")
@@ -162,6 +168,35 @@ def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
     return record
 
 
+def cleaned_teacher(args, noise_type, rate) -> Path:
+    """The teacher trained again, as the first one was, on the audit's cleaned labels:
+    ``clean`` without ``--relabel`` (the flagged samples left out) into
+    ``clean_exclude.parquet``, then ``fp_cleaned/``. Kept like the first teacher."""
+    from coreset_curate.training import load_recipe
+
+    folder = RUNS_DIR / tag(noise_type, rate)
+    name = f"{tag(noise_type, rate)}_fp_cleaned"
+    labels = folder / "clean_exclude.parquet"
+
+    def build() -> dict:
+        if not labels.exists():
+            subprocess.run([sys.executable, "-m", "coreset_curate", "clean", "--audit",
+                            str(folder / "audit"), "--labels", str(folder / "fp" / "labels.parquet"),
+                            "--out", str(labels)], check=True)
+        cfg = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml",
+                          [f"data={args.data}", f"epochs={args.fp_epochs}", f"labels={labels}",
+                           *args.common])
+        summary = train(cfg, folder / "fp_cleaned")
+        return {"name": name, "kind": "teacher", "noise_type": noise_type, "noise_rate": rate,
+                "cleaned": True, **{k: summary[k] for k in (
+                    "epochs", "top1", "best_top1", "wall_s", "train_samples",
+                    "cores_oversubscribed")}, **args.info}
+
+    stage(RESULTS, name, folder, build, ("fp_cleaned/model.pt", "clean_exclude.parquet"),
+          keep=None if args.results else f"noise_robust/{name}")
+    return folder / "fp_cleaned"
+
+
 def row_name(noise_type, rate, method, fraction, r, cleaning) -> str:
     return f"{tag(noise_type, rate)}_{method}_{round(fraction * 100)}_R{r}_{cleaning}_s0"
 
@@ -175,6 +210,8 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
     name = row_name(noise_type, rate, method, fraction, r, cleaning)
     if RESULTS.has(name):
         return
+    if cleaning == "exclude_retrain":
+        fp_dir = RUNS_DIR / t / "fp_cleaned"
     sets = [f"data={args.data}", f"teacher={fp_dir / 'model.pt'}", "teacher_sha256=null",
             f"label_weight={LABEL_WEIGHT}", f"method={method}", f"fraction={fraction}",
             f"reselect_every={r}", "seed=0", *args.common]
@@ -182,7 +219,7 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
         sets.append(f"labels={RUNS_DIR / t / 'clean_relabel.parquet'}")
     else:
         sets += noise_key(noise_type, rate)
-    if cleaning == "exclude":
+    if cleaning in ("exclude", "exclude_retrain"):
         sets.append(f"exclude={RUNS_DIR / t / 'audit'}")
     config = load_recipe(ROOT / "recipes" / "cifar10_resnet20_w4a4_full.yaml", sets)
     out = RUNS_DIR / t / name
@@ -204,7 +241,7 @@ def render(results: list) -> str:
     lines = ["| noise | method | fraction | cleaning | top-1 | best | noisy share of subsets "
              "| wall (s) | scoring (s) | cores shared |", "|" + " --- |" * 10]
     order = {n: i for i, n in enumerate([None, *[t for t, _ in SETTINGS]])}
-    cleanings = {"none": 0, "exclude": 1, "relabel": 2}
+    cleanings = {"none": 0, "exclude": 1, "relabel": 2, "exclude_retrain": 3}
     for r in sorted(runs, key=lambda r: (order.get(r["noise_type"], 9), r["noise_rate"] or 0,
                                          r["method"] != "full", cleanings[r["cleaning"]],
                                          r["method"])):
@@ -222,6 +259,19 @@ def render(results: list) -> str:
                          f"| {f['recall']:.3f} | {a['noisy_share_before']:.3f} | "
                          f"{a['noisy_share_relabeled']:.3f} | {a['relabeled']} | "
                          f"{a['left_out_by_relabel']} |")
+    teachers = [r for r in results if r["kind"] == "teacher"]
+    if teachers:
+        lines += ["", "| teacher's labels | trained on | epochs | top-1 | wall (s) | cores shared |",
+                  "|" + " --- |" * 6]
+        for r in sorted(teachers, key=lambda r: (order.get(r["noise_type"], 9),
+                                                 r["noise_rate"] or 0, bool(r.get("cleaned")))):
+            noise = ("clean" if r["noise_type"] is None
+                     else f"{r['noise_type']} {r['noise_rate']:.0%}")
+            kind = "cleaned (flagged left out)" if r.get("cleaned") else "as given"
+            n = r.get("train_samples")
+            lines.append(f"| {noise}, {kind} | {f'{n:,}' if n else 'all'} | {r['epochs']} | "
+                         f"{r['top1']:.2f} | {r['wall_s']:.0f} | "
+                         f"{'yes' if r['cores_oversubscribed'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -252,6 +302,8 @@ def main() -> None:
             if any(spec[3] != "none" for spec in todo) \
                     or not RESULTS.has(f"{tag(noise_type, rate)}_audit"):
                 cleaning_audit(args, noise_type, rate, fp_dir)
+            if any(spec[3] == "exclude_retrain" for spec in todo):
+                cleaned_teacher(args, noise_type, rate)
             for spec in todo:
                 row(args, noise_type, rate, fp_dir, *spec)
         if not args.no_ceiling and (noise_type, rate) == SETTINGS[0] \
