@@ -297,10 +297,10 @@ def main() -> None:
         # the teacher and the audit only where a row still needs them (a setting whose
         # rows are all done needs neither, on a new machine too)
         todo = [spec for spec in ROWS if not RESULTS.has(row_name(noise_type, rate, *spec))]
-        if todo or not RESULTS.has(f"{tag(noise_type, rate)}_audit"):
+        audited = RESULTS.has(f"{tag(noise_type, rate)}_audit")
+        if todo or not audited:
             fp_dir = teacher(args, noise_type, rate)
-            if any(spec[3] != "none" for spec in todo) \
-                    or not RESULTS.has(f"{tag(noise_type, rate)}_audit"):
+            if not audited or any(spec[3] != "none" for spec in todo):
                 cleaning_audit(args, noise_type, rate, fp_dir)
             if any(spec[3] == "exclude_retrain" for spec in todo):
                 cleaned_teacher(args, noise_type, rate)

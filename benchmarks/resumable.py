@@ -7,7 +7,6 @@ folders are gone, the record of the machine and code, and the command line (smok
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from coreset_curate.atomic import atomic_path, write_text
+from coreset_curate.training.checkpoint import sha256_of
 from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +70,6 @@ class Results:
         for name in names:
             shutil.rmtree(runs_dir / name, ignore_errors=True)
             print(f"{name}: superseded ({reason}); it runs again", flush=True)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage(results: Results, name: str, out: Path, build, files: tuple[str, ...],
