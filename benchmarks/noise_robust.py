@@ -17,7 +17,11 @@ For each setting (20% and 40% symmetric, 20% asymmetric noise, noise seed 0):
    selected; class budgets those of all samples, so the same number of steps), with
    ``relabel`` (trained on the relabeled table) and with ``exclude_retrain`` (``exclude``,
    distilling from a second teacher trained the same way on the cleaned labels: ``clean``
-   without ``--relabel``, the flagged samples left out).
+   without ``--relabel``, the flagged samples left out); ``rho`` at 10% (its shipped
+   recipe: free training-step scores, re-selected every epoch) with no cleaning and with
+   ``exclude_retrain``; and ``acs`` with ``exclude_retrain_audit`` (that, and the audit run
+   again on its own scoring rounds at every selection round, ``audit_every: 1``, its
+   flags kept out from then on).
 
 Once: ``full`` on clean labels from a teacher trained the same way on clean labels (the
 ceiling). Every run lives in ``benchmarks/runs/noise_robust/`` and resumes from its last
@@ -60,9 +64,18 @@ ROWS = [("acs", 0.1, 4, "none"), ("random_epoch", 0.1, 1, "none"),
         # exclude, and distil from a teacher trained again on the cleaned labels (the 20%
         # reading: the students land near the noisy teacher whatever their subsets hold)
         ("acs", 0.1, 4, "exclude_retrain"), ("random_epoch", 0.1, 1, "exclude_retrain"),
+        # the project's rho (reducible loss: a wrong label is as hard for the teacher, so it
+        # ranks low) without and with that cleaning, and ACS auditing its own rounds as it
+        # goes (audit_every: 1, every selection round) on top of it: whether anything keeps
+        # the noise the audit missed out of the subsets better than a random draw
+        ("rho", 0.1, 1, "none"), ("rho", 0.1, 1, "exclude_retrain"),
+        ("acs", 0.1, 4, "exclude_retrain_audit"),
         ("acs", 0.1, 4, "relabel"), ("random_epoch", 0.1, 1, "relabel"),
         ("full", 1.0, 4, "none")]
 LABEL_WEIGHT = 0.5
+# the recipe a method's rows start from (rho: its shipped 10% recipe, free training-step
+# scores re-selected every epoch); the rows' own settings are set over it
+RECIPES = {"rho": "cifar10_resnet20_w4a4_rho_10.yaml"}
 
 
 def tag(noise_type: str | None, rate: float | None) -> str:
@@ -210,7 +223,7 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
     name = row_name(noise_type, rate, method, fraction, r, cleaning)
     if RESULTS.has(name):
         return
-    if cleaning == "exclude_retrain":
+    if cleaning.startswith("exclude_retrain"):
         fp_dir = RUNS_DIR / t / "fp_cleaned"
     sets = [f"data={args.data}", f"teacher={fp_dir / 'model.pt'}", "teacher_sha256=null",
             f"label_weight={LABEL_WEIGHT}", f"method={method}", f"fraction={fraction}",
@@ -219,9 +232,12 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
         sets.append(f"labels={RUNS_DIR / t / 'clean_relabel.parquet'}")
     else:
         sets += noise_key(noise_type, rate)
-    if cleaning in ("exclude", "exclude_retrain"):
+    if cleaning.startswith("exclude"):
         sets.append(f"exclude={RUNS_DIR / t / 'audit'}")
-    config = load_recipe(ROOT / "recipes" / "cifar10_resnet20_w4a4_full.yaml", sets)
+    if cleaning.endswith("_audit"):
+        sets.append("audit_every=1")
+    recipe = RECIPES.get(method, "cifar10_resnet20_w4a4_full.yaml")
+    config = load_recipe(ROOT / "recipes" / recipe, sets)
     out = RUNS_DIR / t / name
     summary = train(config, out)
     record = {"name": name, "kind": "run", "noise_type": noise_type, "noise_rate": rate,
@@ -241,7 +257,8 @@ def render(results: list) -> str:
     lines = ["| noise | method | fraction | cleaning | top-1 | best | noisy share of subsets "
              "| wall (s) | scoring (s) | cores shared |", "|" + " --- |" * 10]
     order = {n: i for i, n in enumerate([None, *[t for t, _ in SETTINGS]])}
-    cleanings = {"none": 0, "exclude": 1, "relabel": 2, "exclude_retrain": 3}
+    cleanings = {"none": 0, "exclude": 1, "relabel": 2, "exclude_retrain": 3,
+                 "exclude_retrain_audit": 4}
     for r in sorted(runs, key=lambda r: (order.get(r["noise_type"], 9), r["noise_rate"] or 0,
                                          r["method"] != "full", cleanings[r["cleaning"]],
                                          r["method"])):
@@ -302,7 +319,7 @@ def main() -> None:
             fp_dir = teacher(args, noise_type, rate)
             if not audited or any(spec[3] != "none" for spec in todo):
                 cleaning_audit(args, noise_type, rate, fp_dir)
-            if any(spec[3] == "exclude_retrain" for spec in todo):
+            if any(spec[3].startswith("exclude_retrain") for spec in todo):
                 cleaned_teacher(args, noise_type, rate)
             for spec in todo:
                 row(args, noise_type, rate, fp_dir, *spec)
