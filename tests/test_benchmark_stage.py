@@ -80,8 +80,28 @@ def test_rebuilt_stage_that_differs_stops_with_the_redo_to_run(tmp_path, kept):
     stage(results, "fp", out, Builder(out), ("model.pt",))
     (out / "model.pt").unlink()
     with pytest.raises(SystemExit, match=r"in top1.*--redo fp"):
-        stage(results, "fp", out, Builder(out, top1=81.26), ("model.pt",))
+        stage(results, "fp", out, Builder(out, blob=b"other", top1=81.26), ("model.pt",))
     assert results.load()[0]["top1"] == 81.25
+    # the new files are set aside: the next pass builds again instead of taking them
+    assert not (out / "model.pt").exists()
+    assert (out / "model.pt.not-reproduced").read_bytes() == b"other"
+    again = Builder(out)
+    stage(results, "fp", out, again, ("model.pt",))
+    assert again.calls == 1
+
+
+def test_floats_compare_to_a_relative_tolerance_counts_exactly():
+    from resumable import same_value
+
+    # an AUROC summed in another order (seen: 0.956676705 and 0.9566767016666667)
+    assert same_value({"auroc": 0.956676705, "flagged": 23494},
+                      {"auroc": 0.9566767016666667, "flagged": 23494})
+    assert not same_value({"auroc": 0.95667, "flagged": 23494},
+                          {"auroc": 0.95667, "flagged": 23495})
+    # a top-1 one test image apart out of 10,000
+    assert not same_value(81.11000061035156, 81.12000274658203)
+    assert not same_value({"a": 1.0}, {"a": 1.0, "b": 2.0})
+    assert same_value([1, 2.0], [1, 2.0000000001]) and not same_value(True, 1)
 
 
 def test_build_that_writes_no_file_is_an_error(tmp_path, kept):
