@@ -188,7 +188,10 @@ def start(args, **machine) -> dict:
                         datefmt="%H:%M:%S")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
+    # the vector instructions torch's kernels (and compiled code) were chosen for: runs
+    # on machines with other ones need not agree to the last digit
     return {"machine": {"cpu": platform.processor() or platform.machine(),
+                        "capability": torch.backends.cpu.get_cpu_capability(),
                         "cores": os.cpu_count(), "torch": torch.__version__, **machine},
             "date": time.strftime("%Y-%m-%d"), "commit": commit,
             **({"limit_train": args.limit_train} if args.limit_train else {})}
