@@ -251,6 +251,34 @@ def row(args, noise_type, rate, fp_dir: Path, method, fraction, r, cleaning) -> 
     print(json.dumps(record), flush=True)
 
 
+def stage_paths(name: str) -> list[Path]:
+    """What a record's stage or row wrote in ``RUNS_DIR`` (what ``--redo`` deletes)."""
+    t, _, rest = name.partition("_")
+    folder = RUNS_DIR / t
+    return {"fp": [folder / "fp"],
+            "audit": [folder / "audit", folder / "rounds", folder / "clean_relabel.parquet"],
+            "fp_cleaned": [folder / "fp_cleaned", folder / "clean_exclude.parquet"],
+            }.get(rest, [folder / name])
+
+
+def dependents(names: list[str], results: list) -> list[str]:
+    """``names`` and every record made from them: a setting's teacher carries its audit,
+    cleaned teacher and rows; the audit carries the cleaned teacher and the rows that clean;
+    the cleaned teacher the ``exclude_retrain`` rows."""
+    out = list(dict.fromkeys(names))
+    for r in results:
+        n = r["name"]
+        t = n.partition("_")[0]
+        cleaning = r.get("cleaning")
+        if (f"{t}_fp" in names and n != f"{t}_fp"
+                or f"{t}_audit" in names and (n == f"{t}_fp_cleaned" or cleaning not in
+                                               (None, "none"))
+                or f"{t}_fp_cleaned" in names and (cleaning or "").startswith(
+                    "exclude_retrain")):
+            out.append(n)
+    return list(dict.fromkeys(out))
+
+
 def render(results: list) -> str:
     runs = [r for r in results if r["kind"] == "run"]
     audits = {(r["noise_type"], r["noise_rate"]): r for r in results if r["kind"] == "audit"}
@@ -299,10 +327,18 @@ def main() -> None:
     cli.add_argument("--settings", nargs="*", default=[tag(*s) for s in SETTINGS],
                      choices=[tag(*s) for s in SETTINGS])
     cli.add_argument("--no-ceiling", action="store_true", help="skip the clean-label run")
+    cli.add_argument("--redo", nargs="+", default=[], metavar="NAME",
+                     help="run these records again, and every record made from them (a "
+                          "teacher's audit and rows...): they move to "
+                          "noise_robust_superseded.json with --reason, their files go")
+    cli.add_argument("--reason", default=None, help="why the --redo records are redone")
     args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
     RESULTS = Results(args.results or RESULTS.path)
+    if args.redo:
+        RESULTS.supersede(dependents(args.redo, RESULTS.load()), args.reason, RUNS_DIR,
+                          paths=stage_paths)
     if rendered(args, RESULTS, render, README, TABLE_START, TABLE_END):
         return
     args.common = ([f"limit_train={args.limit_train}", "limit_test=500", "compile=false"]

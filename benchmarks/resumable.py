@@ -69,18 +69,22 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text(self.path, json.dumps(results, indent=2))
 
-    def supersede(self, names: list[str], reason: str | None, runs_dir: Path) -> None:
+    def supersede(self, names: list[str], reason: str | None, runs_dir: Path,
+                  paths=None) -> None:
         """Move the records of ``names`` out of the results (into ``STEM_superseded.json``
         beside them, with the reason and date) and delete their run folders under
-        ``runs_dir``, so that the benchmark's next pass runs them again. A name with a
-        folder and no record yet (a row stopped part-way) loses its folder."""
+        ``runs_dir`` (or the files and folders ``paths(name)`` lists, where a benchmark
+        lays them out otherwise), so that the benchmark's next pass runs them again. A
+        name with a folder and no record yet (a row stopped part-way) loses its folder."""
         import shutil
 
         if not reason:
             raise SystemExit("--redo needs --reason (kept beside the superseded records)")
+        paths = paths or (lambda n: [runs_dir / n])
         results = self.load()
         have = {r["name"] for r in results}
-        unknown = sorted(n for n in names if n not in have and not (runs_dir / n).exists())
+        unknown = sorted(n for n in names
+                         if n not in have and not any(p.exists() for p in paths(n)))
         if unknown:
             raise SystemExit(f"no results or run folders named {unknown}")
         path = self.path.with_name(f"{self.path.stem}_superseded.json")
@@ -91,7 +95,11 @@ class Results:
         write_text(self.path, json.dumps([r for r in results if r["name"] not in names],
                                          indent=2))
         for name in names:
-            shutil.rmtree(runs_dir / name, ignore_errors=True)
+            for p in paths(name):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
             print(f"{name}: superseded ({reason}); it runs again", flush=True)
 
 

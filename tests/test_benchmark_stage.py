@@ -109,3 +109,41 @@ def test_build_that_writes_no_file_is_an_error(tmp_path, kept):
     with pytest.raises(RuntimeError, match="labels.parquet"):
         stage(results, "fp", out, Builder(out), ("model.pt", "labels.parquet"))
     assert results.load() == []
+
+
+def test_noise_robust_redo_of_a_teacher_takes_what_was_made_from_it(tmp_path, monkeypatch):
+    import noise_robust
+
+    monkeypatch.setattr(noise_robust, "RUNS_DIR", tmp_path / "runs")
+    records = [{"name": n, "cleaning": c} for n, c in [
+        ("sym20_fp", None), ("sym20_audit", None), ("sym20_fp_cleaned", None),
+        ("sym20_acs_10_R4_none_s0", "none"), ("sym20_acs_10_R4_exclude_s0", "exclude"),
+        ("sym20_rho_10_R1_exclude_retrain_s0", "exclude_retrain"),
+        ("sym40_fp", None), ("sym40_acs_10_R4_none_s0", "none")]]
+    every20 = [r["name"] for r in records if r["name"].startswith("sym20")]
+    assert sorted(noise_robust.dependents(["sym20_fp"], records)) == sorted(every20)
+    # the audit: the cleaned teacher and the rows that clean, not the uncleaned ones
+    assert sorted(noise_robust.dependents(["sym20_audit"], records)) == [
+        "sym20_acs_10_R4_exclude_s0", "sym20_audit", "sym20_fp_cleaned",
+        "sym20_rho_10_R1_exclude_retrain_s0"]
+    assert noise_robust.dependents(["sym20_fp_cleaned"], records) == [
+        "sym20_fp_cleaned", "sym20_rho_10_R1_exclude_retrain_s0"]
+
+    # supersede deletes each one's files as the benchmark lays them out, and nothing else
+    runs = tmp_path / "runs"
+    for p in ("sym20/fp/model.pt", "sym20/audit/audit.parquet", "sym20/rounds/e.parquet",
+              "sym20/sym20_acs_10_R4_none_s0/last.pt", "sym40/fp/model.pt"):
+        (runs / p).parent.mkdir(parents=True, exist_ok=True)
+        (runs / p).write_bytes(b"x")
+    (runs / "sym20" / "clean_relabel.parquet").write_bytes(b"x")
+    results = Results(tmp_path / "noise_robust.json")
+    for r in records:
+        results.save(r)
+    results.supersede(noise_robust.dependents(["sym20_fp"], records), "rebuilt teacher differs",
+                      runs, paths=noise_robust.stage_paths)
+    assert [r["name"] for r in results.load()] == ["sym40_fp", "sym40_acs_10_R4_none_s0"]
+    assert sorted(p.name for p in (runs / "sym20").iterdir()) == []
+    assert (runs / "sym40" / "fp" / "model.pt").exists()
+    old = json.loads((tmp_path / "noise_robust_superseded.json").read_text())
+    assert {r["name"] for r in old} == set(every20)
+    assert all(r["superseded"]["reason"] == "rebuilt teacher differs" for r in old)
