@@ -298,7 +298,8 @@ def render(results: list) -> str:
     if audits:
         lines += ["", "| noise | flagged mislabeled | precision | recall | wrong labels before "
                   "| after relabel | relabeled | left out |", "|" + " --- |" * 8]
-        for (nt, rate), a in sorted(audits.items(), key=lambda kv: order.get(kv[0][0], 9)):
+        for (nt, rate), a in sorted(audits.items(),
+                                    key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
             f = a["flags"]
             lines.append(f"| {nt} {rate:.0%} | {a['flagged_mislabeled']} | {f['precision']:.3f} "
                          f"| {f['recall']:.3f} | {a['noisy_share_before']:.3f} | "
