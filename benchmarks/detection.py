@@ -21,7 +21,7 @@ Every run lives in ``benchmarks/runs/detection/`` and resumes from its last epoc
 finished rows are skipped, so the command below continues where it stopped. Run folders
 stay on the machine that made them and the teacher is too large for git (about 50 MB), so
 on a new machine with rows still to run the backbone and the teacher are trained again
-(about 50 minutes) and must reproduce their records' top-1 and AP to the last digit, or
+(about 70 minutes) and must reproduce their records' top-1 and AP to the last digit, or
 the benchmark stops and names the ``--redo`` to run. Results:
 ``benchmarks/results/detection.json`` (a list of records: ``method`` (``fp`` for the
 teacher), ``fraction``, ``seed``, ``ap``, ``ap50``, ``ap75``, ``wall_s`` with scoring
