@@ -15,7 +15,7 @@ train split, seed 0, and 500 test canvases from the test split, seed 1):
    round with the reference's outputs kept from the one before (a run's later rounds);
 3. W4A4 QAT from that teacher (``recipes/cifar10det_retinanet_r18_w4a4_full.yaml``):
    at 10% ``acs`` (the recipe's R) and ``random_epoch`` (R = 1: a new subset every
-   epoch at no scoring cost), seeds 0, 1 and 2, then ``full``, then the 30% pair.
+   epoch at no scoring cost), seeds 0, 1 and 2, then ``full``, then the 30% pair (seeds 0, 1, 2).
 
 Every run lives in ``benchmarks/runs/detection/`` and resumes from its last epoch;
 finished rows are skipped, so the command below continues where it stopped. Run folders
@@ -55,11 +55,14 @@ FP_RECIPE = ROOT / "recipes" / "cifar10det_retinanet_r18_fp.yaml"
 QAT_RECIPE = ROOT / "recipes" / "cifar10det_retinanet_r18_w4a4_full.yaml"
 # (method, fraction, R, seed) in the order they run; R None: the recipe's
 # (the 10% pair's three seeds first: a gain is judged against their spread; full, ten
-# times a 10% row's training, after them)
+# times a 10% row's training, after them; the 30% pair's seeds last, seed 0 first so that
+# one pair lands before the others)
 ROWS = [("acs", 0.1, None, 0), ("random_epoch", 0.1, 1, 0),
         ("acs", 0.1, None, 1), ("random_epoch", 0.1, 1, 1),
         ("acs", 0.1, None, 2), ("random_epoch", 0.1, 1, 2), ("full", 1.0, None, 0),
-        ("acs", 0.3, None, 0), ("random_epoch", 0.3, 1, 0)]
+        ("acs", 0.3, None, 0), ("random_epoch", 0.3, 1, 0),
+        ("acs", 0.3, None, 1), ("random_epoch", 0.3, 1, 1),
+        ("acs", 0.3, None, 2), ("random_epoch", 0.3, 1, 2)]
 KEYS = ("method", "fraction", "epochs", "R", "seed", "ap", "ap50", "ap75", "best_ap",
         "wall_s", "scoring_s", "selection_s", "train_s", "eval_s", "train_samples",
         "cores_oversubscribed")
