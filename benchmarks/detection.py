@@ -15,7 +15,8 @@ train split, seed 0, and 500 test canvases from the test split, seed 1):
    round with the reference's outputs kept from the one before (a run's later rounds);
 3. W4A4 QAT from that teacher (``recipes/cifar10det_retinanet_r18_w4a4_full.yaml``):
    at 10% ``acs`` (the recipe's R) and ``random_epoch`` (R = 1: a new subset every
-   epoch at no scoring cost), seeds 0, 1 and 2, then ``full``, then the 30% pair (seeds 0, 1, 2).
+   epoch at no scoring cost), seeds 0, 1 and 2, then ``full``, then the 30% pair
+   (seeds 0, 1 and 2).
 
 Every run lives in ``benchmarks/runs/detection/`` and resumes from its last epoch;
 finished rows are skipped, so the command below continues where it stopped. Run folders
