@@ -173,6 +173,34 @@ def write_coverage() -> None:
     write_text(RESULTS.with_name("equal_cost_coverage.json"), json.dumps(rows, indent=2))
 
 
+def recipe_config(bits, method, fraction, seed, r, free, options, extra=None):
+    """The run's TrainConfig: the W{bits}A{bits} full-data recipe with only the selection
+    (and the recipe keys of ``extra``) changed. time_to_accuracy.py builds its runs here."""
+    from coreset_curate.training import load_recipe
+
+    sets = [f"method={method}", f"fraction={fraction}", f"seed={seed}",
+            f"reselect_every={r}", f"free_scores={str(free).lower()}",
+            f"method_options={json.dumps(options)}",
+            *(f"{k}={json.dumps(v)}" for k, v in (extra or {}).items())]
+    return load_recipe(ROOT / "recipes" / f"cifar10_resnet20_w{bits}a{bits}_full.yaml", sets)
+
+
+# what a row keeps of the trainer's summary
+SUMMARY_FIELDS = ("model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed",
+                  "top1", "best_top1", "wall_s", "scoring_s", "selection_s", "train_s",
+                  "eval_s")
+
+
+def run_record(summary: dict, out: Path, options: dict, free: bool, extra: dict | None,
+               resumed: bool) -> dict:
+    """A finished run's fields of a results row (without name, machine, date, commit)."""
+    extra = extra or {}
+    return {**{k: summary[k] for k in SUMMARY_FIELDS},
+            "options": options, "free_scores": free, "label_noise": extra.get("label_noise"),
+            "label_weight": extra.get("label_weight", 0.0), "noisy_share": noisy_share(out),
+            "resumed": resumed, "cores_oversubscribed": summary["cores_oversubscribed"]}
+
+
 def load_results() -> list[dict]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
 
@@ -308,7 +336,7 @@ def main() -> None:
         print(render(load_results()))
         return
 
-    from coreset_curate.training import load_recipe, run_training
+    from coreset_curate.training import run_training
 
     start, info, commit = time.perf_counter(), machine(), code_version()
     for bits, method, fraction, seed, r, free, options, *more in PLAN:
@@ -319,24 +347,13 @@ def main() -> None:
         if args.max_minutes and (time.perf_counter() - start) / 60 > args.max_minutes:
             print(f"time budget reached before {name}; run again to continue")
             break
-        sets = [f"method={method}", f"fraction={fraction}", f"seed={seed}",
-                f"reselect_every={r}", f"free_scores={str(free).lower()}",
-                f"method_options={json.dumps(options)}",
-                *(f"{k}={json.dumps(v)}" for k, v in extra.items())]
-        config = load_recipe(ROOT / "recipes" / f"cifar10_resnet20_w{bits}a{bits}_full.yaml",
-                             sets)
+        config = recipe_config(bits, method, fraction, seed, r, free, options, extra)
         out = RUNS_DIR / name
         resume = (out / "last.pt").exists()
         print(f"{name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
         summary = run_training(config, out, resume=resume, overwrite=not resume)
-        record = {"name": name, **{k: summary[k] for k in (
-            "model", "w_bits", "a_bits", "method", "fraction", "epochs", "R", "seed", "top1",
-            "best_top1", "wall_s", "scoring_s", "selection_s", "train_s", "eval_s")},
-            "options": options, "free_scores": free, "label_noise": extra.get("label_noise"),
-            "label_weight": extra.get("label_weight", 0.0), "noisy_share": noisy_share(out),
-            "resumed": resume, "cores_oversubscribed": summary["cores_oversubscribed"],
-            "machine": info,
-            "date": time.strftime("%Y-%m-%d"), "commit": commit}
+        record = {"name": name, **run_record(summary, out, options, free, extra, resume),
+                  "machine": info, "date": time.strftime("%Y-%m-%d"), "commit": commit}
         append_record(RESULTS.name, record)
         print(json.dumps(record), flush=True)
     write_readme(load_results())

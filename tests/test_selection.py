@@ -260,6 +260,25 @@ def test_infobatch_prunes_only_low_loss_samples_and_reweights():
     assert len(full) == n and (full.weights == 1).all()
 
 
+def test_infobatch_keeps_rows_without_a_loss_and_leaves_them_out_of_the_mean():
+    # training-step rounds: rows not trained on yet have no loss (NaN)
+    n = 1000
+    loss = np.concatenate([np.full(500, np.nan), np.linspace(0.0, 1.0, 500)])
+    t = _with(score_table(np.zeros(n, int), np.zeros(n), np.zeros(n)), "loss", loss)
+    sel = select(t, "infobatch", 1.0, epoch=1, epochs=10, options={"prune_ratio": 0.9})
+    kept = np.zeros(n, bool)
+    kept[sel.sample_ids] = True
+    assert kept[:500].all()  # unseen: kept, weight 1
+    assert np.allclose(sel.weights[sel.sample_ids < 500], 1.0)
+    low = np.zeros(n, bool)
+    low[500:] = loss[500:] < 0.5  # the mean of the scored rows only
+    assert kept[500:][~low[500:]].all()
+    assert 0.05 < kept[low].mean() < 0.16  # 90% of the low-loss rows dropped
+    nothing = _with(score_table(np.zeros(n, int), np.zeros(n), np.zeros(n)), "loss",
+                    np.full(n, np.nan))
+    assert len(select(nothing, "infobatch", 1.0, epoch=1, epochs=10)) == n  # first epoch
+
+
 def test_score_files_are_read_by_path_with_only_the_needed_columns(tmp_path):
     import pyarrow.parquet as pq
 

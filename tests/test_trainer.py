@@ -122,6 +122,19 @@ def test_score_final_scores_the_finished_model(teacher, tmp_path):
         load_recipe(None, ["score_final=maybe"])
 
 
+def test_eval_epochs_evaluates_only_there_and_at_the_end(teacher, tmp_path):
+    t_dir, _ = teacher
+    summary = run_training(_qat(t_dir, eval_epochs=[2]), tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # epochs 2 and 4 (counted from 1) are evaluated, the others log no accuracy
+    assert ["top1" in x for x in lines] == [False, True, False, True]
+    assert summary["top1"] == lines[3]["top1"]
+    assert summary["best_top1"] == max(lines[1]["top1"], lines[3]["top1"])
+    assert lines[0]["eval_s"] < lines[1]["eval_s"]
+    with pytest.raises(ValueError, match="eval_epochs must be a list of epochs between 1 and"):
+        _qat(t_dir, eval_epochs=[0, 5])
+
+
 def test_recipe_errors_are_clear(tmp_path, teacher):
     with pytest.raises(ValueError, match="unknown recipe key.*'epoch'.*accepted keys"):
         load_recipe(None, ["epoch=3"])

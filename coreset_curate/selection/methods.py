@@ -201,24 +201,29 @@ def _kcenter(ctx: SelectionContext) -> Selection:
 
 
 @register_method("infobatch", columns=("loss",), options={"prune_ratio": 0.5, "anneal": 0.875},
-                 exact_size=False)
+                 exact_size=False, partial=True)
 def _infobatch(ctx: SelectionContext) -> Selection:
     """InfoBatch (Qin et al. 2024): randomly drop ``prune_ratio`` of the samples whose loss
     is below the mean and weight the kept ones by 1 / (1 - prune_ratio); the full data
-    from ``anneal * epochs`` on. Decides its own size (``fraction`` is not used)."""
+    from ``anneal * epochs`` on. Decides its own size (``fraction`` is not used). On
+    training-step rounds (``free_scores``) a row not trained on yet has no loss: it is kept
+    and left out of the mean, as InfoBatch starts every sample above the mean (so the
+    first epoch trains on the full data)."""
     r, anneal = float(ctx.options["prune_ratio"]), float(ctx.options["anneal"])
     if not 0 <= r < 1:
         raise ValueError(f"infobatch option prune_ratio must be in [0, 1); got {r}")
     if ctx.epochs is not None and ctx.epoch >= anneal * ctx.epochs:
         return Selection(ctx.ids)
-    loss = ctx.column("loss").astype(np.float64)
-    low = loss < loss.mean()
+    loss = ctx.columns["loss"].astype(np.float64)
+    seen = ~np.isnan(loss)
+    if not seen.any():
+        return Selection(ctx.ids)
+    low = np.zeros(len(loss), dtype=bool)
+    low[seen] = loss[seen] < loss[seen].mean()
     drop = low & (ctx.rng(per_epoch=True).random(len(loss)) < r)
     keep = ~drop
     weights = np.where(low[keep], 1.0 / (1.0 - r), 1.0)
     return Selection(ctx.ids[keep], weights)
-
-
 
 
 @register_method("rho", columns=("loss", "ref_prob_label"), partial=True,

@@ -370,6 +370,13 @@ def _evaluate(p: _Parts) -> dict[str, float]:
     return {"top1": evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)}
 
 
+def _eval_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether the test split is evaluated after ``epoch`` (counted from 0): every epoch,
+    or those of ``eval_epochs`` (counted from 1) and the last."""
+    return (config.eval_epochs is None or epoch + 1 == config.epochs
+            or epoch + 1 in config.eval_epochs)
+
+
 def _shown(scores: dict[str, float], best: float) -> str:
     if "top1" in scores:
         return f"top-1 {scores['top1']:.2f}% (best {best:.2f}%)"
@@ -386,20 +393,23 @@ def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | N
         barrier(p.world)  # rank 0 evaluates and checkpoints
         return None, t_wall
     t0 = time.perf_counter()
-    scores = _evaluate(p)
+    due = _eval_due(p.config, epoch)
+    scores = _evaluate(p) if due else None
     t["eval_s"] = time.perf_counter() - t0
     for k in t:
         run.totals[k] += t[k]
     now = time.perf_counter()
     run.totals["wall_s"] += now - t_wall  # wall time of every sitting, setup included
-    improved = scores[run.metric] > run.best
-    run.best = max(run.best, scores[run.metric])
-    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, **scores,
-            f"best_{run.metric}": run.best, "subset_size": subset_size,
+    improved = due and scores[run.metric] > run.best
+    if due:
+        run.best = max(run.best, scores[run.metric])
+    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, **(scores or {}),
+            **({f"best_{run.metric}": run.best} if due else {}), "subset_size": subset_size,
             **{k: round(v, 3) for k, v in t.items()}}
     log.info("epoch %d/%d: loss %.4f, %s, %d samples, score %.1fs select %.2fs train %.1fs "
-             "eval %.1fs", epoch + 1, p.config.epochs, loss, _shown(scores, run.best),
-             subset_size, t["scoring_s"], t["selection_s"], t["train_s"], t["eval_s"])
+             "eval %.1fs", epoch + 1, p.config.epochs, loss,
+             _shown(scores, run.best) if due else "not evaluated", subset_size,
+             t["scoring_s"], t["selection_s"], t["train_s"], t["eval_s"])
     with open(p.out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")
     run.shared = run.shared or (watch is not None and watch.shared)

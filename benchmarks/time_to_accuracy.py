@@ -1,0 +1,281 @@
+"""Time to accuracy: which selection, at a budget of sample-steps, comes closest to the
+full-data QAT run, and how much of that run can be saved?
+
+A budget B counts sample-steps in full-data epochs (CIFAR-10: 50,000 sample-steps a
+unit): full data for 6 epochs, 50% for 12 epochs and 10% for 60 epochs all spend B = 6.
+Every run is CIFAR-10 ResNet-20 QAT from the repository's teacher with the distillation
+recipe of equal_cost.py (recipes/cifar10_resnet20_w{B}a{B}_full.yaml, built by its
+``recipe_config``); only the selection, the fraction and the epoch count change. The
+cosine learning rate follows the run's real steps, so every run of one budget takes the
+same number of optimizer steps.
+
+Paired seeds: seed s gives every run the same initial weights (the teacher's), the same
+calibration batches (spread over the split, no randomness) and the same augmentation and
+shuffle generator (seeded by s); only what the method selects differs.
+
+The test split is evaluated at a quarter, half and three quarters of the run and at its
+end (``eval_epochs``), and that time is counted apart: ``wall_s`` is everything the
+trainer did, ``eval_s`` the evaluations in it, and the chart's x axis is ``wall_s -
+eval_s`` (data, scoring, selection and training).
+
+Resumable: finished runs (in the results file) are skipped, a killed run continues from
+its last checkpoint:
+
+    nohup python benchmarks/time_to_accuracy.py > time_to_accuracy.log 2>&1 &
+    python benchmarks/time_to_accuracy.py --render   # table and chart
+
+Writes benchmarks/results/time_to_accuracy.json (a row a finished run) and
+benchmarks/results/time_to_accuracy.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from equal_cost import recipe_config, run_record
+from qat_cifar10 import code_version, machine
+from resumable import Results, parser, rendered, train
+
+from coreset_curate.atomic import atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
+PLOT = ROOT / "benchmarks" / "results" / "time_to_accuracy.png"
+RUNS_DIR = ROOT / "benchmarks" / "runs" / "time_to_accuracy"
+README = ROOT / "benchmarks" / "README.md"
+TABLE_START, TABLE_END = "<!-- time-to-accuracy:start -->", "<!-- time-to-accuracy:end -->"
+TRAIN_SIZE = 50_000  # CIFAR-10's training split
+
+RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
+# InfoBatch's own rule at B = 6 over 8 epochs: the first epoch (no loss seen yet) and the
+# last (annealing from 0.875 E) on the full data, the 6 between drop prune_ratio of the
+# samples below the mean loss. About 80% of a trained model's losses lie below the mean
+# (the teacher's: 0.88 on the training split), so 0.4 keeps about 68% of those epochs:
+# 2 + 6 x 0.68 = 6.1 units. The row records what it spent (``spent``).
+INFOBATCH_6 = {"prune_ratio": 0.4, "anneal": 0.875}
+
+
+# (budget, bits, method, fraction, epochs, R, free_scores, options, seeds): B = 6 at W2A2
+# first, the RS2 control and the cheap methods before the costly ones, seed 0 of each
+# before seed 1
+def _plan() -> list[tuple]:
+    b6 = [("random_epoch", 0.1, 60, 1, False, {}),
+          ("random_cover", 0.1, 60, 1, False, {}),   # RS2 without replacement
+          ("rho", 0.1, 60, 1, True, RHO),
+          ("full", 1.0, 6, 1, False, {}),
+          ("random_epoch", 0.5, 12, 1, False, {}),
+          ("infobatch", 1.0, 8, 1, True, INFOBATCH_6),
+          ("acs", 0.1, 60, 10, False, {})]            # the paper's R = 10
+    return [(6, 2, *row, seed) for seed in (0, 1, 2) for row in b6]
+
+
+PLAN = _plan()
+
+
+def eval_epochs(epochs: int) -> list[int]:
+    """Evaluate after a quarter, half and three quarters of the run (and its end)."""
+    return sorted({max(1, round(q * epochs)) for q in (0.25, 0.5, 0.75)} | {epochs})
+
+
+def run_name(budget, bits, method, fraction, epochs, r, free, options, seed) -> str:
+    opts = "".join(f"_{k}-{v}" for k, v in sorted(options.items()))
+    return (f"b{budget}_w{bits}a{bits}_{method}_{round(fraction * 100)}_e{epochs}_R{r}"
+            f"{'_free' if free else ''}{opts}_s{seed}")
+
+
+def progress(out: Path, epochs: int) -> dict:
+    """From the run's metrics.jsonl: sample-steps spent (``spent``, in full-data epochs)
+    and the test top-1 at each evaluated epoch with the cost so far (data, scoring,
+    selection and training seconds, evaluation left out)."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+             if x.strip()]
+    steps, cost, curve = 0, 0.0, []
+    for line in sorted(lines, key=lambda x: x["epoch"]):
+        steps += line["subset_size"]
+        cost += line["scoring_s"] + line["selection_s"] + line["train_s"]
+        if "top1" in line:
+            curve.append({"epoch": line["epoch"] + 1, "top1": line["top1"],
+                          "spent": round(steps / TRAIN_SIZE, 4), "cost_s": round(cost, 1)})
+    if len(lines) != epochs:
+        raise RuntimeError(f"{out}: metrics.jsonl has {len(lines)} epochs, not {epochs}")
+    return {"spent": round(steps / TRAIN_SIZE, 4), "curve": curve}
+
+
+def run(results: Results, row: tuple, info: dict, limit_train: int | None,
+        runs_dir: Path) -> None:
+    budget, bits, method, fraction, epochs, r, free, options, seed = row
+    name = run_name(*row)
+    extra = {"epochs": epochs, "eval_epochs": eval_epochs(epochs),
+             **({"limit_train": limit_train, "limit_test": 1000} if limit_train else {})}
+    config = recipe_config(bits, method, fraction, seed, r, free, options, extra)
+    out = runs_dir / name
+    resumed = (out / "last.pt").exists()
+    summary = train(config, out)
+    rec = run_record(summary, out, options, free, {}, resumed)
+    for k in ("label_noise", "label_weight", "noisy_share"):  # no label noise here
+        rec.pop(k)
+    record = {"name": name, "budget": budget, **rec, **progress(out, epochs),
+              "train_wall_s": round(summary["wall_s"] - summary["eval_s"], 2),
+              **info, "commit": code_version()}
+    results.save(record)
+    print(json.dumps(record), flush=True)
+
+
+# ------------------------------------------------------------------ reading the rows
+def _key(r: dict) -> tuple:
+    """A configuration: every row of it differs by seed only."""
+    return (r["budget"], r["w_bits"], r["method"], r["fraction"], r["epochs"], r["R"],
+            bool(r["free_scores"]), json.dumps(r["options"], sort_keys=True))
+
+
+def _label(key: tuple) -> str:
+    _, _, method, fraction, epochs, r, free, opts = key
+    options = ", ".join(f"{k}={v}" for k, v in sorted(json.loads(opts).items()))
+    share = "" if method in ("full", "infobatch") else f" {fraction:.0%}"
+    return (f"{method}{share} x {epochs} ep{f', R={r}' if r > 1 else ''}"
+            f"{' (free)' if free else ''}{f' [{options}]' if options else ''}")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per configuration: seeds, top-1 mean and min-max, the paired difference to the
+    budget's best random_epoch configuration (same seeds), wall time and scoring share."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    out = []
+    for key, runs in groups.items():
+        top = [r["top1"] for r in runs]
+        out.append({"key": key, "label": _label(key), "budget": key[0], "bits": key[1],
+                    "method": key[2], "seeds": sorted(r["seed"] for r in runs),
+                    "by_seed": {r["seed"]: r for r in runs}, "mean": sum(top) / len(top),
+                    "min": min(top), "max": max(top),
+                    "wall": sum(r["wall_s"] for r in runs) / len(runs),
+                    "train_wall": sum(r["train_wall_s"] for r in runs) / len(runs),
+                    "scoring_share": sum(r["scoring_s"] / r["wall_s"] for r in runs) / len(runs),
+                    "spent": sum(r["spent"] for r in runs) / len(runs)})
+    for s in out:
+        controls = [c for c in out if c["method"] == "random_epoch"
+                    and (c["budget"], c["bits"]) == (s["budget"], s["bits"])]
+        if not controls or s["method"] == "random_epoch":
+            continue
+        control = max(controls, key=lambda c: c["mean"])
+        pairs = [s["by_seed"][k]["top1"] - control["by_seed"][k]["top1"]
+                 for k in s["by_seed"] if k in control["by_seed"]]
+        if pairs:
+            s["paired"] = {"control": control["label"], "n": len(pairs),
+                           "mean": sum(pairs) / len(pairs), "min": min(pairs),
+                           "max": max(pairs)}
+    return sorted(out, key=lambda s: (s["budget"], -s["bits"], -s["mean"]))
+
+
+def render(rows: list[dict]) -> str:
+    if not rows:
+        return "(no runs yet)"
+    lines = ["| B | W/A | method | seeds | top-1 mean | min-max | paired vs best random_epoch "
+             "(mean, min-max) | spent | wall s (no eval) | scoring share |",
+             "|" + " --- |" * 10]
+    for s in summarise(rows):
+        p = s.get("paired")
+        paired = (f"{p['mean']:+.2f} ({p['min']:+.2f} to {p['max']:+.2f}), {p['n']} pairs"
+                  if p else "control" if s["method"] == "random_epoch" else "-")
+        lines.append(f"| {s['budget']} | W{s['bits']}A{s['bits']} | {s['label']} | "
+                     f"{','.join(map(str, s['seeds']))} | {s['mean']:.2f} | "
+                     f"{s['min']:.2f}-{s['max']:.2f} | {paired} | {s['spent']:.2f} | "
+                     f"{s['train_wall']:.0f} | {100 * s['scoring_share']:.1f}% |")
+    lines += ["", "Every run:", "",
+              "| run | top-1 | best | spent | wall s | eval s | scoring s | cores shared "
+              "| commit |", "|" + " --- |" * 9]
+    for r in sorted(rows, key=lambda r: r["name"]):
+        lines.append(f"| {r['name']} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
+                     f"{r['spent']:.2f} | {r['wall_s']:.0f} | {r['eval_s']:.0f} | "
+                     f"{r['scoring_s']:.0f} | {'yes' if r['cores_oversubscribed'] else 'no'} "
+                     f"| {r['commit']} |")
+    return "\n".join(lines) + "\n\n![top-1 against wall time](results/time_to_accuracy.png)"
+
+
+COLOURS = {"full": "tab:purple", "random_epoch": "tab:olive", "random_cover": "tab:brown",
+           "rho": "tab:blue", "infobatch": "tab:green", "acs": "tab:orange"}
+
+
+def plot(rows: list[dict], path: Path = PLOT) -> None:
+    """Top-1 against wall time (evaluation left out), a point a run, a colour a method
+    (a marker a fraction), the full runs' mean as a line; a panel per budget and bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["budget"], r["w_bits"]) for r in rows}) or [(6, 2)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    markers = {0.1: "o", 0.5: "s", 1.0: "*"}
+    for ax, (budget, bits) in zip(axes[0], panels):
+        runs = [r for r in rows if (r["budget"], r["w_bits"]) == (budget, bits)]
+        seen = set()
+        for r in runs:
+            m = r["method"]
+            label = _label(_key(r))
+            ax.scatter(r["train_wall_s"], r["top1"], color=COLOURS.get(m, "tab:gray"),
+                       marker=markers.get(r["fraction"], "D"), s=50,
+                       label=None if label in seen else label)
+            seen.add(label)
+        full = [r["top1"] for r in runs if r["method"] == "full"]
+        if full:
+            ax.axhline(sum(full) / len(full), color=COLOURS["full"], ls="--", lw=1,
+                       label=f"full data, mean of {len(full)}")
+        ax.set_title(f"CIFAR-10 ResNet-20 W{bits}A{bits}, budget {budget} epochs")
+        ax.set_xlabel("wall time without evaluation, scoring included (s, 2-core CPU)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        if runs:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--only", nargs="*", default=None, help="run names to run")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new run after this many minutes")
+    p.add_argument("--list", action="store_true", help="print the plan's run names")
+    p.add_argument("--redo", nargs="+", default=[], metavar="NAME",
+                   help="run these again from scratch (records to the superseded file)")
+    p.add_argument("--reason", default=None, help="why the --redo runs are redone")
+    args = p.parse_args()
+    results = Results(Path(args.results) if args.results else RESULTS)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
+    if args.list:
+        for row in PLAN:
+            print(run_name(*row), "done" if results.has(run_name(*row)) else "")
+        return
+    if args.render:
+        plot(results.load(), PLOT if not args.results else Path(args.results).with_suffix(".png"))
+    if rendered(args, results, render, README, TABLE_START, TABLE_END):
+        return
+    if args.redo:
+        results.supersede(args.redo, args.reason, runs_dir)
+    from resumable import start
+
+    info = start(args)
+    info["machine"].update(threads=machine()["threads"])
+    t0 = time.perf_counter()
+    for row in PLAN:
+        name = run_name(*row)
+        if results.has(name) or (args.only and name not in args.only):
+            continue
+        if args.max_minutes and (time.perf_counter() - t0) / 60 > args.max_minutes:
+            print(f"time budget reached before {name}; run again to continue", flush=True)
+            break
+        run(results, row, info, args.limit_train, runs_dir)
+    plot(results.load(), PLOT if not args.results else Path(args.results).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
