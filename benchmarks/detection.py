@@ -27,7 +27,7 @@ the benchmark stops and names the ``--redo`` to run. Results:
 ``benchmarks/results/detection.json`` (a list of records: ``method`` (``fp`` for the
 teacher), ``fraction``, ``seed``, ``ap``, ``ap50``, ``ap75``, ``wall_s`` with scoring
 included, ``scoring_s``, ``cores_oversubscribed``; and one ``kind: throughput``
-record), rendered into benchmarks/README.md::
+record), rendered into docs/benchmarks/detection.md::
 
     nohup python benchmarks/detection.py > detection.log 2>&1 &
     python benchmarks/detection.py --render
@@ -49,7 +49,7 @@ from resumable import ROOT, Results, parser, rendered, stage, start, train
 DATA = ROOT / "cifar10-det"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "detection"
 RESULTS = Results(ROOT / "benchmarks" / "results" / "detection.json")
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "detection.md"
 TABLE_START, TABLE_END = "<!-- detection:start -->", "<!-- detection:end -->"
 BACKBONE_RECIPE = ROOT / "recipes" / "cifar10det_backbone_resnet18.yaml"
 FP_RECIPE = ROOT / "recipes" / "cifar10det_retinanet_r18_fp.yaml"

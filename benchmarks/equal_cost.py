@@ -11,7 +11,7 @@ Resumable: finished runs (in the results file) are skipped, and a killed run con
 from its last checkpoint, so this can run in the background across several sittings:
 
     nohup python benchmarks/equal_cost.py > equal_cost.log 2>&1 &
-    python benchmarks/equal_cost.py --render      # table and plot into benchmarks/README.md
+    python benchmarks/equal_cost.py --render      # table and plot into docs/benchmarks/equal-cost.md
 
 Writes benchmarks/results/equal_cost.json (a list of runs) after every run, and
 benchmarks/results/equal_cost.png (top-1 against wall time, one marker per run).
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "equal_cost.json"
 PLOT = ROOT / "benchmarks" / "results" / "equal_cost.png"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "equal_cost"
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "equal-cost.md"
 TRAIN_SIZE = 50_000  # CIFAR-10's training split
 TABLE_START, TABLE_END = "<!-- equal-cost:start -->", "<!-- equal-cost:end -->"
 

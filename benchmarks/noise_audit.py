@@ -59,7 +59,7 @@ def save_results(path: Path, results: list) -> None:
     write_text(path, json.dumps(results, indent=2))
 
 
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "noise-audit.md"
 TABLE_START, TABLE_END = "<!-- noise-table:start -->", "<!-- noise-table:end -->"
 
 

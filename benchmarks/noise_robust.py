@@ -33,7 +33,7 @@ there and must reproduce its record). Results: ``benchmarks/results/noise_robust
 record per run: ``noise_type``, ``noise_rate``, ``method``, ``fraction``, ``cleaning``,
 ``top1``, ``noisy_share`` of the subsets, ``wall_s`` with scoring included, ``seed``, and
 ``cores_oversubscribed`` when another process shared the cores), rendered into
-benchmarks/README.md::
+docs/benchmarks/noise-robust.md::
 
     nohup python benchmarks/noise_robust.py > noise_robust.log 2>&1 &
     python benchmarks/noise_robust.py --render
@@ -54,7 +54,7 @@ from resumable import ROOT, Results, parser, rendered, stage, start, train
 
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "noise_robust"
 RESULTS = Results(ROOT / "benchmarks" / "results" / "noise_robust.json")
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "noise-robust.md"
 TABLE_START, TABLE_END = "<!-- noise-robust:start -->", "<!-- noise-robust:end -->"
 SETTINGS = [("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.2)]
 # (method, fraction, R, cleaning) of every noisy setting, in the order they run: the 10%

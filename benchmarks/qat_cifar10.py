@@ -8,7 +8,7 @@ killed continues from its last checkpoint, so this can run in the background acr
 several sittings:
 
     nohup python benchmarks/qat_cifar10.py > qat.log 2>&1 &
-    python benchmarks/qat_cifar10.py --render      # table into benchmarks/README.md
+    python benchmarks/qat_cifar10.py --render      # table into docs/benchmarks/qat-cifar10.md
 
 Writes benchmarks/results/qat_cifar10.json (a list of runs) after every run.
 """
@@ -29,7 +29,7 @@ from readme_table import write_between
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "qat_cifar10.json"
 RUNS_DIR = ROOT / "benchmarks" / "runs"
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "qat-cifar10.md"
 TABLE_START, TABLE_END = "<!-- qat-table:start -->", "<!-- qat-table:end -->"
 
 # (bits, method, fraction, seed), in the order that makes partial results most useful

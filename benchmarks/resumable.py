@@ -184,7 +184,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=None, help="(smoke runs) instead of benchmarks/runs")
     p.add_argument("--results", default=None, help="(smoke runs) instead of the results file")
     p.add_argument("--render", action="store_true",
-                   help="only write the results into benchmarks/README.md")
+                   help="only write the results into the benchmark's page under docs/benchmarks/")
     return p
 
 

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
 PLOT = ROOT / "benchmarks" / "results" / "time_to_accuracy.png"
 RUNS_DIR = ROOT / "benchmarks" / "runs" / "time_to_accuracy"
-README = ROOT / "benchmarks" / "README.md"
+README = ROOT / "docs" / "benchmarks" / "time-to-accuracy.md"
 TABLE_START, TABLE_END = "<!-- time-to-accuracy:start -->", "<!-- time-to-accuracy:end -->"
 TRAIN_SIZE = 50_000  # CIFAR-10's training split
 

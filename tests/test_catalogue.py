@@ -2,7 +2,7 @@
 each must end with exit status 2 and one line on stderr that names the problem (no
 traceback), leaving files that already existed as they were.
 
-The README's "Bad input" table lists the same entries by name; a test keeps the two in step.
+The "Bad input" table of docs/guide/errors.md lists the same entries by name; a test keeps the two in step.
 """
 
 import os
@@ -103,7 +103,7 @@ def _recipe(tmp, text):
     return tmp / "r.yaml"
 
 
-# (name in the README table, args builder (fx, tmp) -> argv, substring of the error line)
+# (name in the docs' table, args builder (fx, tmp) -> argv, substring of the error line)
 CATALOGUE = [
     ("score table missing", lambda fx, t: _select(t / "nope.parquet", "--out", t / "i.parquet"),
      "score table not found"),
@@ -293,9 +293,9 @@ def test_bad_input(name, build, message, fx, tmp_path, capsys):
     assert _snapshot(fx["dir"]) == good_before
 
 
-def test_catalogue_size_and_readme_table():
+def test_catalogue_size_and_docs_table():
     assert len(CATALOGUE) >= 30
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "guide" / "errors.md").read_text()
     section = readme.split("<!-- bad-input:start -->")[1].split("<!-- bad-input:end -->")[0]
     rows = re.findall(r"^\| ([^|]+?) \|", section, flags=re.M)[2:]  # skip header + rule
     assert rows == [c[0] for c in CATALOGUE]
