@@ -191,13 +191,12 @@ SUMMARY_FIELDS = ("model", "w_bits", "a_bits", "method", "fraction", "epochs", "
                   "eval_s")
 
 
-def run_record(summary: dict, out: Path, options: dict, free: bool, extra: dict | None,
-               resumed: bool) -> dict:
-    """A finished run's fields of a results row (without name, machine, date, commit)."""
-    extra = extra or {}
+def run_record(summary: dict, options: dict, free: bool, resumed: bool,
+               labels: dict | None = None) -> dict:
+    """A finished run's fields of a results row (without name, machine, date, commit);
+    ``labels``: the label-noise fields, placed after ``free_scores``."""
     return {**{k: summary[k] for k in SUMMARY_FIELDS},
-            "options": options, "free_scores": free, "label_noise": extra.get("label_noise"),
-            "label_weight": extra.get("label_weight", 0.0), "noisy_share": noisy_share(out),
+            "options": options, "free_scores": free, **(labels or {}),
             "resumed": resumed, "cores_oversubscribed": summary["cores_oversubscribed"]}
 
 
@@ -352,7 +351,10 @@ def main() -> None:
         resume = (out / "last.pt").exists()
         print(f"{name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
         summary = run_training(config, out, resume=resume, overwrite=not resume)
-        record = {"name": name, **run_record(summary, out, options, free, extra, resume),
+        labels = {"label_noise": extra.get("label_noise"),
+                  "label_weight": extra.get("label_weight", 0.0),
+                  "noisy_share": noisy_share(out)}
+        record = {"name": name, **run_record(summary, options, free, resume, labels),
                   "machine": info, "date": time.strftime("%Y-%m-%d"), "commit": commit}
         append_record(RESULTS.name, record)
         print(json.dumps(record), flush=True)

@@ -113,10 +113,8 @@ def run(results: Results, row: tuple, info: dict, limit_train: int | None,
     out = runs_dir / name
     resumed = (out / "last.pt").exists()
     summary = train(config, out)
-    rec = run_record(summary, out, options, free, {}, resumed)
-    for k in ("label_noise", "label_weight", "noisy_share"):  # no label noise here
-        rec.pop(k)
-    record = {"name": name, "budget": budget, **rec, **progress(out, epochs),
+    record = {"name": name, "budget": budget, **run_record(summary, options, free, resumed),
+              **progress(out, epochs),
               "train_wall_s": round(summary["wall_s"] - summary["eval_s"], 2),
               **info, "commit": code_version()}
     results.save(record)
@@ -255,16 +253,16 @@ def main() -> None:
         for row in PLAN:
             print(run_name(*row), "done" if results.has(run_name(*row)) else "")
         return
+    plot_path = Path(args.results).with_suffix(".png") if args.results else PLOT
     if args.render:
-        plot(results.load(), PLOT if not args.results else Path(args.results).with_suffix(".png"))
+        plot(results.load(), plot_path)
     if rendered(args, results, render, README, TABLE_START, TABLE_END):
         return
     if args.redo:
         results.supersede(args.redo, args.reason, runs_dir)
     from resumable import start
 
-    info = start(args)
-    info["machine"].update(threads=machine()["threads"])
+    info = start(args, threads=machine()["threads"])
     t0 = time.perf_counter()
     for row in PLAN:
         name = run_name(*row)
@@ -274,7 +272,7 @@ def main() -> None:
             print(f"time budget reached before {name}; run again to continue", flush=True)
             break
         run(results, row, info, args.limit_train, runs_dir)
-    plot(results.load(), PLOT if not args.results else Path(args.results).with_suffix(".png"))
+    plot(results.load(), plot_path)
 
 
 if __name__ == "__main__":

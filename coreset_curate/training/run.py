@@ -394,7 +394,7 @@ def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | N
         return None, t_wall
     t0 = time.perf_counter()
     due = _eval_due(p.config, epoch)
-    scores = _evaluate(p) if due else None
+    scores = _evaluate(p) if due else {}
     t["eval_s"] = time.perf_counter() - t0
     for k in t:
         run.totals[k] += t[k]
@@ -403,7 +403,7 @@ def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | N
     improved = due and scores[run.metric] > run.best
     if due:
         run.best = max(run.best, scores[run.metric])
-    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, **(scores or {}),
+    line = {"epoch": epoch, "lr": lr_now, "train_loss": loss, **scores,
             **({f"best_{run.metric}": run.best} if due else {}), "subset_size": subset_size,
             **{k: round(v, 3) for k, v in t.items()}}
     log.info("epoch %d/%d: loss %.4f, %s, %d samples, score %.1fs select %.2fs train %.1fs "
