@@ -39,7 +39,14 @@ log = logging.getLogger(__name__)
 
 
 def state_sha256(model: nn.Module) -> str:
-    """sha256 of a model's state (parameter and buffer names, shapes and bytes)."""
+    """sha256 of a model's state (parameter and buffer names, shapes and bytes).
+
+    Args:
+        model: any module.
+
+    Returns:
+        The hex digest; equal states give equal digests.
+    """
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -110,8 +117,35 @@ def extract_scores(
     bf16: bool = False,
     channels_last: bool = False,
 ) -> Path | None:
-    """Score ``data`` into the Parquet file ``out`` (see the module doc); returns its path
-    on rank 0 and None on the other ranks."""
+    """Score ``data`` into the Parquet file ``out`` in resumable shards (module doc).
+
+    Args:
+        student: the (quantized) model to score with.
+        data: the dataset.
+        out: the score table to write.
+        reference: the full-precision model or its outputs (DS), or None.
+        transform: the dataset's ``EvalTransform``.
+        epoch: the scoring round's epoch.
+        batch_size: samples per forward pass.
+        device: where the models run.
+        shard_rows: rows per shard (the unit of resuming and of splitting across ranks).
+        embeddings: as for ``score_dataset``.
+        probs: as for ``score_dataset``.
+        metadata: as for ``score_dataset``.
+        overwrite: replace an existing ``out``.
+        rank: this process's rank (under torchrun).
+        world_size: the number of ranks.
+        bf16: as for ``score_dataset``.
+        channels_last: as for ``score_dataset``.
+
+    Returns:
+        The path of ``out`` on rank 0; None on the other ranks.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        ValueError: ``shard_rows`` is not a positive integer, or what ``score_dataset``
+            raises.
+    """
     out = Path(out)
     positive_int("shard_rows", shard_rows)
     if out.exists() and not overwrite:

@@ -76,15 +76,33 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
                 with_weights: bool = False, check: bool = True, labels=None):
     """The ``datasets.Dataset`` of the samples of ``epoch`` in ``index``.
 
-    ``dataset``: a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), an
-    ``ImageData``, ``"digits"`` or a path of Parquet files; for detection, a
-    ``DetectionData``, ``"coco:ROOT"`` or a Hugging Face detection dataset (rows keyed
-    by ``image_id``, in the Hub's layout: ``detection.to_hf_detection``). The index's dataset fingerprint
-    is checked first (``check=False`` skips it), so an index of another dataset fails with
-    a clear error instead of selecting the wrong rows. Rows come in ascending sample_id
-    order; ``with_weights=True`` adds the index's ``weight`` column. ``labels``: the
-    labels table the run was trained with (``labels`` recipe key): the rows come with its
-    labels, and the fingerprint checked is that of the data read with it.
+    The index's dataset fingerprint is checked first, so an index of another dataset
+    fails with a clear error instead of selecting the wrong rows.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), an
+            ``ImageData``, ``"digits"`` or a path of Parquet files; for detection, a
+            ``DetectionData``, ``"coco:ROOT"`` or a Hugging Face detection dataset (rows
+            keyed by ``image_id``, in the Hub's layout: ``detection.to_hf_detection``).
+        index: the index (path or table).
+        epoch: the epoch whose subset to return.
+        split: the split of a ``DatasetDict`` or of Parquet files.
+        label_column: the label column (default: found by type or name).
+        id_column: a column of sample ids (default: row positions).
+        with_weights: add the index's ``weight`` column.
+        check: check the fingerprint (False skips it).
+        labels: the labels table the run was trained with (``labels`` recipe key): the
+            rows come with its labels, and the fingerprint checked is that of the data
+            read with it.
+
+    Returns:
+        A ``datasets.Dataset`` of the subset's rows in ascending sample_id order.
+
+    Raises:
+        FingerprintMismatch: the index was made from another dataset.
+        UnknownIds: the index names ids the dataset lacks.
+        ValueError: the epoch is not in the index, an unknown split or column.
+        TypeError: ``dataset`` is of a kind this function does not read.
     """
     det = _detection_source(dataset, split)
     if det is not None:
@@ -163,7 +181,27 @@ def export_subset(dataset, index, epoch: int, out_dir: str | os.PathLike, *,
     """Write the rows of ``epoch`` (images included) to ``out_dir/SPLIT-00000-of-00001.parquet``
     with the dataset's features, so that ``datasets.load_dataset("parquet",
     data_dir=out_dir)`` reads them back. Written to a temporary file, then renamed.
-    ``labels``: as for ``load_subset``."""
+
+    Args:
+        dataset: as for ``load_subset``.
+        index: as for ``load_subset``.
+        epoch: as for ``load_subset``.
+        out_dir: the folder to write to (created if missing).
+        split: the split's name, also the file's prefix.
+        label_column: as for ``load_subset``.
+        id_column: as for ``load_subset``.
+        overwrite: replace an existing file.
+        labels: as for ``load_subset``.
+
+    Returns:
+        The path of the Parquet file written.
+
+    Raises:
+        FileExistsError: the file exists and ``overwrite`` is False.
+        PermissionError: ``out_dir`` cannot be created.
+        ValueError: the split name holds other characters than letters, digits, ``-``
+            and ``_``, or what ``load_subset`` raises.
+    """
     subset = load_subset(dataset, index, epoch, split=split, label_column=label_column,
                          id_column=id_column, labels=labels)
     if not split.replace("_", "").replace("-", "").isalnum():

@@ -24,7 +24,18 @@ __all__ = ["read_index", "epoch_rows", "index_table", "merge_index", "add_to_ind
 
 
 def read_index(index: str | os.PathLike | pa.Table) -> pa.Table:
-    """An index from a path or a table, checked against the index contract."""
+    """An index from a path or a table, checked against the index contract.
+
+    Args:
+        index: a Parquet path or an Arrow table.
+
+    Returns:
+        The index, conformed to ``INDEX_SCHEMA``.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        TableError: the file is not Parquet, or it breaks the index contract.
+    """
     table = index if isinstance(index, pa.Table) else read_table(index)
     return validate_index(table, "index" if isinstance(index, pa.Table) else str(index))
 
@@ -34,7 +45,18 @@ def index_epochs(index: pa.Table) -> set[int]:
 
 
 def epoch_rows(index: pa.Table, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sample_ids ascending, weights) of ``epoch`` in ``index``."""
+    """One epoch's subset of an index.
+
+    Args:
+        index: an index table.
+        epoch: the epoch.
+
+    Returns:
+        ``(sample_ids ascending, weights)``.
+
+    Raises:
+        ValueError: the index has no rows for ``epoch``.
+    """
     epochs = index.column("epoch").to_numpy()
     rows = np.flatnonzero(epochs == epoch)
     if len(rows) == 0:
@@ -48,8 +70,18 @@ def epoch_rows(index: pa.Table, epoch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def index_table(selections: dict, *, metadata: dict | None = None) -> pa.Table:
-    """Index rows (epoch, sample_id, weight) for ``{epoch: Selection}``, sorted by epoch
-    then sample_id, with the index metadata."""
+    """Index rows (epoch, sample_id, weight) for ``{epoch: Selection}``.
+
+    No creation time goes into the metadata, so the same selections give a byte-identical
+    index.
+
+    Args:
+        selections: ``{epoch: Selection}``.
+        metadata: the index metadata (method, fraction, fingerprint, sources, ...).
+
+    Returns:
+        The index table, sorted by epoch then sample_id.
+    """
     parts = [(np.full(len(s), e, dtype=np.int32), s.sample_ids, s.weights)
              for e, s in sorted(selections.items())]
     cols = [np.concatenate([p[i] for p in parts]) if parts else np.array([], dtype=dt)
@@ -61,8 +93,19 @@ def index_table(selections: dict, *, metadata: dict | None = None) -> pa.Table:
 
 
 def merge_index(existing: pa.Table, new: pa.Table) -> pa.Table:
-    """``existing`` with the epochs in ``new`` replaced by ``new``'s rows; metadata of
-    ``new`` with the ``sources`` of both."""
+    """``existing`` with the epochs in ``new`` replaced by ``new``'s rows.
+
+    Args:
+        existing: the index so far.
+        new: the epochs to add or replace.
+
+    Returns:
+        The merged index, sorted by epoch then sample_id, with ``new``'s metadata and
+        the ``sources`` of both.
+
+    Raises:
+        ValueError: the two were made with another method, fraction or dataset.
+    """
     meta_old, meta_new = table_metadata(existing), table_metadata(new)
     existing = conform(existing, INDEX_SCHEMA, "existing index").select(INDEX_SCHEMA.names)
     new_epochs = np.unique(new.column("epoch").to_numpy())
@@ -82,7 +125,14 @@ def merge_index(existing: pa.Table, new: pa.Table) -> pa.Table:
 def index_lock(path: str | os.PathLike):
     """Hold an exclusive lock for changing the index file ``path``: ``fcntl.flock`` on the
     folder that holds it, so no lock file is left behind. Writers on one machine wait for
-    each other; a lock on a network file system is only as good as its ``flock``."""
+    each other; a lock on a network file system is only as good as its ``flock``.
+
+    Args:
+        path: the index file (its folder is created if missing).
+
+    Yields:
+        Nothing; the lock is held inside the ``with`` block.
+    """
     import fcntl
 
     path = Path(path)
@@ -101,7 +151,25 @@ def add_to_index(path: str | os.PathLike, selection, epochs: Sequence[int], *,
     """Write ``selection`` as the subset of ``epochs`` into the index file ``path``: a new
     index, or the existing one extended (its other epochs kept). Epochs it already has are
     replaced only with ``replace=True``. Read, merge and write run under ``index_lock``, and
-    the write is atomic. Returns the written index."""
+    the write is atomic.
+
+    Args:
+        path: the index file.
+        selection: a ``Selection``.
+        epochs: the epochs it is the subset of.
+        metadata: the index metadata.
+        replace: replace epochs the index already has.
+
+    Returns:
+        The index as written.
+
+    Raises:
+        FileExistsError: the index already has one of ``epochs`` and ``replace`` is
+            False.
+        ValueError: the existing index was made with another method, fraction or
+            dataset.
+        TableError: the existing file is not a valid index.
+    """
     new = index_table({e: selection for e in epochs}, metadata=metadata)
     with index_lock(path):
         if os.path.exists(path):

@@ -24,6 +24,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable:
+    """Decorator that registers an architecture: ``fn(num_classes, in_channels, **kw)``.
+
+    Args:
+        name: the name ``create_model`` and the ``model`` recipe key take.
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: (when the decorator is applied) ``name`` is already registered.
+    """
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
@@ -34,11 +45,29 @@ def register_model(name: str) -> Callable:
 
 
 def list_models() -> list[str]:
+    """Names of the registered architectures.
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(MODELS)
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build the registered architecture ``name`` with fresh (untrained) weights."""
+    """Build the registered architecture ``name`` with fresh (untrained) weights.
+
+    Args:
+        name: a registered architecture (``list_models``).
+        num_classes: outputs of the classifier, at least 2.
+        in_channels: image channels.
+        **kwargs: passed to the architecture's constructor.
+
+    Returns:
+        The model (float, train mode).
+
+    Raises:
+        ValueError: an unknown name or a bad ``num_classes`` / ``in_channels``.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     if not is_int(num_classes) or num_classes < 2:

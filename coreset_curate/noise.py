@@ -38,7 +38,15 @@ LABELS_SCHEMA = pa.schema([
 
 @dataclass
 class LabelNoise:
-    """Noisy labels with the true ones beside them."""
+    """Noisy labels with the true ones beside them (what ``inject_noise`` returns).
+
+    Attributes:
+        labels: the noisy labels (int64), in the order of the labels given.
+        true_labels: the labels before the flips.
+        noise_type: ``"symmetric"`` or ``"asymmetric"``.
+        rate: the rate asked for.
+        seed: the seed of the flips.
+    """
 
     labels: np.ndarray  # the noisy labels (int64)
     true_labels: np.ndarray
@@ -53,11 +61,24 @@ class LabelNoise:
 
     @property
     def realised_rate(self) -> float:
+        """The share of labels actually changed."""
         return float(self.flipped.mean()) if len(self.labels) else 0.0
 
     def table(self, sample_ids: np.ndarray | None = None, *,
               fingerprint: dict | None = None) -> pa.Table:
-        """``sample_id, label, true_label`` as an Arrow table (ids default to positions)."""
+        """``sample_id, label, true_label`` as an Arrow labels table.
+
+        Args:
+            sample_ids: one id per label (default: positions).
+            fingerprint: the dataset's fingerprint, stored in the metadata so that a
+                later run can check it trains on the same data.
+
+        Returns:
+            The table, with the noise settings in its metadata.
+
+        Raises:
+            ValueError: ``sample_ids`` and the labels differ in length.
+        """
         ids = np.arange(len(self.labels)) if sample_ids is None else np.asarray(sample_ids)
         if len(ids) != len(self.labels):
             raise ValueError(f"{len(ids)} sample ids for {len(self.labels)} labels")
@@ -69,6 +90,20 @@ class LabelNoise:
 
     def write(self, path: str | os.PathLike, sample_ids: np.ndarray | None = None, *,
               fingerprint: dict | None = None, overwrite: bool = False):
+        """Write ``table(sample_ids, fingerprint=...)`` to ``path`` (atomically).
+
+        Args:
+            path: the Parquet file to write.
+            sample_ids: as for ``table``.
+            fingerprint: as for ``table``.
+            overwrite: replace an existing file.
+
+        Returns:
+            The path written.
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is False.
+        """
         return write_table(self.table(sample_ids, fingerprint=fingerprint), path,
                            overwrite=overwrite)
 
@@ -102,7 +137,28 @@ def _flip_map(flips, class_names, num_classes) -> dict[int, int]:
 def inject_noise(labels, rate: float, noise_type: str = "symmetric", *, seed: int = 0,
                  num_classes: int | None = None, flips: Mapping | None = None,
                  class_names: Sequence[str] | None = None) -> LabelNoise:
-    """Flip labels at ``rate`` (see module doc); the same arguments give the same flips."""
+    """Flip labels at ``rate`` (see module doc); the same arguments give the same flips.
+
+    Args:
+        labels: 1-D integer class indices (for example ``data.labels``).
+        rate: share of the labels (symmetric) or of each mapped source class
+            (asymmetric) to flip, in [0, 1].
+        noise_type: ``"symmetric"`` (to any other class, uniformly) or
+            ``"asymmetric"`` (source class to its target in ``flips``).
+        seed: seed of the flips.
+        num_classes: the number of classes (default: from ``class_names`` or the labels).
+        flips: asymmetric class map ``{source: target}`` by index or class name
+            (default: ``CIFAR10_FLIPS`` when ``class_names`` are CIFAR-10's).
+        class_names: names of the classes, to read ``flips`` given by name.
+
+    Returns:
+        A ``LabelNoise`` with the noisy and the true labels.
+
+    Raises:
+        ValueError: the labels are not 1-D non-negative integers, an argument is out of
+            range (``noise_type``, ``rate``, ``seed``, fewer than 2 classes), or the class
+            map is missing or names an unknown class.
+    """
     true = np.asarray(labels)
     if true.ndim != 1 or (len(true) and true.dtype.kind not in "iu"):
         raise ValueError("labels must be a 1-D array of integer class indices")
@@ -135,8 +191,19 @@ def inject_noise(labels, rate: float, noise_type: str = "symmetric", *, seed: in
 
 
 def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(sample_id, label, true_label, metadata) from a labels table (``noise`` command,
-    or ``labels.parquet`` in a run trained with ``label_noise``), sorted by sample_id."""
+    """Read a labels table that holds the true labels.
+
+    Args:
+        path: a labels table (from the ``noise`` command, ``LabelNoise.write``, or
+            ``labels.parquet`` in a run trained with ``label_noise``).
+
+    Returns:
+        ``(sample_id, label, true_label, metadata)``, sorted by sample_id.
+
+    Raises:
+        ValueError: the table lacks ``true_label`` (a cleaned labels table, say), or a
+            column is missing, has missing values or repeats a sample id.
+    """
     from .labels import read_labels_table
 
     table = read_labels_table(path)  # its checks: columns, missing values, duplicate ids

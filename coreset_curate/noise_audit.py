@@ -85,7 +85,24 @@ _COLUMNS = ("evs", "ds", "margin", "pred", "prob_label", "max_prob", "ref_pred",
 
 @dataclass
 class AuditResult:
-    """The audit table and what the report shows beside it."""
+    """The audit table and what the report shows beside it (what ``audit`` returns).
+
+    Attributes:
+        table: one row per sample on ``AUDIT_SCHEMA`` (suspicion, flag, kind, suggested
+            label, the per-round statistics), with the audit's settings in its metadata.
+        class_names: the class names, indexed by label.
+        epochs: the epochs of the scoring rounds read.
+        thresholds: per class, the mean self-confidence of its samples (latest round).
+        ref_thresholds: the same for the full-precision reference, or None.
+        class_counts: samples per given label.
+        noise_rates: per class, the estimated share of wrong labels.
+        confident_joint: classes x classes, calibrated to the class counts.
+        suspicion: the suspicion used (``"auto"`` resolved).
+        metrics: precision, recall, F1 and AUROC when true labels were given, else None.
+        subset_share: per index epoch, the flagged share of the subset (with ``index``).
+        sources: the score tables read.
+        fingerprint: the dataset fingerprint of the score tables.
+    """
 
     table: pa.Table
     class_names: list[str]
@@ -103,18 +120,39 @@ class AuditResult:
 
     @property
     def num_flagged(self) -> int:
+        """The number of flagged samples."""
         return int(np.asarray(self.table.column("flag")).sum())
 
     def kind_counts(self) -> dict[str, int]:
+        """Flagged samples of each kind (``KINDS``).
+
+        Returns:
+            ``{kind: count}`` for every kind, zeros included.
+        """
         kinds = self.table.column("kind").to_pylist()
         return {k: sum(1 for v in kinds if v == k) for k in KINDS}
 
     def to_pandas(self):
+        """The audit table as a pandas DataFrame."""
         return self.table.to_pandas()
 
     def write(self, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
               max_examples: int = 48) -> dict[str, Path]:
-        """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``."""
+        """Write ``audit.parquet``, ``report.html`` and ``summary.md`` (``write_report``).
+
+        Args:
+            out_dir: the report folder.
+            data: the ``ImageData`` the scores came from, for thumbnails.
+            overwrite: replace an existing report.
+            max_examples: how many flagged samples the HTML page shows.
+
+        Returns:
+            The paths written, as ``write_report`` returns them.
+
+        Raises:
+            FileExistsError: a report file exists and ``overwrite`` is False.
+            NotADirectoryError: ``out_dir`` is a file.
+        """
         from .report import write_report
 
         return write_report(self, out_dir, data=data, overwrite=overwrite,
@@ -260,13 +298,31 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
           index=None) -> AuditResult:
     """Audit the labels of the samples in ``scores`` (see module doc).
 
-    ``scores``: score tables (paths, pyarrow tables or DataFrames), one per scoring round
-    or several rounds in one. ``data``: the ``ImageData`` the scores came from (class
-    names, thumbnails in the report; its length and ids must match). ``true_labels``: the
-    real labels when the noise is known (an array in sample_id order or a labels table
-    from ``inject_noise``/``coreset-curate noise``), adds precision, recall, F1 and AUROC.
-    ``index``: a run's index (path or table), adds the flagged share of every epoch's
-    subset.
+    Args:
+        scores: score tables (paths, pyarrow tables or DataFrames), one per scoring round
+            or several rounds in one.
+        data: the ``ImageData`` the scores came from (class names, thumbnails in the
+            report; its length and ids must match).
+        class_names: the class names, when ``data`` is not given (default: from the
+            tables' metadata, else the label numbers).
+        suspicion: ``"auto"``, ``"channel"``, ``"prob"``, ``"aum"`` or ``"evs"`` (module
+            doc).
+        count: how many to flag per class, ``"confident_joint"`` or ``"gap"``.
+        true_labels: the real labels when the noise is known (an array in sample_id
+            order, or a labels table from ``inject_noise`` / ``coreset-curate noise``);
+            adds precision, recall, F1 and AUROC.
+        index: a run's index (path or table); adds the flagged share of every epoch's
+            subset.
+
+    Returns:
+        The ``AuditResult``; ``result.write(folder)`` writes the report.
+
+    Raises:
+        ValueError: an unknown ``suspicion`` or ``count``, a detection set's scores, a
+            column the audit needs is missing, ``"channel"`` without the ``probs``
+            column, or ``data`` / ``true_labels`` / ``index`` that do not match the
+            scores.
+        TableError: a table breaks the score contract.
     """
     if suspicion not in SUSPICIONS:
         raise ValueError(f"suspicion must be one of {SUSPICIONS}; got {suspicion!r}")

@@ -11,6 +11,16 @@ __all__ = ["per_class_mean", "confident_joint", "mean_joint", "flags", "otsu_cou
 
 
 def per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The mean of ``values`` over the samples of each class (non-finite values skipped).
+
+    Args:
+        values: one value per sample.
+        labels: one class per sample, in ``0..k-1``.
+        k: the number of classes.
+
+    Returns:
+        ``(k,)`` means; NaN for a class without finite values.
+    """
     ok = np.isfinite(values)
     sums = np.bincount(labels[ok], weights=values[ok], minlength=k)
     counts = np.bincount(labels[ok], minlength=k)
@@ -19,7 +29,19 @@ def per_class_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray
 
 
 def confident_joint(labels, pred, p_label, p_pred, thresholds, row_sizes) -> np.ndarray:
-    """Confident joint C[given, confident class], row i scaled to sum to row_sizes[i]."""
+    """Confident joint C[given, confident class], row i scaled to sum to row_sizes[i].
+
+    Args:
+        labels: given labels.
+        pred: the student's predicted classes.
+        p_label: the student's probability of the given label.
+        p_pred: its probability of the predicted class.
+        thresholds: per-class thresholds (``per_class_mean`` of ``p_label``).
+        row_sizes: the class sizes to calibrate the rows to.
+
+    Returns:
+        The ``(k, k)`` joint.
+    """
     k = len(row_sizes)
     t_label = thresholds[labels]
     same = (pred == labels) & (p_label >= t_label)
@@ -33,7 +55,16 @@ def confident_joint(labels, pred, p_label, p_pred, thresholds, row_sizes) -> np.
 
 
 def flags(suspicion: np.ndarray, labels: np.ndarray, n_flag: np.ndarray) -> np.ndarray:
-    """In every class c, the n_flag[c] most suspicious samples (ties by sample order)."""
+    """In every class c, the n_flag[c] most suspicious samples (ties by sample order).
+
+    Args:
+        suspicion: one score per sample, higher is more suspicious.
+        labels: given labels.
+        n_flag: how many to flag in each class.
+
+    Returns:
+        A boolean mask of the flagged samples.
+    """
     flag = np.zeros(len(labels), dtype=bool)
     order = np.lexsort((np.arange(len(labels)), -suspicion, labels))  # by class, then score
     starts = np.searchsorted(labels[order], np.arange(len(n_flag)))
@@ -46,7 +77,17 @@ def flags(suspicion: np.ndarray, labels: np.ndarray, n_flag: np.ndarray) -> np.n
 def otsu_counts(suspicion: np.ndarray, labels: np.ndarray, k: int, bins: int = 256
                 ) -> np.ndarray:
     """Per class, how many samples lie above the cut that best splits the class's
-    suspicion into two groups (Otsu: the largest between-group variance)."""
+    suspicion into two groups (Otsu: the largest between-group variance).
+
+    Args:
+        suspicion: one score per sample.
+        labels: given labels.
+        k: the number of classes.
+        bins: histogram bins per class.
+
+    Returns:
+        ``(k,)`` counts; 0 for a class whose suspicion does not vary.
+    """
     out = np.zeros(k, dtype=np.int64)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(k + 1))
@@ -76,6 +117,14 @@ def channel_suspicion(softmax: np.ndarray, labels: np.ndarray, joint: np.ndarray
     A sample labeled i is suspicious in proportion to its mass on classes that really
     are flipped to i: under class-dependent noise, a cat labeled dog is suspected more
     than a hard dog that looks a little like a ship.
+
+    Args:
+        softmax: ``(n, classes)`` the student's softmax.
+        labels: given labels.
+        joint: the calibrated confident joint (``mean_joint``).
+
+    Returns:
+        ``(n,)`` suspicion, in [0, 1].
     """
     n = len(labels)
     cols = joint.sum(0, keepdims=True)
@@ -91,8 +140,17 @@ def channel_suspicion(softmax: np.ndarray, labels: np.ndarray, joint: np.ndarray
 
 
 def flag_metrics(flag: np.ndarray, suspicion: np.ndarray, noisy: np.ndarray) -> dict:
-    """Precision, recall and F1 of ``flag`` and AUROC of ``suspicion`` against the mask of
-    samples whose label is really wrong."""
+    """Precision, recall and F1 of ``flag`` and AUROC of ``suspicion`` against known noise.
+
+    Args:
+        flag: the flagged mask.
+        suspicion: one score per sample.
+        noisy: the mask of samples whose label is really wrong.
+
+    Returns:
+        ``{"precision", "recall", "f1", "auroc", "flagged", "noisy", "true_positives"}``;
+        ``auroc`` is None when every sample or none is noisy.
+    """
     from sklearn.metrics import roc_auc_score
 
     flag, noisy = np.asarray(flag, bool), np.asarray(noisy, bool)
@@ -109,7 +167,16 @@ def flag_metrics(flag: np.ndarray, suspicion: np.ndarray, noisy: np.ndarray) -> 
 
 def mean_joint(rounds: list[dict], counts: np.ndarray, k: int) -> np.ndarray:
     """Per-class thresholds and a calibrated confident joint for every round, averaged: a
-    late round alone undercounts once the model starts to fit the wrong labels."""
+    late round alone undercounts once the model starts to fit the wrong labels.
+
+    Args:
+        rounds: scoring rounds (``ScoreRounds.rounds``).
+        counts: samples per given label in the audited round.
+        k: the number of classes.
+
+    Returns:
+        The ``(k, k)`` mean joint.
+    """
     joints = []
     for rnd in rounds:
         r_lab = rnd["label"].astype(np.int64)

@@ -14,6 +14,15 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", **kwarg
     """A tqdm bar on stderr, shown when stderr is a terminal.
 
     ``CORESET_CURATE_PROGRESS=1`` forces bars on (for logs), ``=0`` turns them off.
+
+    Args:
+        total: the expected number of steps (``None``: unknown).
+        desc: the bar's label.
+        unit: the name of one step.
+        **kwargs: passed on to ``tqdm``.
+
+    Returns:
+        The ``tqdm`` bar (disabled bars cost next to nothing).
     """
     env = os.environ.get("CORESET_CURATE_PROGRESS")
     disable = (not sys.stderr.isatty()) if env is None else env == "0"

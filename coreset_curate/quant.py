@@ -59,14 +59,21 @@ def _check_bits(name: str, bits: int) -> int:
 class QuantConfig:
     """How ``quantize_model`` quantizes a model.
 
-    w_bits, a_bits: 2..8, or 32 to leave weights / activations in float.
-    per_channel: one weight step per output channel (True) or one per layer (False).
-    first_last: ``"int8"`` keeps the first conv and the last linear at 8 bits (the LSQ
-        paper's choice), ``"float"`` leaves them in float, ``"same"`` quantizes them like
-        every other layer. A model with an ``output_layers`` attribute (module names: a
-        detector's class and box convolutions) has those as its last layers.
-    init: step-size initialisation, ``"mse"`` (grid search for the step that minimises
-        the quantization error; default) or ``"lsq"`` (the paper's 2 * mean|v| / sqrt(Qp)).
+    Args:
+        w_bits: weight bits, 2..8, or 32 to leave weights in float.
+        a_bits: activation bits, 2..8, or 32 to leave activations in float.
+        per_channel: one weight step per output channel (True) or one per layer (False).
+        first_last: ``"int8"`` keeps the first conv and the last linear at 8 bits (the
+            LSQ paper's choice), ``"float"`` leaves them in float, ``"same"`` quantizes
+            them like every other layer. A model with an ``output_layers`` attribute
+            (module names: a detector's class and box convolutions) has those as its last
+            layers.
+        init: step-size initialisation, ``"mse"`` (grid search for the step that
+            minimises the quantization error; default) or ``"lsq"`` (the paper's
+            2 * mean|v| / sqrt(Qp)).
+
+    Raises:
+        ValueError: a setting outside the values above.
     """
 
     w_bits: int = 4
@@ -129,11 +136,19 @@ def _lsq_step(values: torch.Tensor, qp: int) -> torch.Tensor:
 
 
 class LsqQuantizer(nn.Module):
-    """Fake quantizer with a learned step size.
+    """Fake quantizer with a learned step size (LSQ).
 
-    ``num_channels`` > 0 gives one step per slice along dim 0 (weights, per output channel);
-    0 gives one step for the whole tensor. ``signed=None`` decides the sign from the data
-    seen at calibration (activations).
+    Args:
+        bits: 2..8.
+        num_channels: > 0 gives one step per slice along dim 0 (weights, per output
+            channel); 0 gives one step for the whole tensor.
+        signed: the integer grid's sign; None decides it from the data seen at
+            calibration (activations).
+        init: ``"mse"`` or ``"lsq"``, as in ``QuantConfig``.
+
+    Raises:
+        ValueError: ``bits`` outside 2..8 (32, float, takes no quantizer) or an unknown
+            ``init``.
     """
 
     def __init__(
@@ -289,7 +304,11 @@ class _QuantMixin:
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """``nn.Conv2d`` with LSQ fake quantization of its weight and input."""
+    """``nn.Conv2d`` with LSQ fake quantization of its weight and input.
+
+    Made by ``quantize_model`` (through ``from_float``); it takes ``nn.Conv2d``'s
+    arguments.
+    """
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, per_channel: bool = True,
@@ -308,7 +327,11 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    """``nn.Linear`` with LSQ fake quantization of its weight and input."""
+    """``nn.Linear`` with LSQ fake quantization of its weight and input.
+
+    Made by ``quantize_model`` (through ``from_float``); it takes ``nn.Linear``'s
+    arguments.
+    """
 
     @classmethod
     def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int, per_channel: bool = True,
@@ -332,11 +355,26 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds any LSQ quantizer.
+
+    Args:
+        model: any module.
+
+    Returns:
+        True when ``quantize_model`` (or a quantized layer) is in it.
+    """
     return any(isinstance(m, LsqQuantizer) for m in model.modules())
 
 
 def quant_config(model: nn.Module) -> QuantConfig | None:
-    """The ``QuantConfig`` that ``quantize_model`` applied to ``model``, or None."""
+    """The ``QuantConfig`` that ``quantize_model`` applied to ``model``.
+
+    Args:
+        model: any module.
+
+    Returns:
+        The config, or None for a model ``quantize_model`` did not quantize.
+    """
     return getattr(model, "_coreset_quant_config", None)
 
 
@@ -358,6 +396,23 @@ def quantize_model(
 
     The settings may also come as one ``QuantConfig``: ``quantize_model(model,
     QuantConfig(w_bits=2, a_bits=2))`` (then the other setting arguments are not read).
+
+    Args:
+        model: the float model.
+        w_bits: weight bits (2..8, 32 for float), or a ``QuantConfig``.
+        a_bits: activation bits (2..8, 32 for float).
+        per_channel: as in ``QuantConfig``.
+        first_last: as in ``QuantConfig``.
+        init: as in ``QuantConfig``.
+        calibration: input batches to calibrate with right away (``calibrate_``).
+
+    Returns:
+        ``model`` itself, its layers replaced by ``QuantConv2d`` / ``QuantLinear``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a setting is out of range, the model is already quantized, or it has
+            no Conv2d or Linear layer.
     """
     config = (w_bits if isinstance(w_bits, QuantConfig)
               else QuantConfig(w_bits, a_bits, per_channel, first_last, init))
@@ -400,7 +455,18 @@ def calibrate_(model: nn.Module, batches: Iterable, max_batches: int | None = 8)
     Weight steps are set from the current weights; activation steps (and signs) from the
     activations that reach each layer on ``batches``, with weights already quantized and
     activations passed through unquantized, in eval mode (so batch-norm uses its running
-    statistics). Returns the model.
+    statistics).
+
+    Args:
+        model: a model ``quantize_model`` quantized.
+        batches: input batches (tensors, or tuples whose first item is the input).
+        max_batches: the most batches used (None: all).
+
+    Returns:
+        ``model``, calibrated (its train/eval mode restored).
+
+    Raises:
+        ValueError: the model has no LSQ quantizer, or ``batches`` is empty.
     """
     layers = [m for m in model.modules() if isinstance(m, _QuantMixin)]
     if not layers:

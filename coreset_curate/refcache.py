@@ -46,7 +46,18 @@ _FORMAT = 1
 
 @dataclass
 class ReferenceOutputs:
-    """The reference softmax of every row of one dataset (dense, or top-k for many classes)."""
+    """The reference softmax of every row of one dataset (dense, or top-k for many classes).
+
+    Attributes:
+        num_classes: the number of classes.
+        labels: the dataset's labels, to check it is the same dataset.
+        sample_ids: the dataset's sample ids.
+        split: the dataset's split name.
+        probs: ``(N, C)`` float32 softmax (up to ``DENSE_MAX_CLASSES`` classes), or None.
+        top_probs: ``(N, TOP_K)`` float16 largest probabilities (many classes), or None.
+        top_idx: ``(N, TOP_K)`` int32 class indices of ``top_probs``, or None.
+        key: the cache key (dataset, checkpoint and transform), "" when not cached.
+    """
 
     num_classes: int
     labels: np.ndarray
@@ -59,13 +70,22 @@ class ReferenceOutputs:
 
     @property
     def fingerprint(self) -> dict:
+        """The fingerprint of the dataset these outputs belong to."""
         return fingerprint(self.labels, self.split, self.sample_ids)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def rows(self, positions: torch.Tensor, device=None) -> torch.Tensor:
-        """Dense (B, C) float32 reference probabilities of the rows at ``positions``."""
+        """Dense ``(B, C)`` float32 reference probabilities of the rows at ``positions``.
+
+        Args:
+            positions: row positions in the dataset.
+            device: where to put the result (default: CPU).
+
+        Returns:
+            The probabilities; for top-k outputs, 0 outside each row's top k.
+        """
         pos = torch.as_tensor(positions, dtype=torch.int64)
         if self.probs is not None:
             out = self.probs.index_select(0, pos)
@@ -76,6 +96,14 @@ class ReferenceOutputs:
         return out if device is None else out.to(device, non_blocking=True)
 
     def subset(self, positions: np.ndarray) -> ReferenceOutputs:
+        """The outputs of the rows at ``positions`` (for a subset of the dataset).
+
+        Args:
+            positions: row positions.
+
+        Returns:
+            A new ``ReferenceOutputs`` with those rows, in that order.
+        """
         pos = np.asarray(positions, dtype=np.int64)
         t = torch.from_numpy(pos)
         return ReferenceOutputs(
@@ -85,13 +113,32 @@ class ReferenceOutputs:
             None if self.top_idx is None else self.top_idx.index_select(0, t), self.key)
 
     def check(self, data: ImageData) -> None:
+        """Check that these outputs were computed on ``data``.
+
+        Args:
+            data: the dataset about to be scored.
+
+        Raises:
+            FingerprintMismatch: (a ``ValueError``) they belong to other data.
+        """
         check_fingerprint(self.fingerprint, data.fingerprint, "cached reference outputs")
 
 
 @torch.inference_mode()
 def compute_reference(reference: nn.Module, data: ImageData, transform: EvalTransform, *,
                       batch_size: int = 512, device=None) -> ReferenceOutputs:
-    """One forward pass of ``reference`` over ``data`` (eval mode, eval transform)."""
+    """One forward pass of ``reference`` over ``data`` (eval mode, eval transform).
+
+    Args:
+        reference: the full-precision model.
+        data: the dataset.
+        transform: its deterministic ``EvalTransform``.
+        batch_size: samples per forward pass.
+        device: where the model runs (default: CUDA when available, else CPU).
+
+    Returns:
+        The ``ReferenceOutputs`` of every row (not stored; see ``cached_reference``).
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     was_training = reference.training
     reference.eval().to(device)
@@ -132,9 +179,24 @@ def cache_key(data: ImageData, checkpoint_sha256: str, transform: EvalTransform)
 def cached_reference(reference: nn.Module, data: ImageData, transform: EvalTransform, *,
                      cache_dir: str | os.PathLike, checkpoint_sha256: str,
                      batch_size: int = 512, device=None) -> tuple[ReferenceOutputs, bool]:
-    """Reference outputs from ``cache_dir`` when an entry for exactly this dataset,
-    checkpoint and transform exists (returns ``(outputs, True)``); otherwise computed,
-    stored atomically, and returned with ``False``."""
+    """Reference outputs from a cache, computed and stored on a miss.
+
+    An entry is used only when it was made for exactly this dataset, checkpoint and
+    transform; an unreadable entry is logged and recomputed.
+
+    Args:
+        reference: the full-precision model (run only on a miss).
+        data: the dataset.
+        transform: its deterministic ``EvalTransform``.
+        cache_dir: the cache folder (created if missing).
+        checkpoint_sha256: the reference checkpoint's sha256 (part of the key).
+        batch_size: samples per forward pass on a miss.
+        device: where the model runs on a miss.
+
+    Returns:
+        ``(outputs, True)`` from the cache, or ``(outputs, False)`` when computed now
+        (and stored atomically).
+    """
     key = cache_key(data, checkpoint_sha256, transform)
     path = Path(cache_dir) / f"reference-{key[:32]}.npz"
     if path.is_file():

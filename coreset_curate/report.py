@@ -129,6 +129,19 @@ def _confusion(result) -> tuple[list[int], list[list[int]]]:
 
 
 def render_html(result, *, data=None, max_examples: int = 48) -> str:
+    """The audit's self-contained HTML page (plots and thumbnails inline).
+
+    Class names and anything else from the dataset are HTML-escaped.
+
+    Args:
+        result: an ``AuditResult``.
+        data: the ``ImageData`` the scores came from, for thumbnails of the flagged
+            samples (``None``: no thumbnails).
+        max_examples: how many flagged samples the page shows.
+
+    Returns:
+        The page as a string.
+    """
     s = _summary_numbers(result)
     plots = _plots(result)
     t = result.table
@@ -238,6 +251,14 @@ def _md(x) -> str:
 
 
 def render_markdown(result) -> str:
+    """The audit's Markdown summary: flagged counts, metrics when known, a row per class.
+
+    Args:
+        result: an ``AuditResult``.
+
+    Returns:
+        The Markdown text (class names escaped for tables).
+    """
     s = _summary_numbers(result)
     lines = ["# Noise audit", "",
              f"{s['samples']:,} samples; scoring round(s) at epoch(s) "
@@ -266,7 +287,26 @@ def render_markdown(result) -> str:
 
 def write_report(result, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
                  max_examples: int = 48) -> dict[str, Path]:
-    """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``."""
+    """Write ``audit.parquet``, ``report.html`` and ``summary.md`` into ``out_dir``.
+
+    Both pages are rendered before anything is written, and every file is written
+    atomically, so a failure leaves an earlier report as it was.
+
+    Args:
+        result: an ``AuditResult`` (from ``audit``).
+        out_dir: the report folder (created if missing).
+        data: the ``ImageData`` the scores came from, for thumbnails.
+        overwrite: replace an existing report.
+        max_examples: how many flagged samples the HTML page shows.
+
+    Returns:
+        ``{"table": ..., "html": ..., "markdown": ...}``, the paths written.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is a file.
+        FileExistsError: a report file exists and ``overwrite`` is False.
+        ValueError: ``max_examples`` is not a non-negative integer.
+    """
     non_negative_int("max_examples", max_examples)
     out = Path(out_dir)
     paths = {"table": out / "audit.parquet", "html": out / "report.html",

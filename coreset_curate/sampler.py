@@ -32,10 +32,20 @@ __all__ = ["SubsetSampler", "DistributedSubsetSampler"]
 class SubsetSampler(Sampler[int]):
     """Yields the dataset positions of one epoch's subset, each exactly once.
 
-    index: path or table of an index; epoch: the epoch to start with (``set_epoch``
-    changes it); data: an ``ImageData`` whose ``sample_ids`` map ids to positions
-    (without it, sample ids are positions); shuffle: a new order every epoch, seeded by
-    ``(seed, epoch)``.
+    Args:
+        index: path or table of an index.
+        epoch: the epoch to start with (``set_epoch`` changes it).
+        data: an ``ImageData`` whose ``sample_ids`` map ids to positions (without it,
+            sample ids are positions).
+        shuffle: a new order every epoch, seeded by ``(seed, epoch)``.
+        seed: the shuffle's seed.
+        num_replicas: the number of ranks sharing the subset.
+        rank: this rank; it yields every ``num_replicas``-th sample from ``rank`` on.
+
+    Raises:
+        ValueError: ``num_replicas`` or ``rank`` out of range, the index breaks the
+            contract, or it has no subset for ``epoch``.
+        UnknownIds: the index names ids ``data`` lacks.
     """
 
     def __init__(self, index: str | os.PathLike | pa.Table, epoch: int = 0, *,
@@ -54,6 +64,14 @@ class SubsetSampler(Sampler[int]):
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch``'s subset from now on (and its shuffle order).
+
+        Args:
+            epoch: an epoch of the index.
+
+        Raises:
+            ValueError: the index has no subset for ``epoch``.
+        """
         ids, weights = epoch_rows(self.index, epoch)
         positions = ids if self.data is None else self.data.positions(ids)
         order = np.argsort(positions, kind="stable")
@@ -76,7 +94,17 @@ class SubsetSampler(Sampler[int]):
         return n // self.num_replicas + (1 if self.rank < n % self.num_replicas else 0)
 
     def weights_of(self, positions) -> torch.Tensor:
-        """Loss weights of the samples at ``positions`` (for example a batch's indices)."""
+        """Loss weights of the samples at ``positions`` (for example a batch's indices).
+
+        Args:
+            positions: dataset positions (array, list or tensor).
+
+        Returns:
+            A float32 tensor of weights, in the order of ``positions``.
+
+        Raises:
+            UnknownIds: a position is not in this epoch's subset.
+        """
         pos = np.asarray(positions.cpu() if isinstance(positions, torch.Tensor) else positions,
                          dtype=np.int64)
         at, present = align(self._positions, pos)
@@ -86,8 +114,18 @@ class SubsetSampler(Sampler[int]):
 
 
 class DistributedSubsetSampler(SubsetSampler):
-    """``SubsetSampler`` that takes the rank and world size from ``torch.distributed``
-    (when initialised; otherwise from the arguments) and yields this rank's share."""
+    """``SubsetSampler`` that yields this rank's share under ``torch.distributed``.
+
+    Args:
+        index: as for ``SubsetSampler``.
+        epoch: as for ``SubsetSampler``.
+        data: as for ``SubsetSampler``.
+        shuffle: as for ``SubsetSampler``.
+        seed: as for ``SubsetSampler``.
+        num_replicas: the world size (default: ``torch.distributed``'s when initialised,
+            else 1).
+        rank: this rank (default: ``torch.distributed``'s when initialised, else 0).
+    """
 
     def __init__(self, index, epoch: int = 0, *, data: ImageData | None = None,
                  shuffle: bool = True, seed: int = 0, num_replicas: int | None = None,

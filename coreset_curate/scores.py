@@ -41,7 +41,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchOutputs:
-    """Logits of one batch and the quantities the scores share (computed once, lazily)."""
+    """Logits of one batch and the quantities the scores share (computed once, lazily).
+
+    What a registered score function receives.
+
+    Attributes:
+        logits: the student's logits, ``(batch, classes)``.
+        labels: the given labels, ``(batch,)`` int64.
+        ref_logits: the full-precision reference's logits, or None.
+        given_ref_probs: the reference's softmax from a cache, instead of its logits.
+        features: the input of the student's last linear layer, or None.
+    """
 
     logits: torch.Tensor
     labels: torch.Tensor
@@ -51,27 +61,33 @@ class BatchOutputs:
 
     @property
     def has_reference(self) -> bool:
+        """Whether a reference view (logits or cached softmax) is there."""
         return self.ref_logits is not None or self.given_ref_probs is not None
 
     @cached_property
     def log_probs(self) -> torch.Tensor:
+        """The student's log-softmax, in float32."""
         return F.log_softmax(self.logits.float(), dim=1)
 
     @cached_property
     def probs(self) -> torch.Tensor:
+        """The student's softmax, in float32."""
         return self.log_probs.exp()
 
     @cached_property
     def onehot(self) -> torch.Tensor:
+        """The given labels one-hot, ``(batch, classes)``."""
         return F.one_hot(self.labels, self.logits.shape[1]).to(self.probs.dtype)
 
     @cached_property
     def ref_probs(self) -> torch.Tensor | None:
+        """The reference's softmax in float32, or None without a reference."""
         if self.given_ref_probs is not None:
             return self.given_ref_probs.float()
         return None if self.ref_logits is None else F.softmax(self.ref_logits.float(), dim=1)
 
     def at_label(self, t: torch.Tensor) -> torch.Tensor:
+        """The entries of a ``(batch, classes)`` tensor at each sample's given label."""
         return t.gather(1, self.labels[:, None]).squeeze(1)
 
 
@@ -86,11 +102,32 @@ SCORES: dict[str, ScoreSpec] = {}
 
 
 def list_scores() -> list[str]:
-    """Names of the registered scores (columns a score table can hold)."""
+    """Names of the registered scores (columns a score table can hold).
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(SCORES)
 
 
 def register_score(name: str, dtype: pa.DataType, needs_reference: bool = False) -> Callable:
+    """Decorator that registers a per-sample score, a column ``score_dataset`` can add.
+
+    The function takes a ``BatchOutputs`` and returns one value per sample (a 1-D tensor)
+    or None where it cannot be computed.
+
+    Args:
+        name: the column name (ask for it with ``score_dataset(..., scores=[name])``).
+        dtype: the column's Arrow type, for example ``pa.float32()``.
+        needs_reference: the score reads the reference view; it is null when scoring
+            has no reference.
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: (when the decorator is applied) ``name`` is already registered.
+    """
     def add(fn):
         if name in SCORES:
             raise ValueError(f"score {name!r} is already registered")
@@ -171,7 +208,15 @@ DEFAULT_SCORES = [*CONTRACT_SCORES, "max_prob", "grand_last"]
 
 
 def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tensor | None]:
-    """Every score in ``names`` for one batch; scores that need a missing reference are None."""
+    """Every score in ``names`` for one batch.
+
+    Args:
+        out: the batch's outputs.
+        names: registered score names.
+
+    Returns:
+        ``{name: 1-D tensor}``; None for a score that needs a reference the batch lacks.
+    """
     result = {}
     for name in names:
         spec = SCORES[name]
@@ -218,8 +263,20 @@ def _score_names(extra: list[str] | None) -> list[str]:
 
 
 def scoring_transform(rows, transform):
-    """The eval transform of ``rows``: the deterministic ``EvalTransform`` for the toolkit's
-    own images, the dataset's own transforms (identity) for a torch Dataset."""
+    """The transform scoring applies to ``rows``.
+
+    Args:
+        rows: the rows to score (``data.adapter.as_rows`` of a dataset).
+        transform: the transform given by the caller, or None.
+
+    Returns:
+        ``transform`` for the toolkit's own images (it must be the deterministic
+        ``EvalTransform``); an identity for a torch Dataset, which applies its own.
+
+    Raises:
+        TypeError: a transform is given for a torch Dataset, none is given for the
+            toolkit's own images, or it is not an ``EvalTransform`` (augmentation).
+    """
     if getattr(rows, "transformed", False):
         if transform is not None and not isinstance(transform, IdentityTransform):
             raise TypeError("a torch Dataset applies its own transforms: leave transform unset")
@@ -335,27 +392,46 @@ def score_dataset(
 ) -> pa.Table:
     """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
 
-    ``data``: a dataset of this toolkit (``load_data``; then ``transform`` is its
-    deterministic ``EvalTransform``), or any map-style torch ``Dataset`` or ``DataLoader``
-    whose items are ``(x, y)`` or ``(sample_id, x, y)``, taken through its own transforms
-    (see ``data.adapter``). ``student`` and ``reference`` are any ``nn.Module`` that
-    return logits.
+    Models run in eval mode (their mode is restored after). On CUDA, batches are copied
+    from pinned memory without blocking.
 
-    ``bf16=True`` runs the forward passes under bfloat16 autocast (CUDA; the scores
-    themselves are computed in float32 from the logits); ``channels_last=True`` feeds
-    channels-last batches. On CUDA, batches are copied from pinned memory without blocking.
+    Args:
+        student: the (quantized) model being trained; any ``nn.Module`` returning logits.
+        data: a dataset of this toolkit (``load_data``; then ``transform`` is its
+            deterministic ``EvalTransform``), or any map-style torch ``Dataset`` or
+            ``DataLoader`` whose items are ``(x, y)`` or ``(sample_id, x, y)``, taken
+            through its own transforms (see ``data.adapter``).
+        reference: the full-precision model, or its outputs computed once
+            (``refcache.cached_reference``: the same scores without its forward pass);
+            None leaves ``ds`` and the ``ref_*`` columns null.
+        transform: the ``EvalTransform`` for the toolkit's own datasets; unset for a
+            torch Dataset.
+        epoch: the scoring round's epoch, written to the ``epoch`` column.
+        batch_size: samples per forward pass.
+        device: where the models run (default: CUDA when available, else CPU).
+        scores: extra registered scores to add (``list_scores``).
+        embeddings: add ``embedding``, the student's penultimate features (the input of
+            its last linear layer) as a fixed-size list of float16, for the
+            diversity-based selection methods.
+        probs: add ``probs``, the student's whole softmax as a fixed-size list of float32
+            (what the noise audit's ``channel`` suspicion reads).
+        metadata: merged into the table's metadata (for example the architecture name).
+        bf16: run the forward passes under bfloat16 autocast (CUDA; the scores are
+            computed in float32 from the logits).
+        channels_last: feed channels-last batches.
 
-    ``reference`` is a full-precision model, or its outputs computed once
-    (``refcache.cached_reference``), which gives the same scores without its forward pass.
-    Models run in eval mode (their mode is restored after); the table has one row per
-    sample, sorted by position in ``data``, with the contract's columns, ``max_prob`` and
-    ``grand_last`` (null for a model without an ``nn.Linear`` classifier), and any extra
-    registered ``scores`` asked for. ``embeddings=True`` adds ``embedding``, the student's
-    penultimate features (the input of its last linear layer) as a fixed-size list of
-    float16, for the diversity-based selection methods. ``probs=True`` adds ``probs``, the
-    student's whole softmax as a fixed-size list of float32 (what the noise audit's
-    ``channel`` suspicion reads). ``metadata`` (for example the architecture name) is
-    merged into the table's metadata.
+    Returns:
+        The score table: one row per sample, sorted by position in ``data``, with the
+        contract's columns, ``max_prob`` and ``grand_last`` (null for a model without an
+        ``nn.Linear`` classifier) and the extra columns asked for.
+
+    Raises:
+        TypeError: a model is not an ``nn.Module`` or does not return ``(batch,
+            classes)`` logits, or the transform does not fit the data (see
+            ``scoring_transform``).
+        ValueError: an unknown score name, a negative epoch, labels beyond the model's
+            classes, ``embeddings=True`` for a model without a linear classifier, or
+            cached reference outputs that belong to other data.
     """
     _check_model(student, "student")
     rows = as_rows(data)

@@ -71,11 +71,24 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 class RoundScorer:
-    """Scoring rounds of one dataset: every sample scored by the student of the moment
-    (and DS against the reference, whose outputs are computed once and, with ``out``,
-    cached in ``out/reference-cache``), written to ``out/scores/epoch_T.parquet`` or kept
-    in memory. The selector owns one; the trainer uses one alone to score a finished
-    full-data run."""
+    """Scoring rounds of one dataset: every sample scored by the student of the moment.
+
+    DS is computed against the reference, whose outputs are computed once and, with
+    ``out``, cached in ``out/reference-cache``. Rounds are written to
+    ``out/scores/epoch_T.parquet`` or kept in memory. The selector owns one; the trainer
+    uses one alone to score a finished full-data run.
+
+    Args:
+        rows: the dataset as rows (``data.adapter.as_rows``).
+        transform: the transform scoring applies (``scoring_transform``).
+        reference: the full-precision model or its outputs, or None.
+        out: the run folder, or None to keep rounds in memory.
+        batch_size: of the scoring passes (default 256, 16 for detection).
+        device: where scoring runs (default: the model's device).
+        probs: keep the whole softmax (default: up to 256 classes).
+        reference_key: the reference checkpoint's sha256 (names its cached outputs).
+        metadata: added to every score table's metadata.
+    """
 
     def __init__(self, rows, transform, *, reference=None, out: Path | None = None,
                  batch_size: int | None = None, device=None, probs: bool | None = None,
@@ -93,8 +106,15 @@ class RoundScorer:
         self.last_table: pa.Table | None = None
 
     def keep(self, table: pa.Table, epoch: int) -> str | pa.Table:
-        """Keep ``table`` (made elsewhere, e.g. from training steps) as the round of
-        ``epoch``."""
+        """Keep ``table`` (made elsewhere, e.g. from training steps) as the round of ``epoch``.
+
+        Args:
+            table: the score table.
+            epoch: its epoch.
+
+        Returns:
+            The path written (with ``out``) or the table (in memory).
+        """
         if self.out is None:
             self.rounds[epoch] = table
         else:
@@ -103,6 +123,7 @@ class RoundScorer:
         return self.rounds[epoch]
 
     def round_path(self, epoch: int) -> Path:
+        """Where the round of ``epoch`` is written: ``out/scores/epoch_TTTT.parquet``."""
         return self.out / "scores" / f"epoch_{epoch:04d}.parquet"
 
     def _reference(self, device):
@@ -119,8 +140,19 @@ class RoundScorer:
         return self._ref_outputs
 
     def score(self, model: nn.Module, epoch: int, **meta) -> str | pa.Table:
-        """Score every sample with ``model`` as the round of ``epoch``: written to
-        ``out/scores/epoch_T.parquet`` (its path is returned) or kept in memory (the table)."""
+        """Score every sample with ``model`` as the round of ``epoch``.
+
+        Args:
+            model: the student of the moment.
+            epoch: the round's epoch.
+            **meta: added to the table's metadata.
+
+        Returns:
+            The path of ``out/scores/epoch_T.parquet``, or the table when in memory.
+
+        Raises:
+            ValueError: a negative epoch, or what ``score_dataset`` raises.
+        """
         non_negative_int("epoch", epoch)
         device = self.device or _model_device(model)
         if self.detection:
@@ -143,20 +175,47 @@ class RoundScorer:
 class AdaptiveSelector:
     """Scores, selects and serves the subset of every epoch of one run (module doc).
 
-    dataset: a dataset of this toolkit (``load_data``) with ``transform=`` its
-    ``EvalTransform``, or any map-style torch ``Dataset`` of ``(x, y)`` or
-    ``(sample_id, x, y)`` items (taken through its own transforms: give it the
-    deterministic view). method, fraction, schedule, seed, per_class, min_per_class,
-    options: as for ``select``. reference: the full-precision model (DS), or its outputs.
-    out: the run folder (``None`` keeps scores and index in memory). labels: the
-    dataset's labels when it has no ``targets`` (saves a pass over it). probs: keep the
-    student's whole softmax in the score tables (what the audit's channel suspicion
-    reads; default: up to 256 classes). reference_key: the reference checkpoint's sha256
-    (names its cached outputs; default: the sha256 of its state). metadata: added to every
-    score table's metadata. exclude: samples no subset may hold (ids, an audit or its
-    folder: its flagged mislabeled samples). audit_every: audit the scoring rounds so far
-    at every N-th selection round and exclude what it flags from then on. batch_size: of
-    the scoring passes (default 256 samples, 16 images for a detection dataset).
+    Args:
+        dataset: a dataset of this toolkit (``load_data``) with ``transform=`` its
+            ``EvalTransform``, or any map-style torch ``Dataset`` of ``(x, y)`` or
+            ``(sample_id, x, y)`` items (taken through its own transforms: give it the
+            deterministic view).
+        method: a registered selection method (``list_methods``).
+        fraction: share of the samples in every epoch's subset.
+        epochs: the run's epoch count.
+        reselect_every: epochs between selection rounds (the paper's R).
+        reference: the full-precision model (DS), or its outputs (``ReferenceOutputs``).
+        out: the run folder (scores, index, reference cache); ``None`` keeps them in
+            memory.
+        schedule: the ACS schedule, as for ``select``.
+        seed: as for ``select``.
+        per_class: as for ``select``.
+        min_per_class: as for ``select``.
+        options: the method's options, as for ``select``.
+        transform: the ``EvalTransform`` of a toolkit dataset; unset for a torch Dataset.
+        batch_size: of the scoring passes (default 256 samples, 16 images for a detection
+            dataset).
+        device: where scoring runs (default: the model's device).
+        labels: the dataset's labels when it has no ``targets`` (saves a pass over it).
+        probs: keep the student's whole softmax in the score tables (what the audit's
+            channel suspicion reads; default: up to 256 classes).
+        reference_key: the reference checkpoint's sha256 (names its cached outputs;
+            default: the sha256 of its state).
+        metadata: added to every score table's metadata.
+        free_scores: make selection rounds from the training steps' outputs
+            (``record``) instead of scoring passes.
+        exclude: samples no subset may hold (ids, an audit or its folder: its flagged
+            mislabeled samples).
+        audit_every: audit the scoring rounds so far at every N-th selection round and
+            exclude what it flags from then on.
+
+    Raises:
+        ValueError: an unknown method, schedule or option, an argument out of range, a
+            method that reads DS without ``reference``, ``free_scores`` with a detector,
+            with several processes or with ``audit_every``, several processes without
+            ``out``, or an index in ``out`` made with other settings.
+        TypeError: the transform does not fit the dataset (see ``scoring_transform``).
+        UnknownIds: ``exclude`` names ids the dataset lacks.
     """
 
     def __init__(self, dataset, method: str = "acs", fraction: float = 0.1, *, epochs: int,
@@ -219,9 +278,11 @@ class AdaptiveSelector:
     # ------------------------------------------------------------------ paths and settings
     @property
     def index_path(self) -> Path:
+        """The run's index: ``out/index.parquet``."""
         return self.out / "index.parquet"
 
     def round_path(self, epoch: int) -> Path:
+        """Where the scoring round of ``epoch`` is written (``RoundScorer.round_path``)."""
         return self.scorer.round_path(epoch)
 
     def settings(self) -> dict:
@@ -258,6 +319,7 @@ class AdaptiveSelector:
         return self._index
 
     def has(self, epoch: int) -> bool:
+        """Whether the index already holds ``epoch``'s subset."""
         return self._index is not None and epoch in index_epochs(self._index)
 
     def score(self, model: nn.Module, epoch: int, **meta) -> str | pa.Table:
@@ -346,8 +408,23 @@ class AdaptiveSelector:
         self.last = {"scoring_s": t1 - t0, "selection_s": time.perf_counter() - t1}
 
     def subset(self, epoch: int, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(sample_ids ascending, loss weights) of ``epoch``'s subset: selected now (scoring
-        ``model`` first, for methods that read scores) unless the index already has it."""
+        """The subset of ``epoch``: selected now unless the index already has it.
+
+        Under torch.distributed, rank 0 scores, selects and writes; the others wait and
+        read the index.
+
+        Args:
+            epoch: the epoch, 0-based.
+            model: the student of the moment, scored first when the method reads scores
+                and a selection round is due.
+
+        Returns:
+            ``(sample_ids ascending, loss weights)``.
+
+        Raises:
+            ValueError: ``epoch`` is outside the run, or a round is due for a method that
+                reads scores and no ``model`` is given.
+        """
         non_negative_int("epoch", epoch)
         if epoch >= self.epochs:
             raise ValueError(f"epoch {epoch} is past the run's end (epochs={self.epochs})")
@@ -368,32 +445,62 @@ class AdaptiveSelector:
         return epoch_rows(self._index, epoch)
 
     def record(self, positions, logits, teacher_logits, labels) -> None:
-        """With ``free_scores=True``: the outputs of one training step (rows at
-        ``positions`` of the dataset, the student's and the teacher's logits), whose scores
-        make the next selection's round instead of a scoring pass."""
+        """Record one training step's outputs (``free_scores=True``).
+
+        Their scores make the next selection's round instead of a scoring pass.
+
+        Args:
+            positions: the batch's row positions in the dataset.
+            logits: the student's logits of the batch.
+            teacher_logits: the full-precision teacher's logits, or None.
+            labels: the batch's labels.
+
+        Raises:
+            ValueError: the selector was made without ``free_scores=True``.
+        """
         if self.steps is None:
             raise ValueError("record() needs AdaptiveSelector(..., free_scores=True)")
         self.steps.record(positions, logits, teacher_logits, labels)
 
     def positions(self, epoch: int, model: nn.Module | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Like ``subset``, as row positions in the dataset instead of sample ids."""
+        """Like ``subset``, as row positions in the dataset instead of sample ids.
+
+        Args:
+            epoch: as for ``subset``.
+            model: as for ``subset``.
+
+        Returns:
+            ``(positions, loss weights)``.
+        """
         ids, weights = self.subset(epoch, model)
         return self.rows.positions(ids), weights
 
     def sampler(self, epoch: int, model: nn.Module | None = None, *,
                 shuffle: bool = True) -> SubsetSampler:
-        """A torch Sampler over ``epoch``'s subset (positions in the dataset; this rank's
-        share under torch.distributed), reshuffled every epoch from the seed; its
-        ``weights_of(indices)`` gives the index's loss weights of a batch."""
+        """A torch Sampler over ``epoch``'s subset, selecting it first if needed.
+
+        Args:
+            epoch: as for ``subset``.
+            model: as for ``subset``.
+            shuffle: a new order every epoch, seeded by the selector's seed.
+
+        Returns:
+            A sampler of dataset positions (this rank's share under torch.distributed);
+            its ``weights_of(indices)`` gives the index's loss weights of a batch.
+        """
         self.subset(epoch, model)
         return DistributedSubsetSampler(self._index, epoch, data=self.rows, shuffle=shuffle,
                                         seed=self.seed)
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
-        """What resumes this selector: its subsets so far, settings and time totals
-        (tensors, strings and numbers: ``torch.save`` and ``weights_only`` loading)."""
+        """What resumes this selector: its subsets so far, settings and time totals.
+
+        Returns:
+            A dict of tensors, strings and numbers (fit for ``torch.save`` and
+            ``weights_only`` loading).
+        """
         state = {"settings": json.dumps(self.settings(), sort_keys=True, default=str),
                  "totals": dict(self.totals)}
         if self._index is not None:
@@ -408,6 +515,14 @@ class AdaptiveSelector:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``; an index already in ``out`` takes precedence.
+
+        Args:
+            state: what ``state_dict`` returned.
+
+        Raises:
+            ValueError: the state was saved by a selector with other settings.
+        """
         saved = json.loads(state["settings"])
         mine = self._settings_as_saved()
         differ = sorted(k for k in mine if saved.get(k) != mine[k])

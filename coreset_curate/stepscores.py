@@ -33,7 +33,13 @@ STEP_SCORES = ("evs", "ds", "loss", "margin", "entropy", "pred", "prob_label", "
 
 
 class StepScores:
-    """The latest training-step scores of every row of one dataset."""
+    """The latest training-step scores of every row of one dataset (``free_scores``).
+
+    Args:
+        sample_ids: the dataset's sample ids, in dataset order.
+        labels: the dataset's labels, in the same order.
+        meta: the score tables' metadata (fingerprint, class names, ...).
+    """
 
     def __init__(self, sample_ids: np.ndarray, labels: np.ndarray, meta: dict | None = None
                  ) -> None:
@@ -47,12 +53,18 @@ class StepScores:
         self.started = False  # scores taken from an eval round, or recorded from a step
 
     def state_dict(self) -> dict:
+        """Every row's scores and last step epoch, as tensors (for checkpoints)."""
         return {"values": {k: torch.from_numpy(v.copy()) for k, v in self.values.items()},
                 "seen": torch.from_numpy(self.seen.copy()), "epoch": self.epoch,
                 "meta": json.dumps(self.meta, sort_keys=True, default=str),
                 "started": self.started}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``.
+
+        Args:
+            state: what ``state_dict`` returned.
+        """
         self.values = {k: v.numpy().copy() for k, v in state["values"].items()}
         self.seen = state["seen"].numpy().copy()
         self.epoch = int(state["epoch"])
@@ -60,7 +72,14 @@ class StepScores:
         self.started = bool(state["started"])
 
     def start_from(self, table: pa.Table) -> None:
-        """Take every row's scores from an eval-view round (rows in dataset order)."""
+        """Take every row's scores from an eval-view round (rows in dataset order).
+
+        Args:
+            table: a score table of this dataset, rows in dataset order.
+
+        Raises:
+            ValueError: the table's rows are not this dataset's, in order.
+        """
         ids = table.column("sample_id").to_numpy()
         if not np.array_equal(ids, self.sample_ids):
             raise ValueError("the round to start from does not hold this dataset's rows in "
@@ -75,7 +94,14 @@ class StepScores:
     @torch.no_grad()
     def record(self, positions, logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                labels: torch.Tensor) -> None:
-        """Scores of one training batch (rows at ``positions``) from its logits."""
+        """Scores of one training batch (rows at ``positions``) from its logits.
+
+        Args:
+            positions: the batch's row positions.
+            logits: the student's logits.
+            teacher_logits: the teacher's logits (DS), or None.
+            labels: the batch's labels.
+        """
         pos = np.asarray(positions.cpu() if isinstance(positions, torch.Tensor) else positions,
                          dtype=np.int64)
         out = BatchOutputs(logits.detach().float(), labels.to(logits.device),
@@ -88,7 +114,16 @@ class StepScores:
         self.started = True
 
     def table(self, epoch: int, **meta) -> pa.Table:
-        """A score round on the contract, ``epoch`` its epoch, every row's latest scores."""
+        """A score round on the contract, ``epoch`` its epoch, every row's latest scores.
+
+        Args:
+            epoch: the round's epoch.
+            **meta: added to the table's metadata.
+
+        Returns:
+            The table; rows never trained on have null scores, ``step_epoch`` says when
+            each row was last seen (-1: never).
+        """
         n = len(self.sample_ids)
         arrays = {"sample_id": pa.array(self.sample_ids, pa.int64()),
                   "label": pa.array(self.labels, pa.int64()),

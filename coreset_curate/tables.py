@@ -64,9 +64,17 @@ class TableError(ValueError):
 
 
 def make_metadata(**fields) -> dict:
-    """Metadata dict with the package version and creation time added. The time is
-    ``$SOURCE_DATE_EPOCH`` when set (the reproducible-builds convention), so that runs
-    repeated with it write byte-identical tables."""
+    """Metadata dict with the package version and creation time added.
+
+    The time is ``$SOURCE_DATE_EPOCH`` when set (the reproducible-builds convention), so
+    that runs repeated with it write byte-identical tables.
+
+    Args:
+        **fields: further entries (JSON-serialisable), for example ``arch="resnet20"``.
+
+    Returns:
+        ``{"package_version": ..., "created": "YYYY-MM-DDTHH:MM:SSZ", **fields}``.
+    """
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = time.gmtime(int(epoch)) if epoch and epoch.isdigit() else time.gmtime()
     return {"package_version": __version__,
@@ -74,6 +82,17 @@ def make_metadata(**fields) -> dict:
 
 
 def table_metadata(table: pa.Table | pa.Schema) -> dict:
+    """The toolkit's metadata of a table (its ``coreset_curate`` schema key).
+
+    Args:
+        table: a table or its schema.
+
+    Returns:
+        The decoded JSON dict; ``{}`` when the table has none.
+
+    Raises:
+        TableError: the metadata is there but is not valid JSON.
+    """
     schema = table if isinstance(table, pa.Schema) else table.schema
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
@@ -85,13 +104,35 @@ def table_metadata(table: pa.Table | pa.Schema) -> dict:
 
 
 def with_metadata(table: pa.Table, meta: dict) -> pa.Table:
+    """``table`` with ``meta`` as its toolkit metadata (other schema metadata kept).
+
+    Args:
+        table: any Arrow table.
+        meta: the dict to store (JSON; keys sorted so equal dicts give equal bytes).
+
+    Returns:
+        A new table; ``table`` itself is not changed.
+    """
     existing = dict(table.schema.metadata or {})
     existing[META_KEY] = json.dumps(meta, sort_keys=True, default=str).encode()
     return table.replace_schema_metadata(existing)
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``table`` to ``path`` as Parquet atomically (temporary file, then rename)."""
+    """Write ``table`` to ``path`` as Parquet atomically (temporary file, then rename).
+
+    Args:
+        table: the table to write (zstd-compressed).
+        path: the target file; missing parent folders are created.
+        overwrite: replace an existing file.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a folder.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -105,6 +146,19 @@ def write_table(table: pa.Table, path: str | os.PathLike, *, overwrite: bool = F
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:
+    """Read a Parquet file (score table, index, labels table, audit) as it is.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The Arrow table, metadata included; not validated (see ``validate_scores`` and
+        ``validate_index``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        TableError: the file is not readable Parquet.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -115,7 +169,20 @@ def read_table(path: str | os.PathLike) -> pa.Table:
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    """Check required columns, cast compatible types to the contract's, keep extra columns."""
+    """Check required columns, cast compatible types to the contract's, keep extra columns.
+
+    Args:
+        table: the table to check.
+        schema: the contract (``SCORE_SCHEMA`` or ``INDEX_SCHEMA``).
+        what: how the table is named in error messages.
+
+    Returns:
+        ``table`` with the contract's columns cast to its types.
+
+    Raises:
+        TableError: a column is missing, has a type that cannot be cast, or has missing
+            values where the contract allows none.
+    """
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise TableError(f"{what} lacks column(s) {missing}; it has {table.column_names}")
@@ -140,7 +207,19 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 
 def validate_scores(table: pa.Table, what: str = "score table") -> pa.Table:
-    """Return ``table`` conformed to ``SCORE_SCHEMA`` or raise ``TableError``."""
+    """Check a score table against the contract (``SCORE_SCHEMA``).
+
+    Args:
+        table: the score table (one or several scoring rounds).
+        what: how the table is named in error messages.
+
+    Returns:
+        ``table`` conformed to ``SCORE_SCHEMA`` (see ``conform``).
+
+    Raises:
+        TableError: a contract column is missing or mistyped, the table is empty, a score
+            is NaN or infinite, or a sample id repeats within one scoring round.
+    """
     table = conform(table, SCORE_SCHEMA, what)
     if table.num_rows == 0:
         raise TableError(f"{what} has no rows")
@@ -159,7 +238,19 @@ def validate_scores(table: pa.Table, what: str = "score table") -> pa.Table:
 
 
 def validate_index(table: pa.Table, what: str = "index") -> pa.Table:
-    """Return ``table`` conformed to ``INDEX_SCHEMA`` or raise ``TableError``."""
+    """Check an index against the contract (``INDEX_SCHEMA``).
+
+    Args:
+        table: the index (rows of epoch, sample_id, weight).
+        what: how the table is named in error messages.
+
+    Returns:
+        ``table`` conformed to ``INDEX_SCHEMA``.
+
+    Raises:
+        TableError: a contract column is missing or mistyped, a weight is negative or not
+            finite, or a sample id repeats within one epoch.
+    """
     table = conform(table, INDEX_SCHEMA, what)
     w = table.column("weight").to_numpy()
     if not np.isfinite(w).all() or (w < 0).any():

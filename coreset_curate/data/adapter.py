@@ -157,8 +157,20 @@ class DatasetRows(LabelledRows):
 
 
 def as_rows(data, **kwargs) -> LabelledRows:
-    """``data`` as rows the toolkit reads: a toolkit dataset as it is, a torch ``Dataset``
-    or the dataset of a ``DataLoader`` wrapped in ``DatasetRows`` (``kwargs`` go to it)."""
+    """``data`` as rows the toolkit reads.
+
+    Args:
+        data: a toolkit dataset (returned as it is), a map-style torch ``Dataset``, or a
+            ``DataLoader`` (its dataset, batch size, workers and collate function).
+        **kwargs: passed to ``DatasetRows`` (``labels``, ``sample_ids``,
+            ``class_names``, ``num_classes``, ``split``, ``batch_size``, ...).
+
+    Returns:
+        The rows: the toolkit dataset, or a ``DatasetRows`` around the torch dataset.
+
+    Raises:
+        TypeError: ``data`` is none of the above (an iterable-style dataset, say).
+    """
     if isinstance(data, LabelledRows) or getattr(data, "task", None) == "detection":
         return data
     if isinstance(data, DataLoader):

@@ -69,6 +69,32 @@ def load_data(
     shorter side resized to ``resize_size``, default ``crop_size / 0.875``, then the centre
     crop) in ``num_workers`` processes: for datasets of many or differently sized images
     (ImageNet). It takes a Hugging Face dataset, Parquet files or ``imagefolder:PATH``.
+
+    Args:
+        source: ``"digits"``, ``"torchvision:NAME"``, ``"hf:NAME"``,
+            ``"imagefolder:PATH"``, a folder or glob of Parquet files, or a
+            ``datasets.Dataset`` / ``DatasetDict``.
+        split: the split to load.
+        image_column: the image column (default: found by type or name).
+        label_column: the label column (default: found by type or name).
+        id_column: a column of sample ids (default: row positions).
+        root: torchvision's data folder.
+        download: let torchvision download into ``root``.
+        num_threads: decoding threads.
+        stream: decode batch by batch instead of into memory.
+        crop_size: streamed crops' size.
+        resize_size: streamed eval view's shorter side before the centre crop.
+        num_workers: streamed decoding processes.
+        labels: a labels table whose labels replace the dataset's.
+
+    Returns:
+        An ``ImageData`` (a ``StreamingImageData`` with ``stream=True``).
+
+    Raises:
+        FileNotFoundError: a path names no file, folder or Parquet split.
+        TypeError: ``source`` is of a kind this function does not read.
+        ValueError: an unknown split, dataset or column, an empty split, settings that
+            apply only to streamed data, or a labels table that does not fit.
     """
     if labels is not None:
         from ..labels import apply_labels

@@ -105,11 +105,22 @@ class LabelledRows:
 
 @dataclass
 class ImageData(LabelledRows):
-    """A split decoded into memory.
+    """A split decoded into memory (what ``load_data`` returns).
 
-    images: (N, C, H, W) uint8; labels: (N,) int64; sample_ids: (N,) int64 numpy array
-    (the row position unless an id column was named); class_names: one per class.
-    ``hf_dataset`` is the source ``datasets.Dataset`` when there is one.
+    Attributes:
+        images: ``(N, C, H, W)`` uint8.
+        labels: ``(N,)`` int64.
+        sample_ids: ``(N,)`` int64 numpy array (the row position unless an id column was
+            named).
+        class_names: one per class.
+        split: the split's name.
+        name: the dataset's name.
+        hf_dataset: the source ``datasets.Dataset`` when there is one.
+
+    Raises:
+        ValueError: ``images`` is not an ``(N, C, H, W)`` uint8 tensor, the split is
+            empty, or labels, ids and class names do not fit it (lengths, duplicate
+            ids, labels past the classes).
     """
 
     images: torch.Tensor

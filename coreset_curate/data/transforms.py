@@ -15,7 +15,12 @@ __all__ = ["EvalTransform", "TrainTransform", "default_transforms"]
 class EvalTransform:
     """uint8 (N, C, H, W) -> float, scaled to [0, 1] and normalised per channel.
 
-    Deterministic: the same batch always gives the same tensor.
+    Deterministic: the same batch always gives the same tensor. Calling it on a batch
+    that is not uint8 raises ``TypeError``.
+
+    Attributes:
+        mean: one per channel, on the [0, 1] scale.
+        std: one per channel.
     """
 
     mean: tuple[float, ...]
@@ -38,7 +43,17 @@ class EvalTransform:
 @dataclass(frozen=True)
 class TrainTransform(EvalTransform):
     """Random crop with zero padding and (optionally) horizontal flip on a whole batch,
-    then the same normalisation as ``EvalTransform``."""
+    then the same normalisation as ``EvalTransform``.
+
+    Called as ``transform(batch, generator=None)``; the generator seeds the crops and
+    flips.
+
+    Attributes:
+        mean: one per channel, on the [0, 1] scale.
+        std: one per channel.
+        padding: zero padding before the random crop back to the image size.
+        flip: random horizontal flips.
+    """
 
     padding: int = 4
     flip: bool = True
@@ -72,6 +87,20 @@ def default_transforms(train, *, flip: bool | None = None, padding: int | None =
     Padding defaults to 1/8 of the image side (4 for 32x32), and to none for a streamed
     dataset, which crops while it decodes; flipping defaults to on, except for digit
     datasets where a mirrored digit is another symbol.
+
+    Args:
+        train: the training split (an ``ImageData``).
+        flip: random horizontal flips (default: as above).
+        padding: padding of the random crop (default: as above).
+        mean: fixed normalisation mean, one per channel.
+        std: fixed normalisation standard deviation, one per channel.
+
+    Returns:
+        ``(TrainTransform, EvalTransform)``.
+
+    Raises:
+        ValueError: only one of ``mean`` and ``std`` is given, they do not have one
+            number per channel, or a ``std`` is not positive.
     """
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")

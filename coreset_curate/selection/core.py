@@ -59,6 +59,17 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_schedule(name: str) -> Callable:
+    """Decorator that registers an ACS schedule: ``fn(t, total) -> beta`` in [0, 1].
+
+    Args:
+        name: the schedule's name (``select(..., schedule=name)``).
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: (when the decorator is applied) ``name`` is already registered.
+    """
     def add(fn):
         if name in SCHEDULES:
             raise ValueError(f"schedule {name!r} is already registered")
@@ -71,14 +82,24 @@ def register_schedule(name: str) -> Callable:
 def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
                     exact_size: bool = True, all_rounds: bool = False,
                     partial: bool = False) -> Callable:
-    """Register a selection method.
+    """Decorator that registers a selection method: ``fn(ctx: SelectionContext) -> Selection``.
 
-    columns: score columns it reads (besides sample_id, label, epoch); options: the
-    method-specific options it accepts, with defaults; exact_size: whether it returns
-    exactly the class budget (False for methods that decide their own size);
-    all_rounds: whether it reads every round up to the epoch rather than the latest;
-    partial: whether it selects from rounds where some rows have no score yet (NaN; the
-    training-step rounds of ``free_scores`` before every sample was trained on).
+    Args:
+        name: the method's name (``select(..., method=name)``).
+        columns: score columns it reads (besides sample_id, label, epoch).
+        options: the method-specific options it accepts, with their defaults.
+        exact_size: whether it returns exactly the class budget (False for methods that
+            decide their own size).
+        all_rounds: whether it reads every round up to the epoch rather than the latest.
+        partial: whether it selects from rounds where some rows have no score yet (NaN;
+            the training-step rounds of ``free_scores`` before every sample was trained
+            on).
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: (when the decorator is applied) ``name`` is already registered.
     """
     def add(fn):
         if name in METHODS:
@@ -91,12 +112,20 @@ def register_method(name: str, *, columns: Sequence[str] = (), options: dict | N
 
 
 def list_methods() -> list[str]:
-    """Names of the registered selection methods."""
+    """Names of the registered selection methods.
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(METHODS)
 
 
 def list_schedules() -> list[str]:
-    """Names of the registered ACS schedules (the weight of EVS over the run)."""
+    """Names of the registered ACS schedules (the weight of EVS over the run).
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(SCHEDULES)
 
 
@@ -128,7 +157,19 @@ def _ds_only(t: float, total: float) -> float:
 
 
 def beta(schedule: str, epoch: int, epochs: int) -> float:
-    """Weight of EVS (DS gets ``1 - beta``) at ``epoch`` of a run of ``epochs`` epochs."""
+    """Weight of EVS (DS gets ``1 - beta``) at ``epoch`` of a run of ``epochs`` epochs.
+
+    Args:
+        schedule: a registered schedule (``list_schedules``), ``"cos"`` for the paper's.
+        epoch: the epoch, 0-based.
+        epochs: the run's epoch count.
+
+    Returns:
+        beta in [0, 1].
+
+    Raises:
+        ValueError: unknown schedule, or ``epoch`` outside ``0..epochs - 1``.
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
     _check_epochs(epoch, epochs)
@@ -147,7 +188,15 @@ def _check_epochs(epoch: int, epochs: int | None) -> None:
 # ------------------------------------------------------------------ results and context
 @dataclass
 class Selection:
-    """Sample ids (ascending) and their loss weights."""
+    """Sample ids (ascending) and their loss weights: what a method returns.
+
+    Args:
+        sample_ids: the selected ids, in any order (sorted on construction).
+        weights: one loss weight per id (default: all 1).
+
+    Raises:
+        ValueError: ``sample_ids`` and ``weights`` differ in length.
+    """
 
     sample_ids: np.ndarray
     weights: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -169,8 +218,22 @@ class Selection:
 
 @dataclass
 class SelectionContext:
-    """What a method sees: the scoring round in use (columns as numpy arrays, rows sorted
-    by sample_id), the rounds up to the epoch, the request and its options."""
+    """What a method sees: the scoring round in use, the rounds before it and the request.
+
+    Attributes:
+        columns: the scoring round in use, as numpy arrays, rows sorted by sample_id.
+        rounds: every round up to the epoch (the last one is ``columns``).
+        fraction: the share of rows to keep.
+        epoch: the epoch selected for.
+        epochs: the run's epoch count, or None.
+        schedule: the ACS schedule's name.
+        seed: the seed; ``rng`` derives the draws from it.
+        per_class: keep the fraction of every class (True) or of all rows.
+        min_per_class: the smallest per-class budget.
+        options: the method's options, defaults filled in.
+        full_counts: rows per class before an exclusion list took some out (the budgets
+            stay those of the whole data), or None.
+    """
 
     columns: dict[str, np.ndarray]
     rounds: list[dict[str, np.ndarray]]
@@ -188,6 +251,7 @@ class SelectionContext:
 
     @property
     def ids(self) -> np.ndarray:
+        """The sample ids of the round in use (ascending)."""
         return self.columns["sample_id"]
 
     @property
@@ -198,6 +262,17 @@ class SelectionContext:
         return labels + 1 if len(labels) and labels.min() < 0 else labels
 
     def column(self, name: str) -> np.ndarray:
+        """A score column of the round in use, checked to be there and complete.
+
+        Args:
+            name: the column.
+
+        Returns:
+            Its values, one per row.
+
+        Raises:
+            ValueError: the round lacks the column, or it has missing values.
+        """
         if name not in self.columns:
             raise ValueError(f"this method needs score column {name!r}; the table has "
                              f"{sorted(self.columns)}")
@@ -208,11 +283,23 @@ class SelectionContext:
         return values
 
     def rng(self, per_epoch: bool) -> np.random.Generator:
+        """A generator seeded by ``(seed, epoch)`` (``per_epoch``) or by ``seed`` alone.
+
+        Args:
+            per_epoch: a new draw every epoch (True) or the same every epoch.
+
+        Returns:
+            The generator.
+        """
         key = [self.seed, self.epoch] if per_epoch else [self.seed]
         return np.random.default_rng(np.random.SeedSequence(key))
 
     def budget(self) -> tuple[np.ndarray, np.ndarray]:
-        """(classes, samples to keep per class) for per-class selection."""
+        """Per-class budgets.
+
+        Returns:
+            ``(classes, samples to keep per class)``.
+        """
         classes, counts = np.unique(self.labels, return_counts=True)
         if self.full_counts is None:
             return classes, class_budget(counts, self.fraction, self.min_per_class)
@@ -220,11 +307,20 @@ class SelectionContext:
         return classes, np.minimum(full, counts)
 
     def total_budget(self) -> int:
+        """The number of rows to keep overall (selection with ``per_class=False``)."""
         n = len(self.ids)
         whole = n if self.full_counts is None else int(self.full_counts.sum())
         return min(n, max(int(math.floor(self.fraction * whole + 0.5)), self.min_per_class))
 
     def top(self, score: np.ndarray) -> Selection:
+        """The highest-scoring rows within the budgets (see ``top_fraction``).
+
+        Args:
+            score: one score per row of the round in use.
+
+        Returns:
+            The selection, weights 1.
+        """
         keep = top_fraction(score, self.labels, self.fraction, per_class=self.per_class,
                             min_per_class=self.min_per_class, full_counts=self.full_counts)
         return Selection(self.ids[keep])
@@ -240,7 +336,21 @@ class SelectionContext:
         keeps the top k (hard). Rows without a score (NaN) count as ``z = 0`` with
         ``unseen="mean"``, or are all taken first (in random order) with ``"first"``.
         ``reweight=True`` gives each drawn row the loss weight ``1 / (n p_i)``, scaled to
-        mean 1 (importance weights, Katharopoulos and Fleuret 2018)."""
+        mean 1 (importance weights, Katharopoulos and Fleuret 2018).
+
+        Args:
+            score: one score per row of the round in use (NaN: not scored yet).
+            temperature: softmax temperature; 0 keeps the top k.
+            uniform: share of the draw probability spread uniformly.
+            reweight: give drawn rows importance weights.
+            unseen: ``"mean"`` or ``"first"``, how rows without a score are drawn.
+
+        Returns:
+            The selection with its weights.
+
+        Raises:
+            ValueError: ``unseen`` is neither ``"mean"`` nor ``"first"``.
+        """
         if unseen not in ("mean", "first"):
             raise ValueError(f"unseen must be 'mean' or 'first'; got {unseen!r}")
         rng = self.rng(per_epoch=True)
@@ -277,8 +387,11 @@ class SelectionContext:
                          np.concatenate(weights).astype(np.float32))
 
     def groups(self):
-        """Row positions of each class (per-class selection) or of every row (global),
-        with the number to keep from each."""
+        """Row positions of each class (per-class selection) or of every row (global).
+
+        Yields:
+            ``(row positions, number to keep)`` for each group.
+        """
         if not self.per_class:
             yield np.arange(len(self.ids)), self.total_budget()
             return
@@ -292,7 +405,16 @@ class SelectionContext:
 
 def class_budget(counts: np.ndarray, fraction: float, min_per_class: int = 0) -> np.ndarray:
     """Samples kept per class: floor(fraction * n_c + 0.5), at least ``min_per_class``
-    (where the class has that many), never more than the class has."""
+    (where the class has that many), never more than the class has.
+
+    Args:
+        counts: rows per class.
+        fraction: share to keep.
+        min_per_class: the smallest budget.
+
+    Returns:
+        The budget of every class (int64).
+    """
     counts = np.asarray(counts, dtype=np.int64)
     k = np.floor(fraction * counts + 0.5).astype(np.int64)
     k = np.maximum(k, np.minimum(min_per_class, counts))
@@ -323,6 +445,17 @@ def top_fraction(score: np.ndarray, labels: np.ndarray, fraction: float, *,
     rows by class; in each class a linear-time partition finds the k-th largest score, and
     the rows above it plus the first rows equal to it are kept. The loop runs over classes,
     never over samples.
+
+    Args:
+        score: one score per row (rows sorted by sample_id).
+        labels: one class per row (non-negative integers).
+        fraction: share to keep.
+        per_class: keep the fraction of every class (True) or of all rows.
+        min_per_class: the smallest per-class budget.
+        full_counts: rows per class before an exclusion, or None.
+
+    Returns:
+        A boolean mask over the rows.
     """
     import torch  # multi-threaded sort, gather and scatter on zero-copy views
 
@@ -396,13 +529,35 @@ def select(
 ) -> Selection:
     """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
 
-    ``scores``: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
-    or a ``ScoreRounds`` from ``load_rounds``. ``options``: method-specific settings (for
-    example ``{"hard_cut": 0.2}`` for ``ccs``); unknown keys are refused. ``exclude``:
-    sample ids the subset must not hold (an array, or an audit / table for
-    ``labels.exclusions``: the flagged mislabeled samples). The method chooses among the
-    other rows and the class budgets stay those of all rows, so the subset keeps its size
-    where the class has rows enough.
+    With ``exclude``, the method chooses among the other rows and the class budgets stay
+    those of all rows, so the subset keeps its size where the class has rows enough.
+
+    Args:
+        scores: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
+            or a ``ScoreRounds`` from ``load_rounds``.
+        method: a registered method (``list_methods``).
+        fraction: share of the samples to keep, in (0, 1].
+        epoch: the epoch to select for; the latest round at or before it is used.
+        epochs: the run's epoch count (ACS's schedule needs it).
+        schedule: the ACS schedule (``list_schedules``).
+        seed: seed of the random methods (draws differ by ``(seed, epoch)``).
+        per_class: keep the fraction of every class (True) or of all samples.
+        min_per_class: the smallest per-class budget.
+        options: method-specific settings (for example ``{"hard_cut": 0.2}`` for
+            ``ccs``); unknown keys are refused.
+        exclude: sample ids the subset must not hold (an array, an ``AuditResult``, an
+            audit table or folder: its flagged mislabeled samples).
+
+    Returns:
+        The ``Selection`` of the epoch.
+
+    Raises:
+        ValueError: unknown method, schedule or option, an argument out of range, a score
+            column the method needs is missing or incomplete, or ``exclude`` leaves
+            nothing.
+        TableError: a table breaks the contract, or no scoring round is at or before
+            ``epoch``.
+        UnknownIds: ``exclude`` names ids the score tables lack.
     """
     opts = check_request(method, fraction, seed, min_per_class, options)
     if schedule not in SCHEDULES:

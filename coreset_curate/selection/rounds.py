@@ -21,7 +21,14 @@ BASE_COLUMNS = ("sample_id", "label", "epoch")
 
 
 def small_ints(labels: np.ndarray) -> np.ndarray:
-    """Labels as the narrowest integer type, so numpy's stable sort is a radix sort."""
+    """Labels as the narrowest integer type, so numpy's stable sort is a radix sort.
+
+    Args:
+        labels: non-negative integer labels.
+
+    Returns:
+        The labels as int16 (below 2**15) or int32; no copy when already that type.
+    """
     top = int(labels.max()) if len(labels) else 0
     return labels.astype(np.int16 if top < 2**15 else np.int32, copy=False)
 
@@ -29,8 +36,15 @@ def small_ints(labels: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ reading score tables
 @dataclass
 class ScoreRounds:
-    """Scoring rounds read from one or more tables: ``rounds[i]`` holds the columns of the
-    round at ``epochs[i]`` as numpy arrays, rows sorted by sample_id."""
+    """Scoring rounds read from one or more tables (what ``load_rounds`` returns).
+
+    Attributes:
+        epochs: the epoch of every round, ascending.
+        rounds: ``rounds[i]`` holds the columns of the round at ``epochs[i]`` as numpy
+            arrays, rows sorted by sample_id.
+        fingerprint: the dataset fingerprint the tables share, or None.
+        sources: a name for every table read (its path, or its position in the list).
+    """
 
     epochs: list[int]
     rounds: list[dict[str, np.ndarray]]
@@ -40,9 +54,17 @@ class ScoreRounds:
 
 def aligned_column(rounds: list[dict[str, np.ndarray]], ids: np.ndarray, name: str
                    ) -> np.ndarray:
-    """rounds x len(ids) float array of column ``name`` of every round, aligned to ``ids``
-    (each round's rows are sorted by sample_id); NaN where a round lacks the sample or the
-    column."""
+    """Column ``name`` of every round, aligned to ``ids``.
+
+    Args:
+        rounds: rounds as in ``ScoreRounds.rounds`` (rows sorted by sample_id).
+        ids: the sample ids to align to.
+        name: the column.
+
+    Returns:
+        A ``(len(rounds), len(ids))`` float array; NaN where a round lacks the sample or
+        the column.
+    """
     out = np.full((len(rounds), len(ids)), np.nan)
     for r, rnd in enumerate(rounds):
         if name not in rnd or len(rnd["sample_id"]) == 0:
@@ -143,6 +165,20 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
 
     Only ``columns`` (plus sample_id, label and epoch) are read from Parquet files; all
     tables must come from the same dataset (same fingerprint).
+
+    Args:
+        scores: one score table or a list of them (paths, pyarrow tables, DataFrames).
+        columns: the score columns to read (default: all).
+        allow_missing: accept null scores (read as NaN).
+
+    Returns:
+        The ``ScoreRounds``, one round per distinct epoch.
+
+    Raises:
+        ValueError: no table is given.
+        TableError: a table breaks the contract, has no rows, has NaN or infinite
+            scores, negative labels, or a sample id twice in one round.
+        FingerprintMismatch: the tables come from different datasets.
     """
     sources = list(scores) if isinstance(scores, (list, tuple)) else [scores]
     if not sources:

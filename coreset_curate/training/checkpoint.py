@@ -15,6 +15,14 @@ __all__ = ["sha256_of", "load_state", "load_checkpoint", "save_atomic"]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB blocks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -23,7 +31,18 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def load_state(path: str | os.PathLike) -> dict:
-    """A checkpoint's tensors, loaded without running any code (weights_only)."""
+    """A checkpoint's tensors, loaded without running any code (weights_only).
+
+    Args:
+        path: the checkpoint.
+
+    Returns:
+        What the file holds (a state dict, or a dict of them), on CPU.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is corrupt or needs pickled code to load.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -38,8 +57,19 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *,
                     allow_missing_quantizers: bool = False) -> list[str]:
     """Load a weights-only state dict into ``model`` with errors that say what is wrong.
 
-    With ``allow_missing_quantizers``, a float checkpoint loads into a quantized model and
-    the names of the quantizer entries it lacked are returned (calibrate those).
+    Args:
+        model: the model to load into.
+        path: a weights-only checkpoint holding a state dict.
+        allow_missing_quantizers: let a float checkpoint load into a quantized model.
+
+    Returns:
+        The quantizer entries the checkpoint lacked (calibrate those); ``[]`` without
+        ``allow_missing_quantizers``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a weights-only state dict, or it does not fit the
+            model (missing or unexpected keys, other shapes).
     """
     state = load_state(path)
     if not isinstance(state, dict):
@@ -62,7 +92,15 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *,
 def save_atomic(obj, path: Path) -> None:
     """``torch.save`` to ``path`` atomically. Saved through a file object, so the archive's
     inner name is torch's fixed default rather than the temporary file's name: the same
-    tensors give the same bytes (and the same sha256) in every run."""
+    tensors give the same bytes (and the same sha256) in every run.
+
+    Args:
+        obj: what to save (tensors, dicts of them, numbers, strings).
+        path: the target file.
+
+    Returns:
+        None.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
 

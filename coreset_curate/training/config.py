@@ -29,7 +29,87 @@ RESUMABLE_CHANGES = {"device", "num_threads", "eval_batch_size", "score_batch_si
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; recipes are YAML files of these keys."""
+    """Every setting of a run; recipes are YAML files of these keys.
+
+    Attributes:
+        data: ``digits``, ``torchvision:NAME``, ``hf:NAME``, ``imagefolder:PATH``,
+            ``coco:ROOT`` or a folder in the toolkit's layout.
+        train_split: the split trained on.
+        test_split: the split evaluated.
+        model: a registered classifier or detector (``list_models``).
+        model_kwargs: passed to the model's constructor.
+        mode: ``"fp"`` (full-precision training) or ``"qat"``.
+        w_bits: weight bits in QAT (2..8, 32 for float).
+        a_bits: activation bits in QAT (2..8, 32 for float).
+        per_channel: one weight step per output channel.
+        first_last: ``"int8"``, ``"float"`` or ``"same"`` (``QuantConfig``).
+        quant_init: step-size initialisation, ``"mse"`` or ``"lsq"``.
+        calibration_batches: batches that initialise the activation steps.
+        teacher: full-precision checkpoint to distil from; without ``init`` also the QAT
+            starting point and the DS reference.
+        teacher_sha256: the teacher's expected sha256 (checked).
+        teacher_model: the teacher's architecture (default: ``model``).
+        teacher_model_kwargs: its constructor's arguments.
+        init: full-precision checkpoint of the student's architecture: where training
+            starts and the DS reference.
+        init_sha256: its expected sha256 (checked).
+        kd: distil from the teacher in QAT (soft cross-entropy, T = 1).
+        label_weight: weight of the label cross-entropy added to distillation.
+        epochs: the epoch count.
+        eval_epochs: epochs (counted from 1) after which the test split is evaluated
+            (None: every epoch; the last always is).
+        batch_size: training batch size.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr: learning rate.
+        step_lr: learning rate of the LSQ step sizes (default: ``lr``).
+        step_lr_8bit: learning rate of the 8-bit quantizers' steps (default: ``step_lr``).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum.
+        weight_decay: weight decay.
+        lr_schedule: ``"cosine"`` or ``"constant"``, over the run's real steps.
+        warmup_epochs: linear warm-up, in epochs.
+        label_smoothing: label smoothing of the label cross-entropy.
+        method: ``"full"`` or a registered selection method.
+        fraction: share of the training split in every epoch's subset.
+        reselect_every: epochs between selection rounds (R).
+        schedule: the ACS schedule.
+        per_class: keep the fraction of every class.
+        min_per_class: the smallest per-class budget.
+        method_options: the method's options.
+        seed: the seed of weights, data order and selection.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        channels_last: channels-last memory format.
+        compile: ``torch.compile`` the model.
+        deterministic: deterministic kernels only (slower).
+        num_threads: CPU threads (default: torch's).
+        eval_batch_size: evaluation batch size (default 256 on CPU, 1,024 on CUDA).
+        score_batch_size: scoring batch size (same default).
+        limit_train: only the first N training rows (smoke runs, tests).
+        limit_test: only the first N test rows.
+        stream: decode images batch by batch instead of into memory (ImageNet).
+        crop_size: streamed crops' size.
+        resize_size: the shorter side before the eval centre crop (default
+            ``crop_size / 0.875``).
+        data_workers: decoding processes for streamed data.
+        mean: fixed normalisation mean per channel on the [0, 1] scale (default: the
+            training split's statistics).
+        std: fixed normalisation standard deviation per channel.
+        label_noise: injected noise for experiments, e.g. ``{type: symmetric, rate: 0.2,
+            seed: 0}``; ``RUN/labels.parquet`` keeps the true labels.
+        score_final: score the finished model as one more round,
+            ``scores/epoch_{epochs}.parquet``.
+        free_scores: selection rounds after the first from the training steps' logits
+            (no scoring pass; one process).
+        labels: a labels table whose labels replace the training split's.
+        exclude: samples no subset may hold: an audit folder or a table with sample_id.
+        audit_every: audit the scoring rounds at every N-th selection round and keep what
+            it flags out of the subsets from then on.
+
+    Raises:
+        ValueError: a key has a wrong type or value, or keys contradict each other (for
+            example QAT without a teacher or init, ``labels`` with ``label_noise``, or
+            ``exclude`` with method ``full``).
+    """
 
     data: str = "digits"
     train_split: str = "train"
@@ -229,7 +309,14 @@ class TrainConfig:
 
 def is_detector(model: str) -> bool:
     """Whether ``model`` names a registered detector (a detection run) rather than a
-    classifier."""
+    classifier.
+
+    Args:
+        model: a model name.
+
+    Returns:
+        True for a detector.
+    """
     from ..detection.models import DETECTORS
 
     return model in DETECTORS
@@ -247,7 +334,16 @@ def resolve_path(key: str, value, folder: Path):
     """``value`` of path key ``key`` as written in a recipe in ``folder``: relative file
     paths (and the folder of ``imagefolder:PATH`` and ``coco:ROOT``) joined to ``folder``,
     made absolute, as is a detector's ``model_kwargs: {backbone_weights: FILE.pt}``; names
-    (``digits``, ``torchvision:NAME``) and absolute paths as they are."""
+    (``digits``, ``torchvision:NAME``) and absolute paths as they are.
+
+    Args:
+        key: the recipe key.
+        value: its value.
+        folder: the recipe's folder.
+
+    Returns:
+        The value, resolved where it is a path.
+    """
     if key == "model_kwargs" and isinstance(value, dict) and \
             str(value.get("backbone_weights", "")).endswith(".pt"):  # a detector's backbone
         return {**value, "backbone_weights": resolve_path(
@@ -269,7 +365,16 @@ def resolve_path(key: str, value, folder: Path):
 def same_path(key: str, a, b) -> bool:
     """Whether two values of a path key name the same file (relative ones against the
     working directory): a run saved with a working-directory-relative path resumes under
-    a recipe that names it relative to itself."""
+    a recipe that names it relative to itself.
+
+    Args:
+        key: the recipe key.
+        a: one value.
+        b: the other.
+
+    Returns:
+        True when both resolve to the same path (or are equal non-path values).
+    """
     return resolve_path(key, a, Path.cwd()) == resolve_path(key, b, Path.cwd())
 
 
@@ -280,6 +385,18 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
     change only some keys. Relative paths in a recipe (``PATH_KEYS``: data, teacher,
     init, labels, exclude) are relative to the recipe's own folder, so a recipe runs from
     any working directory; paths given as overrides are relative to the working directory.
+
+    Args:
+        path: the YAML recipe, or None for the defaults.
+        overrides: ``["key=value", ...]``, each value read as YAML.
+
+    Returns:
+        The ``TrainConfig``.
+
+    Raises:
+        FileNotFoundError: the recipe (or a ``base:`` it names) does not exist.
+        ValueError: an unknown key, a bad value, a malformed override, or a recipe that
+            is not a mapping or inherits from itself.
     """
     values: dict[str, Any] = {} if path is None else _recipe_values(Path(path), [])
     values.update(parse_assignments(overrides, "--set"))
@@ -288,7 +405,18 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
 
 def parse_assignments(items, flag: str) -> dict[str, Any]:
     """``["key=value", ...]`` as a dict, each value read as YAML (``0.3``, ``true``, ``[1, 2]``,
-    or a plain string)."""
+    or a plain string).
+
+    Args:
+        items: the assignments.
+        flag: the command-line flag they came with, for error messages.
+
+    Returns:
+        ``{key: value}``.
+
+    Raises:
+        ValueError: an item is not ``KEY=VALUE`` or its value is not valid YAML.
+    """
     import yaml
 
     values = {}
@@ -323,7 +451,15 @@ def _recipe_values(path: Path, seen: list[Path]) -> dict:
 
 def write_config(config: TrainConfig, out: Path) -> None:
     """``out/config.yaml``: the run's settings as a recipe, its paths absolute (relative
-    ones resolved against the working directory), so that it runs from anywhere."""
+    ones resolved against the working directory), so that it runs from anywhere.
+
+    Args:
+        config: the run's settings.
+        out: the run folder.
+
+    Returns:
+        None; the file is written atomically.
+    """
     import yaml
 
     values = {k: resolve_path(k, v, Path.cwd()) for k, v in asdict(config).items()}

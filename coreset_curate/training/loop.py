@@ -22,7 +22,16 @@ log = logging.getLogger(__name__)
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        temperature: float = 1.0) -> torch.Tensor:
-    """Per-sample cross-entropy of the student against the teacher's softened softmax."""
+    """Per-sample cross-entropy of the student against the teacher's softened softmax.
+
+    Args:
+        student_logits: ``(batch, classes)``.
+        teacher_logits: ``(batch, classes)``.
+        temperature: the softening temperature T (the loss is scaled by T**2).
+
+    Returns:
+        ``(batch,)`` losses, in float32.
+    """
     t = temperature
     target = F.softmax(teacher_logits.float() / t, dim=1)
     return -(target * F.log_softmax(student_logits.float() / t, dim=1)).sum(dim=1) * (t * t)
@@ -54,6 +63,28 @@ def train_epoch(
     position) scale each sample's loss. ``scheduler.step()`` runs after every optimizer step.
     ``on_batch(positions, logits, teacher_logits, labels)`` sees every batch's outputs
     (teacher_logits None without a teacher): what ``StepScores.record`` takes.
+
+    Args:
+        model: the model being trained (put in train mode).
+        data: the training split.
+        transform: its ``TrainTransform`` (augmentation).
+        optimizer: the optimizer.
+        positions: the rows to train on (default: all).
+        weights: one loss weight per position.
+        teacher: the model to distil from, or None.
+        label_weight: weight of the label cross-entropy added to distillation.
+        batch_size: batch size.
+        generator: seeds the order and the augmentation.
+        scheduler: stepped after every optimizer step, or None.
+        device: where the model runs.
+        channels_last: feed channels-last batches.
+        label_smoothing: of the cross-entropy without a teacher.
+        plan: explicit batches ``[(positions, weights), ...]`` (``rank_plan``) instead
+            of ``positions``.
+        on_batch: called with every batch's outputs.
+
+    Returns:
+        The mean training loss over the epoch's samples.
     """
     positions = np.arange(len(data)) if positions is None else np.asarray(positions)
     w_by_pos = None
@@ -112,6 +143,18 @@ def train_epoch(
 @torch.inference_mode()
 def predict_logits(model: nn.Module, data: ImageData, transform: EvalTransform, *,
                    batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The logits of every row of ``data`` (eval mode; the model's mode is restored).
+
+    Args:
+        model: the model.
+        data: the dataset.
+        transform: its ``EvalTransform``.
+        batch_size: samples per forward pass.
+        device: where the model runs.
+
+    Returns:
+        ``(len(data), classes)`` float32 logits on CPU, in row order.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -125,7 +168,18 @@ def predict_logits(model: nn.Module, data: ImageData, transform: EvalTransform, 
 
 def evaluate(model: nn.Module, data: ImageData, transform: EvalTransform, *,
              batch_size: int = 512, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy (percent) of ``model`` on ``data`` with the eval transform."""
+    """Top-1 accuracy (percent) of ``model`` on ``data`` with the eval transform.
+
+    Args:
+        model: the model.
+        data: the dataset (its labels are the truth).
+        transform: its ``EvalTransform``.
+        batch_size: samples per forward pass.
+        device: where the model runs.
+
+    Returns:
+        Top-1 accuracy in percent.
+    """
     logits = predict_logits(model, data, transform, batch_size=batch_size, device=device)
     return 100.0 * float((logits.argmax(1) == data.labels).float().mean())
 
@@ -141,6 +195,16 @@ def rank_plan(positions: np.ndarray, batch_size: int, rank: int, world: int,
     together cover every position exactly once. A slice left empty (a last global batch
     smaller than ``world``) gets one sample with weight 0, which adds nothing to the
     gradient.
+
+    Args:
+        positions: the epoch's rows.
+        batch_size: the global batch size.
+        rank: this rank.
+        world: the number of ranks.
+        generator: seeded alike on every rank.
+
+    Returns:
+        ``[(positions, weights), ...]``, this rank's batches in order.
     """
     perm = np.asarray(positions)[torch.randperm(len(positions), generator=generator).numpy()]
     plan = []

@@ -499,8 +499,23 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
                  overwrite: bool = False, stop_after: int | None = None) -> dict | None:
     """Run (or resume) the training ``config`` describes into ``out_dir``; returns the summary.
 
-    ``stop_after=N`` trains at most N epochs in this call and returns None if the run is
-    not finished (continue it with ``resume=True``): for machines with time limits.
+    Args:
+        config: the run's settings.
+        out_dir: the run folder (checkpoints, metrics, scores, index, summary).
+        resume: continue the run in ``out_dir`` from its last checkpoint.
+        overwrite: start again in a folder that is not empty.
+        stop_after: train at most N epochs in this call (for machines with time limits;
+            continue with ``resume=True``).
+
+    Returns:
+        The run's summary (also ``out_dir/summary.json``), or None when ``stop_after``
+        ended the call before the last epoch.
+
+    Raises:
+        FileExistsError: ``out_dir`` is not empty and neither ``resume`` nor
+            ``overwrite`` is given.
+        ValueError: the data, checkpoints or a resumed run's settings do not fit the
+            config.
     """
     out = Path(out_dir)
     rank, world = distributed_context()  # (0, 1) unless started by torchrun

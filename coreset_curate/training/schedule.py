@@ -13,7 +13,12 @@ __all__ = ["ProgressLR", "build_optimizer"]
 
 class ProgressLR:
     """Learning rate as a function of training progress (epochs done, fractional), so
-    that the schedule spans the run's real optimizer steps whatever the subset size."""
+    that the schedule spans the run's real optimizer steps whatever the subset size.
+
+    Args:
+        optimizer: its groups' ``lr`` are the base rates (kept as ``base_lr``).
+        config: the ``TrainConfig`` (``epochs``, ``warmup_epochs``, ``lr_schedule``).
+    """
 
     def __init__(self, optimizer, config) -> None:
         self.optimizer, self.config = optimizer, config
@@ -22,10 +27,12 @@ class ProgressLR:
         self.epoch, self.batches, self.i = 0, 1, 0
 
     def begin_epoch(self, epoch: int, batches: int) -> None:
+        """Start ``epoch``, which will run ``batches`` optimizer steps."""
         self.epoch, self.batches, self.i = epoch, max(batches, 1), 0
         self._apply()
 
     def factor(self, progress: float) -> float:
+        """The multiplier of the base rates after ``progress`` epochs (fractional)."""
         c = self.config
         if c.warmup_epochs and progress < c.warmup_epochs:
             return (progress + 1e-3) / c.warmup_epochs
@@ -40,16 +47,30 @@ class ProgressLR:
             group["lr"] = group["base_lr"] * f
 
     def step(self) -> None:
+        """After one optimizer step."""
         self.i += 1
         self._apply()
 
     @property
     def lr(self) -> float:
+        """The first group's current learning rate."""
         return self.optimizer.param_groups[0]["lr"]
 
 
 
 def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    """SGD or Adam with the run's parameter groups.
+
+    Weights decay; batch-norm weights, biases and LSQ step sizes do not; step sizes get
+    ``step_lr`` (8-bit ones ``step_lr_8bit`` when set).
+
+    Args:
+        model: the model to train.
+        config: the ``TrainConfig``.
+
+    Returns:
+        The optimizer.
+    """
     eight_bit = {id(m.step) for m in model.modules()
                  if isinstance(m, LsqQuantizer) and m.bits == 8}
     steps, steps8, decay, no_decay = [], [], [], []
