@@ -1,10 +1,12 @@
 """Coreset selection: score tables in, the subset of an epoch out.
 
 ``core`` holds the registries, ``Selection``, the per-class top-k and ``select``;
-``methods`` the registered methods; ``rounds`` the reading of score tables.
+``methods`` the registered methods, ``noisy`` those that keep likely mislabeled samples
+out; ``rounds`` the reading of score tables.
 """
 
 from . import methods as _methods  # noqa: F401  (registers the methods)
+from . import noisy as _noisy  # noqa: F401  (registers small_loss and loss_mixture)
 from .core import (METHODS, SCHEDULES, Selection, SelectionContext, beta, class_budget,
                    list_methods, list_schedules, register_method, register_schedule, select,
                    top_fraction)
