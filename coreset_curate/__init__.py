@@ -25,6 +25,7 @@ _EXPORTS = {
     "TrainConfig": "training", "load_recipe": "training", "run_training": "training",
     "audit": "noise_audit", "AuditResult": "noise_audit", "inject_noise": "noise",
     "write_report": "report",
+    "curate": "pipeline", "load_curate_recipe": "pipeline", "CurateConfig": "pipeline",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -175,14 +175,22 @@ def test_backbone_from_a_classifier_checkpoint_and_relative_to_the_recipe(tmp_pa
 
 def test_every_shipped_recipe_loads():
     """The recipes in recipes/ are valid settings (keys, values, roles), detection ones
-    with a registered detector on coco: data."""
+    with a registered detector on coco: data; curate recipes load as curate recipes and
+    a training command refuses them with a pointer to `curate`."""
     from pathlib import Path
 
+    from coreset_curate.pipeline import load_curate_recipe
     from coreset_curate.training.config import is_detector
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) > 20
-    for path in recipes:
+    curate = [p for p in recipes if p.name.endswith("_curate.yaml")]
+    assert curate
+    for path in curate:
+        load_curate_recipe(path)
+        with pytest.raises(ValueError, match="curate recipe"):
+            load_recipe(path)
+    for path in (p for p in recipes if p not in curate):
         cfg = load_recipe(path)
         assert is_detector(cfg.model) == path.name.startswith(("cifar10det_retinanet",
                                                                "coco_")), path.name

@@ -58,3 +58,12 @@ def test_public_name_documents_parameters_returns_and_raises(name):
         assert "Returns:" in doc or "Yields:" in doc, f"{name}: no Returns section"
     if re.search(r"^\s+raise \w", _own_source(obj), re.M):
         assert "Raises:" in doc, f"{name} raises but its docstring has no Raises section"
+
+
+def test_the_api_reference_renders_every_public_name():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "api.md").read_text()
+    rendered = {line.split()[1].rsplit(".", 1)[1] for line in page.splitlines()
+                if line.startswith("::: ")}
+    assert rendered == set(coreset_curate.__all__) - {"__version__"}

@@ -194,7 +194,8 @@ def test_shipped_recipes_load():
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) >= 19
-    for path in recipes:
+    # curate recipes are checked in test_detection_train's test of every shipped recipe
+    for path in (p for p in recipes if not p.name.endswith("_curate.yaml")):
         cfg = load_recipe(path)
         assert cfg.data and cfg.model
         if path.name.startswith("cifar10_resnet20_w") and "_rho_" not in path.name:

@@ -227,6 +227,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..pipeline import curate, load_curate_recipe
+
+    summary = curate(load_curate_recipe(args.recipe, args.set), args.out,
+                     overwrite=args.overwrite)
+    brief = {k: v for k, v in summary.items() if k != "stages"}
+    print(json.dumps(brief, indent=2))
+    print(f"report: {args.out}/report.html")
+    return 0
+
+
 def _parse_options(items: list[str]) -> dict:
     from ..training import parse_assignments
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .commands import (_cmd_audit, _cmd_clean, _cmd_demo, _cmd_export, _cmd_make_detection,
-                       _cmd_noise, _cmd_score, _cmd_select, _cmd_train)
+from .commands import (_cmd_audit, _cmd_clean, _cmd_curate, _cmd_demo, _cmd_export,
+                       _cmd_make_detection, _cmd_noise, _cmd_score, _cmd_select, _cmd_train)
 
 
 def _positive_int(text: str) -> int:
@@ -249,6 +249,25 @@ def _add_train(sub) -> None:
     tr.set_defaults(func=_cmd_train)
 
 
+def _add_curate(sub) -> None:
+    cu = sub.add_parser(
+        "curate", help="noisy labels to a quantized model: audit, clean, teacher again, QAT",
+        description="Run the whole pipeline a curate recipe describes: the teacher on the "
+                    "labels as given, the noise audit with it and the calibrated quantized "
+                    "student, the cleaned labels, the teacher trained again on them, QAT of "
+                    "the student with selection, and a final audit. Each stage is skipped "
+                    "when its outputs exist and its inputs are unchanged; a killed run "
+                    "started again resumes. Writes summary.json and report.html to --out.")
+    cu.add_argument("--recipe", required=True, help="curate recipe (see recipes/*_curate.yaml)")
+    cu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a curate key (repeatable), e.g. "
+                         "--set 'student_set={fraction: 0.3}'")
+    cu.add_argument("--out", required=True, help="pipeline folder")
+    cu.add_argument("--overwrite", action="store_true",
+                    help="make again the stages whose inputs changed (and those after them)")
+    cu.set_defaults(func=_cmd_curate)
+
+
 def _add_score(sub) -> None:
     sc = sub.add_parser(
         "score", help="score every sample with a (quantized) student into a Parquet table",
@@ -316,6 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_demo, _add_select, _add_export, _add_audit, _add_clean, _add_noise,
-                _add_train, _add_score, _add_make_detection):
+                _add_train, _add_curate, _add_score, _add_make_detection):
         add(sub)
     return parser

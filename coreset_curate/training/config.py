@@ -303,6 +303,10 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
+            if {"teacher", "student"} <= set(values) and "model" not in values:
+                raise ValueError("this is a curate recipe (it names a teacher and a student "
+                                 "recipe): run it with `coreset-curate curate --recipe R "
+                                 "--out DIR`")
             raise ValueError(f"unknown recipe key(s) {unknown}; accepted keys: {sorted(known)}")
         return cls(**values)
 
@@ -427,8 +431,18 @@ def parse_assignments(items, flag: str) -> dict[str, Any]:
         try:
             values[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ValueError(f"{flag} {item!r}: the value is not valid YAML ({err})") from err
+            raise ValueError(f"{flag} {item!r}: the value is not valid YAML "
+                             f"({_yaml_problem(err)})") from err
     return values
+
+
+def _yaml_problem(err) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several
+    lines, with the offending line drawn under a caret)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _recipe_values(path: Path, seen: list[Path]) -> dict:
@@ -439,7 +453,10 @@ def _recipe_values(path: Path, seen: list[Path]) -> dict:
         raise FileNotFoundError(f"recipe not found: {path}")
     if path.resolve() in seen:
         raise ValueError(f"recipe {path} inherits from itself through 'base'")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(err)}") from err
     if not isinstance(loaded, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping of settings")
     loaded = {k: resolve_path(k, v, path.parent) for k, v in loaded.items()}
