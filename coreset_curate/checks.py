@@ -10,8 +10,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["UnknownIds", "is_int", "positive_int", "non_negative_int", "non_negative_number",
-           "fraction", "boolean", "choice", "align"]
+__all__ = ["InputTypeError", "UnknownIds", "is_int", "positive_int", "non_negative_int", "non_negative_number",
+           "fraction", "boolean", "choice", "align", "resolve_device"]
+
+
+class InputTypeError(TypeError, ValueError):
+    """An argument of the wrong kind (a model that is not an ``nn.Module``, a dataset this
+    toolkit cannot read). A TypeError, and a ValueError like every other bad input: the
+    command line reports it in one line."""
 
 
 class UnknownIds(KeyError, ValueError):
@@ -79,3 +85,42 @@ def align(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)
     return pos, sorted_ids[pos] == ids
+
+
+def resolve_device(device=None, what: str = "device"):
+    """The ``torch.device`` to run on, checked to be there.
+
+    Args:
+        device: ``None`` or ``"auto"`` (CUDA when torch sees a GPU, else CPU), a device
+            string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) or a ``torch.device``.
+        what: how the setting is named in the error (``--device``, ``device``).
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: the string names no device torch knows, or the device is not on
+            this machine (no CUDA GPU, a GPU index past the last, no MPS).
+    """
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{what} {device!r} is not a device torch knows: use cpu, cuda or "
+                         "cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {str(device)!r} is not available: torch finds no CUDA "
+                             "GPU on this machine; use cpu, or leave it unset to use a GPU "
+                             "only when there is one")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{what} {str(device)!r} is not available: this machine has "
+                             f"{count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
+        raise ValueError(f"{what} {str(device)!r} is not available on this machine; use cpu")
+    return dev

@@ -31,7 +31,7 @@ from .data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
 from .scores import score_dataset
 from .tables import TableError, table_metadata, with_metadata, write_table
-from .checks import positive_int
+from .checks import positive_int, resolve_device
 
 __all__ = ["extract_scores", "state_sha256", "distributed_context"]  # the last re-exported
 
@@ -148,6 +148,7 @@ def extract_scores(
     """
     out = Path(out)
     positive_int("shard_rows", shard_rows)
+    device = resolve_device(device)  # a device that is not there fails before any write
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     parts = out.with_name(f".{out.name}.parts")

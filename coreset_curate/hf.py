@@ -20,7 +20,7 @@ import numpy as np
 from .data import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
 from .atomic import atomic_path
-from .checks import UnknownIds, align
+from .checks import InputTypeError, UnknownIds, align
 from .index import epoch_rows, read_index
 from .tables import table_metadata
 
@@ -67,7 +67,7 @@ def _as_hf(dataset, split: str):
         return dataset[split]
     if isinstance(dataset, datasets.Dataset):
         return dataset
-    raise TypeError("dataset must be a datasets.Dataset/DatasetDict, an ImageData, 'digits' or "
+    raise InputTypeError("dataset must be a datasets.Dataset/DatasetDict, an ImageData, 'digits' or "
                     f"a path of Parquet files; got {type(dataset).__name__}")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .checks import UnknownIds, align
+from .checks import InputTypeError, UnknownIds, align
 from .tables import make_metadata, read_table, table_metadata, with_metadata, write_table
 
 __all__ = ["Labels", "read_labels_table", "apply_labels", "label_rows", "restrict_rounds", "clean_labels", "exclusions",
@@ -108,7 +108,7 @@ def read_labels_table(source) -> Labels:
     name = str(source) if isinstance(source, (str, os.PathLike)) else "labels table"
     table = read_table(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(table, pa.Table):
-        raise TypeError(f"labels must be a labels table (path, pyarrow.Table or Labels); got "
+        raise InputTypeError(f"labels must be a labels table (path, pyarrow.Table or Labels); got "
                         f"{type(source).__name__}")
     missing = [c for c in ("sample_id", "label") if c not in table.column_names]
     if missing:

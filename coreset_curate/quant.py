@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import InputTypeError
+
 __all__ = [
     "QuantConfig",
     "LsqQuantizer",
@@ -417,7 +419,7 @@ def quantize_model(
     config = (w_bits if isinstance(w_bits, QuantConfig)
               else QuantConfig(w_bits, a_bits, per_channel, first_last, init))
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if is_quantized(model):
         raise ValueError("model is already quantized")
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]

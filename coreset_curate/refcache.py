@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import resolve_device
 from .data import EvalTransform, FingerprintMismatch, ImageData, check_fingerprint, \
     fingerprint, iter_batches
 from .progress import progress
@@ -139,7 +140,7 @@ def compute_reference(reference: nn.Module, data: ImageData, transform: EvalTran
     Returns:
         The ``ReferenceOutputs`` of every row (not stored; see ``cached_reference``).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     was_training = reference.training
     reference.eval().to(device)
     dense = data.num_classes <= DENSE_MAX_CLASSES

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import non_negative_int
+from .checks import InputTypeError, non_negative_int, resolve_device
 from .data import EvalTransform, as_rows, iter_batches
 from .data.adapter import IdentityTransform
 from .models import last_linear
@@ -226,7 +226,7 @@ def compute_scores(out: BatchOutputs, names: list[str]) -> dict[str, torch.Tenso
 
 def _check_model(model: nn.Module, what: str) -> None:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} must be a torch.nn.Module; got {type(model).__name__}")
+        raise InputTypeError(f"{what} must be a torch.nn.Module; got {type(model).__name__}")
 
 
 def _feature_hook(student: nn.Module, sink: list) -> torch.utils.hooks.RemovableHandle | None:
@@ -248,7 +248,7 @@ def _logits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         kind = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                 else type(out).__name__)
-        raise TypeError(f"the {what} must return a (batch, classes) tensor of logits; got {kind}")
+        raise InputTypeError(f"the {what} must return a (batch, classes) tensor of logits; got {kind}")
     return out.float()
 
 
@@ -279,13 +279,13 @@ def scoring_transform(rows, transform):
     """
     if getattr(rows, "transformed", False):
         if transform is not None and not isinstance(transform, IdentityTransform):
-            raise TypeError("a torch Dataset applies its own transforms: leave transform unset")
+            raise InputTypeError("a torch Dataset applies its own transforms: leave transform unset")
         return IdentityTransform()
     if transform is None:
-        raise TypeError("scoring a dataset of this toolkit needs transform=, its deterministic "
+        raise InputTypeError("scoring a dataset of this toolkit needs transform=, its deterministic "
                         "EvalTransform (default_transforms(train)[1])")
     if type(transform) is not EvalTransform:
-        raise TypeError("scoring needs the deterministic EvalTransform (no augmentation)")
+        raise InputTypeError("scoring needs the deterministic EvalTransform (no augmentation)")
     return transform
 
 
@@ -443,7 +443,7 @@ def score_dataset(
     transform = scoring_transform(rows, transform)
     non_negative_int("epoch", epoch)
     names = _score_names(scores)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     live_ref = None if cached is not None else reference
     models = [m for m in (student, live_ref) if m is not None]
     modes = [m.training for m in models]

@@ -192,7 +192,8 @@ class AdaptiveSelector:
         per_class: as for ``select``.
         min_per_class: as for ``select``.
         options: the method's options, as for ``select``.
-        transform: the ``EvalTransform`` of a toolkit dataset; unset for a torch Dataset.
+        transform: the ``EvalTransform`` of a toolkit dataset; unset for a torch Dataset,
+            and not needed for a method that reads no score (``random_epoch``, ...).
         batch_size: of the scoring passes (default 256 samples, 16 images for a detection
             dataset).
         device: where scoring runs (default: the model's device).
@@ -235,8 +236,12 @@ class AdaptiveSelector:
         self.batch_size = None if batch_size is None else positive_int("batch_size",
                                                                        batch_size)
         self.rows = as_rows(dataset, **({} if labels is None else {"labels": labels}))
-        self.transform = scoring_transform(self.rows, transform)
         self.spec = METHODS[method]
+        # a method that reads no score (random_epoch, random_cover, ...) never scores: it
+        # needs no eval transform unless rounds are scored anyway (audits, free_scores)
+        scores_rounds = bool(self.spec.columns) or audit_every is not None or free_scores
+        self.transform = (scoring_transform(self.rows, transform)
+                          if scores_rounds or transform is not None else None)
         if "ds" in self.spec.columns and reference is None and schedule != "evs":
             raise ValueError(f"{method} reads the disagreement score: pass reference=, the "
                              "full-precision model")

@@ -280,3 +280,45 @@ def test_quantize_model_takes_a_quantconfig():
     sb = b.state_dict()
     assert all(torch.equal(v, sb[k]) for k, v in a.state_dict().items()
                if isinstance(v, torch.Tensor))
+
+
+def test_a_method_that_reads_no_score_needs_no_transform():
+    data = cc.load_data("digits", "train")
+    sel = cc.AdaptiveSelector(data, method="random_epoch", fraction=0.1, epochs=3)
+    first, second = sel.subset(0)[0], sel.subset(1)[0]
+    assert len(first) == len(second) == pytest.approx(0.1 * len(data), abs=10)
+    assert not np.array_equal(first, second)  # re-drawn every epoch, nothing scored
+    with pytest.raises(TypeError, match="needs transform="):  # acs scores: it needs one
+        cc.AdaptiveSelector(data, method="acs", fraction=0.1, epochs=3, reference=nn.Linear(1, 1))
+
+
+def test_wrong_kinds_are_type_errors_and_value_errors():
+    """A user's wrong-kind argument is a TypeError (Python's convention) that is also a
+    ValueError, so the command line reports it in one line like any other bad input."""
+    from coreset_curate.checks import InputTypeError
+
+    with pytest.raises(InputTypeError) as err:
+        cc.score_dataset("not a model", TensorDataset(*_data()))
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+    with pytest.raises(ValueError, match="tensor of logits"):  # output that fits no classifier
+        cc.score_dataset(nn.Flatten(0), TensorDataset(*_data()))
+
+
+def test_method_options_must_be_of_their_defaults_kind():
+    table = cc.score_dataset(_models()[1], TensorDataset(*_data()))
+    with pytest.raises(ValueError, match="option 'hard_cut' must be a finite number"):
+        cc.select(table, "ccs", 0.5, options={"hard_cut": "x"})
+    with pytest.raises(ValueError, match="option 'reweight' must be true or false"):
+        cc.select(table, "rho", 0.5, options={"reweight": "yes"})
+    assert len(cc.select(table, "ccs", 0.5, options={"hard_cut": 0})) > 0  # an int is a number
+
+
+def test_resolve_device_names_what_is_missing():
+    from coreset_curate.checks import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="'cuda:99' is not available"):
+        resolve_device("cuda:99")
+    with pytest.raises(ValueError, match="not a device torch knows"):
+        resolve_device("gpu")

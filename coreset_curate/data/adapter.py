@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..checks import is_int, non_negative_int, positive_int
+from ..checks import InputTypeError, is_int, non_negative_int, positive_int
 from .memory import LabelledRows
 
 __all__ = ["DatasetRows", "as_rows", "IdentityTransform"]
@@ -44,7 +44,7 @@ def _split_item(item, where: str):
     """(sample_id or None, x, y) of one item or one collated batch."""
     if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
         size = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
-        raise TypeError(f"{where} must be (x, y) or (sample_id, x, y); got "
+        raise InputTypeError(f"{where} must be (x, y) or (sample_id, x, y); got "
                         f"{type(item).__name__}{size}")
     return (None, *item) if len(item) == 2 else tuple(item)
 
@@ -59,7 +59,7 @@ class DatasetRows(LabelledRows):
                  batch_size: int = 256, num_workers: int = 0, collate_fn=None) -> None:
         if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset,
                                                                                  "__getitem__"):
-            raise TypeError("scoring needs a map-style torch Dataset (with __getitem__ and "
+            raise InputTypeError("scoring needs a map-style torch Dataset (with __getitem__ and "
                             f"__len__); got {type(dataset).__name__}")
         self.dataset = dataset
         self.batch_size = positive_int("batch_size", batch_size)
@@ -138,7 +138,7 @@ class DatasetRows(LabelledRows):
         for pos, (_, x, _) in zip(batches, self._batches([self.rows[b] for b in batches])):
             p = torch.as_tensor(pos)
             if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{self.name} items must hold tensors; got {type(x).__name__}")
+                raise InputTypeError(f"{self.name} items must hold tensors; got {type(x).__name__}")
             yield p, x, self.labels[p]
 
     def subset(self, positions, split: str | None = None) -> DatasetRows:
@@ -181,5 +181,5 @@ def as_rows(data, **kwargs) -> LabelledRows:
         data = data.dataset
     if isinstance(data, Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return DatasetRows(data, **kwargs)
-    raise TypeError("expected a dataset of this toolkit (load_data), a map-style torch "
+    raise InputTypeError("expected a dataset of this toolkit (load_data), a map-style torch "
                     f"Dataset or a DataLoader; got {type(data).__name__}")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import InputTypeError
 from .decode import decode_all, decode_image_column, to_nchw_uint8
 from .memory import ImageData
 
@@ -136,7 +137,7 @@ def load_data(
                         image_column, label_column, id_column, num_threads,
                         view if stream else None)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
+        raise InputTypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
                         f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
     text = os.fspath(source)
     if text.startswith("coco:"):  # a detection dataset: images with boxes

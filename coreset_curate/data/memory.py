@@ -174,9 +174,9 @@ def inference_batch_size(device: "torch.device | str | None" = None) -> int:
     """Default batch size for evaluation and scoring: 256 on CPU, where larger batches fall
     out of cache and run slower (ResNet-20 W4A4 on 2 cores: 256 about 1.8x faster than
     1,000), and 1024 on CUDA."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return 1024 if torch.device(device).type == "cuda" else 256
+    from ..checks import resolve_device
+
+    return 1024 if resolve_device(device).type == "cuda" else 256
 
 
 def spread_positions(n: int, count: int) -> np.ndarray:

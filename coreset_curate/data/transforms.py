@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import InputTypeError
+
 __all__ = ["EvalTransform", "TrainTransform", "default_transforms"]
 
 
@@ -33,7 +35,7 @@ class EvalTransform:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
-            raise TypeError(f"transforms take uint8 image batches; got {x.dtype}")
+            raise InputTypeError(f"transforms take uint8 image batches; got {x.dtype}")
         return self.normalize(x)
 
     def to_dict(self) -> dict:
@@ -60,7 +62,7 @@ class TrainTransform(EvalTransform):
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
-            raise TypeError(f"transforms take uint8 image batches; got {x.dtype}")
+            raise InputTypeError(f"transforms take uint8 image batches; got {x.dtype}")
         n, c, h, w = x.shape
         if self.padding > 0:
             p = self.padding

@@ -17,6 +17,7 @@ import io
 import numpy as np
 import torch
 
+from ..checks import resolve_device
 from .data import batch_of
 
 __all__ = ["coco_ap", "coco_ground_truth", "ap_of_detections"]
@@ -79,7 +80,7 @@ def ap_of_detections(data, detections: list[dict]) -> dict[str, float]:
 @torch.no_grad()
 def coco_ap(model, data, *, batch_size: int = 16, device=None) -> dict[str, float]:
     """COCO box AP of a torchvision-style detector on ``data`` (module doc)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     was = model.training
     model.eval().to(device)
     detections = []

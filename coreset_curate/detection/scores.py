@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..checks import resolve_device
+
 __all__ = ["head_outputs", "image_scores", "score_detections"]
 
 CONFIDENT = 0.05
@@ -160,7 +162,7 @@ def score_detections(student, data, reference=None, *, epoch: int = 0, batch_siz
 
     non_negative_int("epoch", epoch)
     positive_int("batch_size", batch_size)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     models = [m for m in (student, reference) if m is not None]
     modes = [m.training for m in models]
     for m in models:

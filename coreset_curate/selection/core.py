@@ -510,7 +510,26 @@ def check_request(method, fraction, seed, min_per_class, options) -> dict:
     if unknown:
         accepted = sorted(spec.options) or "none"
         raise ValueError(f"method {method!r} has no option(s) {unknown}; it accepts {accepted}")
+    for key, value in options.items():
+        _check_option(method, key, value, spec.options[key])
     return {**spec.options, **options}
+
+
+def _check_option(method: str, key: str, value, default) -> None:
+    """A method option must be of its default's kind (a number for a number, ...)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, (bool, np.bool_)), "true or false"
+    elif isinstance(default, (int, float)):
+        ok = (isinstance(value, (int, float, np.integer, np.floating))
+              and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+        kind = "a finite number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:  # a default of another kind (None, a list): the method checks it
+        return
+    if not ok:
+        raise ValueError(f"method {method!r} option {key!r} must be {kind} (default "
+                         f"{default!r}); got {value!r}")
 
 
 def select(

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import align
+from ..checks import InputTypeError, align
 from ..data.memory import check_fingerprint
 from ..tables import SCORE_SCHEMA, TableError, conform, table_metadata
 
@@ -144,7 +144,7 @@ def _read_source(source, i: int, columns: list[str] | None, allow_missing: bool 
         try:
             source = pa.Table.from_pandas(source, preserve_index=False)
         except Exception as err:  # noqa: BLE001 - anything that is not a table
-            raise TypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas."
+            raise InputTypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas."
                             f"DataFrame; got {type(source).__name__}") from err
     missing = [c for c in BASE_COLUMNS if c not in source.column_names]
     if missing:

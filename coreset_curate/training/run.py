@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text
+from ..checks import resolve_device
 from ..cores import CoreWatch, check_cores
 from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
                     spread_positions)
@@ -54,10 +55,7 @@ STAGES = ("scoring_s", "selection_s", "train_s", "eval_s")
 
 
 def _device(config: TrainConfig, world: int) -> torch.device:
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
+    device = resolve_device(config.device, "device")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -518,6 +516,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, resume: boo
             config.
     """
     out = Path(out_dir)
+    resolve_device(config.device, "device")  # a missing GPU fails before the folder is touched
     rank, world = distributed_context()  # (0, 1) unless started by torchrun
     _prepare_folder(out, resume, overwrite, world, rank == 0)
     t_wall = time.perf_counter()
