@@ -251,19 +251,34 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     from ..index import add_to_index
     from ..selection import METHODS, load_rounds, select
+    from ..selection.streamed import STREAMABLE
 
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
     spec = METHODS[args.method]
-    rounds = load_rounds(args.scores, spec.columns, allow_missing=spec.partial)
-    if args.labels:
-        from ..labels import restrict_rounds
+    streamable = (len(args.scores) == 1 and not args.labels and args.method in STREAMABLE)
+    if streamable:  # one table: select() reads it by row groups past the memory budget
+        source = args.scores[0]
+    else:
+        source = load_rounds(args.scores, spec.columns, allow_missing=spec.partial)
+        if args.labels:
+            from ..labels import restrict_rounds
 
-        rounds = restrict_rounds(rounds, args.labels)
-    chosen = select(rounds, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
+            source = restrict_rounds(source, args.labels)
+    chosen = select(source, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
                     schedule=args.schedule, seed=args.seed, per_class=args.per_class,
                     min_per_class=args.min_per_class, options=_parse_options(args.option),
-                    exclude=args.exclude)
+                    exclude=args.exclude, memory_budget=args.memory_budget)
+    if streamable:
+        import pyarrow.parquet as pq
+
+        from ..tables import table_metadata
+
+        pf = pq.ParquetFile(source)
+        fingerprint, total = table_metadata(pf.schema_arrow).get("fingerprint"), \
+            pf.metadata.num_rows
+    else:
+        fingerprint, total = source.fingerprint, len(source.rounds[-1]["sample_id"])
     last = args.epoch + args.reselect_every
     if args.epochs is not None:
         last = min(last, args.epochs)
@@ -272,12 +287,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
             "R": args.reselect_every, "schedule": args.schedule, "epochs": args.epochs,
             "per_class": args.per_class, "options": _parse_options(args.option),
             "sources": [str(Path(p).resolve()) for p in args.scores],
-            "fingerprint": rounds.fingerprint,
+            "fingerprint": fingerprint,
             **({"exclude": str(Path(args.exclude).resolve())} if args.exclude else {})}
     out = Path(args.out)
     add_to_index(out, chosen, epochs, metadata=meta, replace=args.overwrite)
     log.info("epoch(s) %s: %d of %d samples (%s, fraction %s) -> %s", epochs, len(chosen),
-             len(rounds.rounds[-1]["sample_id"]), args.method, args.fraction, out)
+             total, args.method, args.fraction, out)
     print(f"{out}: epochs {epochs[0]}..{epochs[-1]}, {len(chosen)} samples each")
     return 0
 

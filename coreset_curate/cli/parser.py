@@ -74,6 +74,15 @@ def _add_demo(sub) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+def _memory(text: str) -> int:
+    from ..selection.streamed import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_select(sub) -> None:
     sel = sub.add_parser(
         "select", help="select the subset of an epoch from score tables into an index",
@@ -106,6 +115,10 @@ def _add_select(sub) -> None:
     sel.add_argument("--labels", default=None, metavar="LABELS.parquet",
                      help="the labels table the data is trained with: samples it leaves out "
                           "are not selected (its labels must be the scores')")
+    sel.add_argument("--memory-budget", type=_memory, default=None, metavar="SIZE",
+                     help="memory the selection may hold, e.g. 1500M or 2G (default: a "
+                          "quarter of the machine's); one larger table is read by row "
+                          "groups, with the same ids")
     sel.add_argument("--out", required=True, help="index file (created, or extended)")
     sel.add_argument("--overwrite", action="store_true",
                      help="replace epochs the index already has")

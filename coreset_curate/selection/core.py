@@ -25,7 +25,9 @@ Conventions, the same for every method:
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,8 @@ import numpy as np
 from ..checks import fraction as check_fraction, non_negative_int, positive_int
 from ..tables import TableError
 from .rounds import ScoreRounds, load_rounds, small_ints
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SCHEDULES", "METHODS", "register_method", "register_schedule", "list_methods",
            "list_schedules", "beta", "select", "Selection", "SelectionContext", "top_fraction",
@@ -545,6 +549,7 @@ def select(
     min_per_class: int = 0,
     options: dict | None = None,
     exclude=None,
+    memory_budget: int | None = None,
 ) -> Selection:
     """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
 
@@ -566,6 +571,10 @@ def select(
             ``ccs``); unknown keys are refused.
         exclude: sample ids the subset must not hold (an array, an ``AuditResult``, an
             audit table or folder: its flagged mislabeled samples).
+        memory_budget: bytes the selection may hold (default: a quarter of the machine's
+            memory). One Parquet table whose columns would take more is read by row
+            groups (``streamed.select_streamed``: the same ids, memory about one batch
+            plus the kept rows) where the method allows it (``streamed.STREAMABLE``).
 
     Returns:
         The ``Selection`` of the epoch.
@@ -583,6 +592,19 @@ def select(
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
     _check_epochs(epoch, epochs)
     spec = METHODS[method]
+    if isinstance(scores, (str, os.PathLike)) and method in _streamable():
+        from . import streamed
+
+        if memory_budget is not None:
+            non_negative_int("memory_budget", memory_budget)
+        budget = streamed.default_memory_budget() if memory_budget is None else memory_budget
+        if os.path.isfile(scores) and streamed.in_memory_bytes(scores, spec.columns) > budget:
+            log.info("%s: the table's columns exceed the memory budget (%d bytes); reading "
+                     "it by row groups", os.fspath(scores), budget)
+            return streamed.select_streamed(
+                scores, method, fraction, epoch=int(epoch), epochs=epochs, schedule=schedule,
+                seed=int(seed), per_class=bool(per_class), min_per_class=int(min_per_class),
+                options=opts, exclude=exclude)
     data = scores if isinstance(scores, ScoreRounds) else load_rounds(
         scores, spec.columns, allow_missing=spec.partial)
     usable = [i for i, e in enumerate(data.epochs) if e <= epoch]
@@ -598,6 +620,12 @@ def select(
     ctx = SelectionContext(rounds[-1], rounds, float(fraction), int(epoch), epochs, schedule,
                            int(seed), bool(per_class), int(min_per_class), opts, full_counts)
     return spec.fn(ctx)
+
+
+def _streamable() -> frozenset:
+    from .streamed import STREAMABLE
+
+    return STREAMABLE
 
 
 def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:

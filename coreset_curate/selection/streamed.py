@@ -1,0 +1,303 @@
+"""Selection out of core: a score table larger than a memory budget is read by row groups.
+
+The in-memory path (``load_rounds`` + the method) holds every column it reads; at hundreds
+of millions of rows that no longer fits. For the methods that rank rows by a score
+computed row by row (``STREAMABLE``: ACS, EL2N/EVS, loss, entropy, margin, least
+confidence, random, random_epoch) the per-class top-k needs only the k best rows of every
+class seen so far, so two passes over the file suffice:
+
+1. labels (and ids, epochs) only: the rows per class, hence the class budgets, and the
+   checks of the in-memory path (one scoring round, ids sorted and distinct, labels
+   non-negative, exclusion ids all present);
+2. batch by batch, the method computes its score (through its own registered function, so
+   its checks and its arithmetic are the same), rows that cannot beat the current k-th
+   best of their class are dropped at once, the rest join a buffer that is pruned back to
+   k rows a class whenever it outgrows a few batches.
+
+Ties go to the smaller sample id, as in memory, so both paths return the same ids. Peak
+memory is one batch plus the buffer (about ``fraction`` of the rows: 12 bytes a kept
+row), whatever the table's size. The table must be sorted by sample_id (as the extractors
+and ``write_scores`` write it); an unsorted one gets an error that says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..tables import TableError, conform, table_metadata
+from .core import METHODS, Selection, SelectionContext, class_budget
+from .rounds import BASE_COLUMNS, _column_numpy, _contract, small_ints
+
+__all__ = ["STREAMABLE", "default_memory_budget", "in_memory_bytes", "parse_memory",
+           "select_streamed"]
+
+# methods whose selection is ``ctx.top`` of a score computed row by row
+STREAMABLE = frozenset({"acs", "evs", "el2n", "loss", "entropy", "margin",
+                        "least_confidence", "random", "random_epoch"})
+# columns that may be null in a table (read as NaN), as in ``load_rounds``
+_NULLABLE = ("ds", "ref_prob_label", "ref_pred")
+BATCH_ROWS = 1 << 20
+
+
+def default_memory_budget() -> int:
+    """A quarter of this machine's physical memory, in bytes (8 GiB where it is unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from ``"1500M"``, ``"2G"``, ``"2GiB"``, ``"800MB"`` or a plain number of bytes.
+
+    Args:
+        text: the size.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        ValueError: the text is not a positive size.
+    """
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"memory budget must be a positive size such as 1500M or 2G; "
+                         f"got {text!r}")
+    return int(value * units[unit])
+
+
+def in_memory_bytes(path: str, columns) -> int:
+    """An estimate of the in-memory path's peak for reading ``columns`` of a Parquet file:
+    its arrays (8 bytes a value) and as much again for the method's temporaries."""
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    width = len(BASE_COLUMNS) + sum(1 for c in columns if c in names)
+    return int(pf.metadata.num_rows) * width * 8 * 2
+
+
+class _Recorder(SelectionContext):
+    """A context over one batch whose ``top`` hands back the score instead of selecting,
+    and whose generator continues across batches (one stream, as over the whole table)."""
+
+    generators: dict
+
+    def top(self, score):  # noqa: D102 - see SelectionContext.top
+        self.recorded = np.asarray(score, dtype=np.float64)
+        return Selection(self.ids[:0])
+
+    def rng(self, per_epoch: bool) -> np.random.Generator:  # noqa: D102
+        if per_epoch not in self.generators:
+            self.generators[per_epoch] = SelectionContext.rng(self, per_epoch)
+        return self.generators[per_epoch]
+
+
+def _batches(pf: pq.ParquetFile, path: str, names: list[str], known: pa.Schema,
+             batch_rows: int):
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
+            table = conform(pa.Table.from_batches([batch]), known, path)
+            yield {c: _column_numpy(table.column(c)) for c in names}
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} could not be read: {err}") from err
+
+
+def _check_scores(cols: dict, allow_missing: bool) -> None:
+    for c, v in cols.items():
+        if c in BASE_COLUMNS or v.dtype.kind != "f" or v.ndim != 1:
+            continue
+        nullable = allow_missing or c in _NULLABLE
+        bad = np.isinf(v) if nullable else ~np.isfinite(v)
+        if bad.any():
+            raise TableError(f"score column {c!r} has NaN or infinite values "
+                             f"({int(bad.sum())} in one row group at least)")
+
+
+def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: int | None,
+                    schedule: str, seed: int, per_class: bool, min_per_class: int,
+                    options: dict, exclude=None, batch_rows: int = BATCH_ROWS) -> Selection:
+    """``select`` for one Parquet score table, read by row groups (see the module doc).
+
+    The arguments are ``select``'s, already checked (``options`` with the defaults filled
+    in); ``batch_rows`` is the rows read at a time.
+
+    Args:
+        path: the score table (Parquet, one scoring round, sorted by sample_id).
+        method: a method in ``STREAMABLE``.
+        fraction: share of the samples to keep.
+        epoch: the epoch to select for.
+        epochs: the run's epoch count, or None.
+        schedule: the ACS schedule.
+        seed: the seed of the random methods.
+        per_class: per-class budgets (True) or one overall.
+        min_per_class: the smallest per-class budget.
+        options: the method's options, defaults filled in.
+        exclude: sample ids the subset must not hold, as ``select`` takes them.
+        batch_rows: rows read at a time.
+
+    Returns:
+        The ``Selection``, the same ids as the in-memory path.
+
+    Raises:
+        ValueError: the method does not stream, or as ``select``.
+        TableError: the table breaks the contract, holds more than one scoring round or
+            one after ``epoch``, or is not sorted by sample_id.
+        UnknownIds: ``exclude`` names ids the table lacks.
+    """
+    from ..checks import UnknownIds
+    from ..labels import exclusions
+
+    if method not in STREAMABLE:
+        raise ValueError(f"method {method!r} does not select out of core; streamed methods: "
+                         f"{sorted(STREAMABLE)}")
+    spec = METHODS[method]
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"score table not found: {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+    have = pf.schema_arrow.names
+    missing = [c for c in BASE_COLUMNS if c not in have]
+    if missing:
+        raise TableError(f"{path} lacks column(s) {missing}; it has {have}")
+    excluded = None if exclude is None else exclusions(exclude)
+    seen_excluded = None if excluded is None else np.zeros(len(excluded), dtype=bool)
+
+    # pass 1: rows per class, and the checks that need the whole table. Counts are kept
+    # one class up (a detection table's -1, images without boxes, is a group of its own)
+    detection = table_metadata(pf.schema_arrow).get("task") == "detection"
+    base = list(BASE_COLUMNS)
+    counts = np.zeros(0, dtype=np.int64)
+    kept_counts = np.zeros(0, dtype=np.int64)
+    last_id, round_epoch, lo_label, n = None, None, 0, 0
+    for cols in _batches(pf, path, base, _contract(base, False), batch_rows):
+        ids, labels, ep = cols["sample_id"], cols["label"], cols["epoch"]
+        if not len(ids):
+            continue
+        if int(ep.min()) != int(ep.max()) or (round_epoch is not None
+                                              and int(ep[0]) != round_epoch):
+            raise TableError(f"{path} holds more than one scoring round; the out-of-core "
+                             "path reads one (select from several rounds in memory)")
+        round_epoch = int(ep[0])
+        if (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()) or (
+                last_id is not None and ids[0] <= last_id):
+            raise TableError(f"{path} is not sorted by sample_id (or repeats one): the "
+                             "out-of-core path needs it sorted; write it sorted, or raise "
+                             "the memory budget")
+        last_id = int(ids[-1])
+        lo_label = min(lo_label, int(labels.min()))
+        if lo_label < (-1 if detection else 0):
+            raise TableError("labels must be non-negative class indices"
+                             + (" (or -1 in a detection table)" if detection else ""))
+        grouped = labels.astype(np.int64) + 1
+        c = np.bincount(grouped)
+        counts = _add(counts, c)
+        if excluded is not None:
+            hit = np.isin(ids, excluded)
+            seen_excluded |= np.isin(excluded, ids[hit])
+            c = np.bincount(grouped[~hit], minlength=len(c))
+        kept_counts = _add(kept_counts, c)
+        n += len(ids)
+    if n == 0:
+        raise TableError("the score tables have no rows")
+    if spec.columns and round_epoch > epoch:
+        raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
+                         f"rounds at epochs {[round_epoch]}")
+    if excluded is not None:
+        if not seen_excluded.all():
+            unknown = excluded[~seen_excluded]
+            raise UnknownIds(f"the exclusion list names {len(unknown)} sample ids that the "
+                             f"score tables lack, e.g. {unknown[:5].tolist()} (an audit of "
+                             "another dataset?)")
+        if not kept_counts.sum():
+            raise ValueError("the exclusion list leaves no sample to select from")
+    shift = 1 if lo_label < 0 else 0
+    if not shift:
+        counts, kept_counts = counts[1:], kept_counts[1:]
+
+    # the budgets, as SelectionContext.budget / total_budget / top_fraction make them
+    if per_class:
+        present = kept_counts > 0
+        budget = np.zeros(len(kept_counts), dtype=np.int64)
+        budget[present] = np.minimum(class_budget(counts[present], fraction, min_per_class),
+                                     kept_counts[present])
+    else:
+        whole = int(counts.sum())
+        m = int(kept_counts.sum())
+        budget = np.array([min(m, max(int(math.floor(fraction * whole + 0.5)),
+                                      min_per_class))])
+
+    # pass 2: the method's score batch by batch; the k best of every class are kept
+    want = list(dict.fromkeys([*BASE_COLUMNS, *[c for c in spec.columns if c in have]]))
+    known = _contract(want, spec.partial)
+    thr = np.where(budget > 0, -np.inf, np.inf)  # a row must beat this to enter
+    buf_ids = np.zeros(0, dtype=np.int64)
+    buf_lab = np.zeros(0, dtype=np.int64)
+    buf_sc = np.zeros(0, dtype=np.float64)
+    generators: dict = {}
+    limit = max(2 * int(budget.sum()), 4 * batch_rows)
+    for cols in _batches(pf, path, want, known, batch_rows):
+        if not len(cols["sample_id"]):
+            continue
+        _check_scores(cols, spec.partial)
+        cols.pop("epoch")
+        cols["label"] = small_ints(cols["label"].astype(np.int64) + shift)
+        if excluded is not None:
+            keep = ~np.isin(cols["sample_id"], excluded)
+            cols = {k: v[keep] for k, v in cols.items()}
+            if not len(cols["sample_id"]):
+                continue
+        ctx = _Recorder(cols, [cols], float(fraction), int(epoch), epochs, schedule,
+                        int(seed), bool(per_class), int(min_per_class), options, None)
+        ctx.generators = generators
+        spec.fn(ctx)
+        score = ctx.recorded
+        group = cols["label"].astype(np.int64) if per_class else np.zeros(len(score), np.int64)
+        enter = score > thr[group]
+        buf_ids = np.concatenate([buf_ids, cols["sample_id"][enter]])
+        buf_lab = np.concatenate([buf_lab, group[enter]])
+        buf_sc = np.concatenate([buf_sc, score[enter]])
+        if len(buf_ids) > limit:
+            buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
+    buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
+    return Selection(buf_ids)
+
+
+def _add(total: np.ndarray, part: np.ndarray) -> np.ndarray:
+    size = max(len(total), len(part))
+    out = np.zeros(size, dtype=np.int64)
+    out[: len(total)] += total
+    out[: len(part)] += part
+    return out
+
+
+def _prune(ids, lab, sc, budget):
+    """The ``budget[c]`` best rows of every class (highest score, then smaller id), in id
+    order, and each class's entry threshold (its k-th best score once it has k rows)."""
+    # rows are in id order: stable sorts by score (descending) then by class keep ids
+    # ascending among equal scores
+    order = np.argsort(-sc, kind="stable")
+    order = order[np.argsort(lab[order], kind="stable")]
+    lab_s = lab[order]
+    per = np.bincount(lab_s, minlength=len(budget))
+    starts = np.cumsum(per) - per
+    rank = np.arange(len(order)) - starts[lab_s]
+    keep = rank < budget[lab_s]
+    thr = np.where(budget > 0, -np.inf, np.inf)
+    full = (per >= budget) & (budget > 0)
+    sc_s = sc[order]
+    thr[full] = sc_s[starts[full] + budget[full] - 1]
+    chosen = np.sort(order[keep])
+    return ids[chosen], lab[chosen], sc[chosen], thr
