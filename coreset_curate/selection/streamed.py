@@ -79,8 +79,12 @@ def parse_memory(text: str) -> int:
 
 def in_memory_bytes(path: str, columns) -> int:
     """An estimate of the in-memory path's peak for reading ``columns`` of a Parquet file:
-    its arrays (8 bytes a value) and as much again for the method's temporaries."""
-    pf = pq.ParquetFile(path)
+    its arrays (8 bytes a value) and as much again for the method's temporaries; 0 for a
+    file that is not Parquet (the in-memory path refuses it with its own message)."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError):
+        return 0  # not a Parquet file: the in-memory path reads it and says what is wrong
     names = set(pf.schema_arrow.names)
     width = len(BASE_COLUMNS) + sum(1 for c in columns if c in names)
     return int(pf.metadata.num_rows) * width * 8 * 2
