@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["InputTypeError", "UnknownIds", "is_int", "positive_int", "non_negative_int", "non_negative_number",
-           "fraction", "boolean", "choice", "align", "resolve_device"]
+__all__ = ["InputTypeError", "UnknownIds", "is_int", "positive_int", "non_negative_int",
+           "non_negative_number", "fraction", "boolean", "choice", "align", "resolve_device"]
 
 
 class InputTypeError(TypeError, ValueError):

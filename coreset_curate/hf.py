@@ -67,8 +67,9 @@ def _as_hf(dataset, split: str):
         return dataset[split]
     if isinstance(dataset, datasets.Dataset):
         return dataset
-    raise InputTypeError("dataset must be a datasets.Dataset/DatasetDict, an ImageData, 'digits' or "
-                    f"a path of Parquet files; got {type(dataset).__name__}")
+    raise InputTypeError("dataset must be a datasets.Dataset/DatasetDict, an ImageData, "
+                         "'digits' or a path of Parquet files; got "
+                         f"{type(dataset).__name__}")
 
 
 def load_subset(dataset, index, epoch: int, *, split: str = "train",

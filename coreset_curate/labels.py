@@ -109,7 +109,7 @@ def read_labels_table(source) -> Labels:
     table = read_table(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(table, pa.Table):
         raise InputTypeError(f"labels must be a labels table (path, pyarrow.Table or Labels); got "
-                        f"{type(source).__name__}")
+                             f"{type(source).__name__}")
     missing = [c for c in ("sample_id", "label") if c not in table.column_names]
     if missing:
         raise ValueError(f"{name} is not a labels table: it lacks {missing} (it has "

@@ -248,7 +248,8 @@ def _logits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         kind = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                 else type(out).__name__)
-        raise InputTypeError(f"the {what} must return a (batch, classes) tensor of logits; got {kind}")
+        raise InputTypeError(f"the {what} must return a (batch, classes) tensor of logits; "
+                             f"got {kind}")
     return out.float()
 
 
@@ -279,11 +280,12 @@ def scoring_transform(rows, transform):
     """
     if getattr(rows, "transformed", False):
         if transform is not None and not isinstance(transform, IdentityTransform):
-            raise InputTypeError("a torch Dataset applies its own transforms: leave transform unset")
+            raise InputTypeError("a torch Dataset applies its own transforms: leave transform "
+                                 "unset")
         return IdentityTransform()
     if transform is None:
-        raise InputTypeError("scoring a dataset of this toolkit needs transform=, its deterministic "
-                        "EvalTransform (default_transforms(train)[1])")
+        raise InputTypeError("scoring a dataset of this toolkit needs transform=, its "
+                             "deterministic EvalTransform (default_transforms(train)[1])")
     if type(transform) is not EvalTransform:
         raise InputTypeError("scoring needs the deterministic EvalTransform (no augmentation)")
     return transform

@@ -45,7 +45,7 @@ def _split_item(item, where: str):
     if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
         size = f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""
         raise InputTypeError(f"{where} must be (x, y) or (sample_id, x, y); got "
-                        f"{type(item).__name__}{size}")
+                             f"{type(item).__name__}{size}")
     return (None, *item) if len(item) == 2 else tuple(item)
 
 
@@ -60,7 +60,7 @@ class DatasetRows(LabelledRows):
         if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset,
                                                                                  "__getitem__"):
             raise InputTypeError("scoring needs a map-style torch Dataset (with __getitem__ and "
-                            f"__len__); got {type(dataset).__name__}")
+                                 f"__len__); got {type(dataset).__name__}")
         self.dataset = dataset
         self.batch_size = positive_int("batch_size", batch_size)
         self.num_workers = non_negative_int("num_workers", num_workers)
@@ -182,4 +182,4 @@ def as_rows(data, **kwargs) -> LabelledRows:
     if isinstance(data, Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         return DatasetRows(data, **kwargs)
     raise InputTypeError("expected a dataset of this toolkit (load_data), a map-style torch "
-                    f"Dataset or a DataLoader; got {type(data).__name__}")
+                         f"Dataset or a DataLoader; got {type(data).__name__}")

@@ -137,8 +137,9 @@ def load_data(
                         image_column, label_column, id_column, num_threads,
                         view if stream else None)
     if not isinstance(source, (str, os.PathLike)):
-        raise InputTypeError("source must be a datasets.Dataset/DatasetDict, a path or glob of "
-                        f"Parquet files, 'torchvision:NAME' or 'digits'; got {type(source).__name__}")
+        raise InputTypeError("source must be a datasets.Dataset/DatasetDict, a path or glob "
+                             "of Parquet files, 'torchvision:NAME' or 'digits'; got "
+                             f"{type(source).__name__}")
     text = os.fspath(source)
     if text.startswith("coco:"):  # a detection dataset: images with boxes
         _detection_options(crop_size, resize_size, num_workers)
