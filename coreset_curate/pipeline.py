@@ -146,19 +146,10 @@ def load_curate_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Cu
         FileNotFoundError: the recipe does not exist.
         ValueError: it is not valid YAML, not a mapping, has unknown keys or bad values.
     """
-    import yaml
-
-    from .training.config import _yaml_problem, parse_assignments, resolve_path
+    from .training.config import parse_assignments, resolve_path, yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"curate recipe not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"curate recipe {path} is not valid YAML: {_yaml_problem(err)}") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"curate recipe {path} must be a YAML mapping of settings")
+    values = yaml_mapping(path, "curate recipe")
     folder = path.parent.resolve()
     for key in ("common", "teacher_set", "student_set"):
         if isinstance(values.get(key), dict):

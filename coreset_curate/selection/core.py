@@ -592,11 +592,11 @@ def select(
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
     _check_epochs(epoch, epochs)
     spec = METHODS[method]
+    if memory_budget is not None:
+        non_negative_int("memory_budget", memory_budget)
     if isinstance(scores, (str, os.PathLike)) and method in _streamable():
         from . import streamed
 
-        if memory_budget is not None:
-            non_negative_int("memory_budget", memory_budget)
         budget = streamed.default_memory_budget() if memory_budget is None else memory_budget
         if os.path.isfile(scores) and streamed.in_memory_bytes(scores, spec.columns) > budget:
             log.info("%s: the table's columns exceed the memory budget (%d bytes); reading "
@@ -628,19 +628,25 @@ def _streamable() -> frozenset:
     return STREAMABLE
 
 
+def unknown_exclusions(unknown: np.ndarray):
+    """The error for exclusion ids that the score tables lack (a ``UnknownIds``)."""
+    from ..checks import UnknownIds
+
+    return UnknownIds(f"the exclusion list names {len(unknown)} sample ids that the score "
+                      f"tables lack, e.g. {unknown[:5].tolist()} (an audit of another "
+                      "dataset?)")
+
+
 def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:
     """The rounds without the excluded ids' rows, and the latest round's rows per class
     before (the budgets). Ids the latest round lacks are refused."""
-    from ..checks import UnknownIds
     from ..labels import exclusions
 
     ids = exclusions(exclude)
     last = rounds[-1]
     known = np.isin(ids, last["sample_id"])
     if not known.all():
-        raise UnknownIds(f"the exclusion list names {int((~known).sum())} sample ids that the "
-                         f"score tables lack, e.g. {ids[~known][:5].tolist()} (an audit of "
-                         "another dataset?)")
+        raise unknown_exclusions(ids[~known])
     labels = last["label"].astype(np.int64)
     full_counts = np.bincount(labels - min(0, int(labels.min())))  # as ctx.labels groups
     kept = []

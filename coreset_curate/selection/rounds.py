@@ -18,6 +18,8 @@ from ..tables import SCORE_SCHEMA, TableError, conform, table_metadata
 __all__ = ["ScoreRounds", "load_rounds", "aligned_column", "small_ints", "BASE_COLUMNS"]
 
 BASE_COLUMNS = ("sample_id", "label", "epoch")
+# score columns a table may leave null (no reference model)
+NULLABLE_SCORES = ("ds", "ref_prob_label", "ref_pred")
 
 
 def small_ints(labels: np.ndarray) -> np.ndarray:
@@ -72,6 +74,29 @@ def aligned_column(rounds: list[dict[str, np.ndarray]], ids: np.ndarray, name: s
         pos, present = align(rnd["sample_id"], ids)
         out[r, present] = rnd[name][pos[present]]
     return out
+
+
+def check_finite(cols: dict[str, np.ndarray], allow_missing: bool, where: str = "") -> None:
+    """Refuse NaN or infinite scores: columns that may be null (read as NaN: ``ds``,
+    ``ref_prob_label``, ``ref_pred``, or every score with ``allow_missing``) may not be
+    infinite, the others neither NaN.
+
+    Args:
+        cols: columns as numpy arrays (only 1-d float ones are checked).
+        allow_missing: every score may be null.
+        where: appended to the error (``" in one row group"``).
+
+    Raises:
+        TableError: a column holds such a value.
+    """
+    for c, v in cols.items():
+        if v.dtype.kind != "f" or v.ndim != 1:
+            continue
+        nullable = allow_missing or c in NULLABLE_SCORES
+        bad = np.isinf(v) if nullable else ~np.isfinite(v)
+        if bad.any():
+            raise TableError(f"score column {c!r} has {int(bad.sum())} NaN or infinite "
+                             f"values{where}")
 
 
 def _column_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -145,7 +170,7 @@ def _read_source(source, i: int, columns: list[str] | None, allow_missing: bool 
             source = pa.Table.from_pandas(source, preserve_index=False)
         except Exception as err:  # noqa: BLE001 - anything that is not a table
             raise InputTypeError(f"score table {i} must be a path, a pyarrow.Table or a pandas."
-                            f"DataFrame; got {type(source).__name__}") from err
+                                 f"DataFrame; got {type(source).__name__}") from err
     missing = [c for c in BASE_COLUMNS if c not in source.column_names]
     if missing:
         raise TableError(f"{name} lacks column(s) {missing}; it has {source.column_names}")
@@ -204,14 +229,7 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
     del parts
     if len(cols["sample_id"]) == 0:
         raise TableError("the score tables have no rows")
-    for c, v in cols.items():
-        if v.dtype.kind != "f" or v.ndim != 1:
-            continue
-        # columns that may be null (read as NaN) may not be infinite; the others neither NaN
-        nullable = allow_missing or c in ("ds", "ref_prob_label", "ref_pred")
-        bad = np.isinf(v) if nullable else ~np.isfinite(v)
-        if bad.any():
-            raise TableError(f"score column {c!r} has {int(bad.sum())} NaN or infinite values")
+    check_finite(cols, allow_missing)
     # a detection table's label is -1 for an image without boxes: a group of its own
     if cols["label"].min() < (-1 if detection else 0):
         raise TableError("labels must be non-negative class indices"

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..tables import TableError, conform, table_metadata
-from .core import METHODS, Selection, SelectionContext, class_budget
-from .rounds import BASE_COLUMNS, _column_numpy, _contract, small_ints
+from .core import METHODS, Selection, SelectionContext, class_budget, unknown_exclusions
+from .rounds import BASE_COLUMNS, _column_numpy, _contract, check_finite, small_ints
 
 __all__ = ["STREAMABLE", "default_memory_budget", "in_memory_bytes", "parse_memory",
            "select_streamed"]
@@ -39,8 +39,6 @@ __all__ = ["STREAMABLE", "default_memory_budget", "in_memory_bytes", "parse_memo
 # methods whose selection is ``ctx.top`` of a score computed row by row
 STREAMABLE = frozenset({"acs", "evs", "el2n", "loss", "entropy", "margin",
                         "least_confidence", "random", "random_epoch"})
-# columns that may be null in a table (read as NaN), as in ``load_rounds``
-_NULLABLE = ("ds", "ref_prob_label", "ref_pred")
 BATCH_ROWS = 1 << 20
 
 
@@ -116,17 +114,6 @@ def _batches(pf: pq.ParquetFile, path: str, names: list[str], known: pa.Schema,
         raise TableError(f"{path} could not be read: {err}") from err
 
 
-def _check_scores(cols: dict, allow_missing: bool) -> None:
-    for c, v in cols.items():
-        if c in BASE_COLUMNS or v.dtype.kind != "f" or v.ndim != 1:
-            continue
-        nullable = allow_missing or c in _NULLABLE
-        bad = np.isinf(v) if nullable else ~np.isfinite(v)
-        if bad.any():
-            raise TableError(f"score column {c!r} has NaN or infinite values "
-                             f"({int(bad.sum())} in one row group at least)")
-
-
 def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: int | None,
                     schedule: str, seed: int, per_class: bool, min_per_class: int,
                     options: dict, exclude=None, batch_rows: int = BATCH_ROWS) -> Selection:
@@ -158,7 +145,6 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
             one after ``epoch``, or is not sorted by sample_id.
         UnknownIds: ``exclude`` names ids the table lacks.
     """
-    from ..checks import UnknownIds
     from ..labels import exclusions
 
     if method not in STREAMABLE:
@@ -206,25 +192,24 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
             raise TableError("labels must be non-negative class indices"
                              + (" (or -1 in a detection table)" if detection else ""))
         grouped = labels.astype(np.int64) + 1
-        c = np.bincount(grouped)
-        counts = _add(counts, c)
+        counts = _add(counts, np.bincount(grouped))
         if excluded is not None:
             hit = np.isin(ids, excluded)
             seen_excluded |= np.isin(excluded, ids[hit])
-            c = np.bincount(grouped[~hit], minlength=len(c))
-        kept_counts = _add(kept_counts, c)
+            kept_counts = _add(kept_counts, np.bincount(grouped[~hit]))
         n += len(ids)
     if n == 0:
         raise TableError("the score tables have no rows")
+    if excluded is None:
+        kept_counts = counts
+    else:  # as long as counts (the excluded may be a class's last rows)
+        kept_counts = _add(kept_counts, np.zeros(len(counts), dtype=np.int64))
     if spec.columns and round_epoch > epoch:
         raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
                          f"rounds at epochs {[round_epoch]}")
     if excluded is not None:
         if not seen_excluded.all():
-            unknown = excluded[~seen_excluded]
-            raise UnknownIds(f"the exclusion list names {len(unknown)} sample ids that the "
-                             f"score tables lack, e.g. {unknown[:5].tolist()} (an audit of "
-                             "another dataset?)")
+            raise unknown_exclusions(excluded[~seen_excluded])
         if not kept_counts.sum():
             raise ValueError("the exclusion list leaves no sample to select from")
     shift = 1 if lo_label < 0 else 0
@@ -255,7 +240,7 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
     for cols in _batches(pf, path, want, known, batch_rows):
         if not len(cols["sample_id"]):
             continue
-        _check_scores(cols, spec.partial)
+        check_finite(cols, spec.partial, " in one row group (there may be more)")
         cols.pop("epoch")
         cols["label"] = small_ints(cols["label"].astype(np.int64) + shift)
         if excluded is not None:

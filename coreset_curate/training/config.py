@@ -445,20 +445,38 @@ def _yaml_problem(err) -> str:
     return f"{problem}{where}"
 
 
-def _recipe_values(path: Path, seen: list[Path]) -> dict:
-    """A recipe's settings; ``base: FILE`` (relative to the recipe) inherits another's."""
+def yaml_mapping(path: Path, what: str = "recipe") -> dict:
+    """The settings of a YAML file, checked to be there, valid YAML and a mapping.
+
+    Args:
+        path: the file.
+        what: how it is named in errors (``recipe``, ``curate recipe``).
+
+    Returns:
+        Its settings (an empty file: none).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not valid YAML (one line: what and where), or not a mapping.
+    """
     import yaml
 
     if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
-    if path.resolve() in seen:
-        raise ValueError(f"recipe {path} inherits from itself through 'base'")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"recipe {path} is not valid YAML: {_yaml_problem(err)}") from err
+        raise ValueError(f"{what} {path} is not valid YAML: {_yaml_problem(err)}") from err
     if not isinstance(loaded, dict):
-        raise ValueError(f"recipe {path} must be a YAML mapping of settings")
+        raise ValueError(f"{what} {path} must be a YAML mapping of settings")
+    return loaded
+
+
+def _recipe_values(path: Path, seen: list[Path]) -> dict:
+    """A recipe's settings; ``base: FILE`` (relative to the recipe) inherits another's."""
+    if path.resolve() in seen:
+        raise ValueError(f"recipe {path} inherits from itself through 'base'")
+    loaded = yaml_mapping(path)
     loaded = {k: resolve_path(k, v, path.parent) for k, v in loaded.items()}
     base = loaded.pop("base", None)
     if base is None:
