@@ -71,7 +71,7 @@ KEYS = ("method", "fraction", "epochs", "R", "seed", "ap", "ap50", "ap75", "best
 
 def make_data() -> None:
     from coreset_curate.data import load_data
-    from coreset_curate.detection import make_coco
+    from coreset_curate.tasks.detection import make_coco
 
     cifar = ROOT.parent / "shared" / "data" / "cifar10"
     for split, count, seed in (("train", 4000, 0), ("test", 500, 1)):
@@ -124,9 +124,9 @@ def throughput(args, teacher_pt: Path) -> None:
     import torch
 
     from coreset_curate.data import load_data
-    from coreset_curate.detection import create_detector
-    from coreset_curate.detection.scores import head_outputs, score_detections
-    from coreset_curate.detection.data import batch_of, calibration_batches
+    from coreset_curate.tasks.detection import create_detector
+    from coreset_curate.tasks.detection.scores import head_outputs, score_detections
+    from coreset_curate.tasks.detection.data import batch_of, calibration_batches
     from coreset_curate.quant import calibrate_, quantize_model
     from coreset_curate.training import load_recipe
 
@@ -164,7 +164,7 @@ def throughput(args, teacher_pt: Path) -> None:
         fn()
         timings[name] = len(data) / (time.perf_counter() - t0)
         print(f"{name}: {timings[name]:.1f} images/s", flush=True)
-    from coreset_curate.cores import check_cores
+    from coreset_curate.common.cores import check_cores
 
     RESULTS.save({"name": "throughput", "kind": "throughput", "images": len(data),
                  "batch_size": bs, **{f"{k}_images_per_s": round(v, 2)

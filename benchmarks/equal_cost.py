@@ -30,7 +30,7 @@ from readme_table import write_between
 from results_file import append_record
 from resumable import Results
 
-from coreset_curate.atomic import atomic_path
+from coreset_curate.common.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "equal_cost.json"
@@ -115,9 +115,9 @@ def noisy_share(run_dir: Path) -> float | None:
     """Share of the index's rows (all epochs) whose given label is not the true one."""
     import numpy as np
 
-    from coreset_curate.checks import align
-    from coreset_curate.index import read_index
-    from coreset_curate.noise import read_labels
+    from coreset_curate.common.checks import align
+    from coreset_curate.common.index import read_index
+    from coreset_curate.labels.noise import read_labels
 
     if not (run_dir / "labels.parquet").exists() or not (run_dir / "index.parquet").exists():
         return None
@@ -136,7 +136,7 @@ def score_coverage(run_dir: Path) -> list[dict] | None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from coreset_curate.index import epoch_rows, read_index
+    from coreset_curate.common.index import epoch_rows, read_index
 
     rounds = sorted((run_dir / "scores").glob("epoch_*.parquet"))
     if not rounds or not (run_dir / "index.parquet").exists():
@@ -157,7 +157,7 @@ def score_coverage(run_dir: Path) -> list[dict] | None:
 def write_coverage() -> None:
     """``--coverage``: score_coverage of every finished free-scores run, into
     equal_cost_coverage.json, and a one-line summary of each printed."""
-    from coreset_curate.atomic import write_text
+    from coreset_curate.common.atomic import write_text
 
     rows = []
     for r in load_results():

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [("acs", 0.1, 0), ("random_epoch", 0.1, 0), ("random", 0.1, 0), ("full", 1.0, 0),

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,10 +121,10 @@ def audit_entry(run: Path, args) -> dict:
     """
     import torch
 
-    from coreset_curate.noise_audit import audit, flag_metrics
+    from coreset_curate.labels.audit import audit, flag_metrics
     from coreset_curate.data import default_transforms, load_data
-    from coreset_curate.models import create_model
-    from coreset_curate.noise import read_labels
+    from coreset_curate.tasks.classification.models import create_model
+    from coreset_curate.labels.noise import read_labels
     from coreset_curate.quant import quantize_model
     from coreset_curate.training import load_checkpoint
     from coreset_curate.training import predict_logits
@@ -165,7 +165,7 @@ def audit_entry(run: Path, args) -> dict:
 def main() -> None:
     import torch
 
-    from coreset_curate.noise_audit import audit
+    from coreset_curate.labels.audit import audit
     from coreset_curate.training import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"noise_sym20": ("symmetric", 0.2), "noise_sym40": ("symmetric", 0.4),
@@ -60,8 +60,8 @@ def _fill(flag, joint, labels, suspicion) -> np.ndarray:
 def compare(run: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from coreset_curate.noise_audit import audit, flag_metrics
-    from coreset_curate.noise import read_labels
+    from coreset_curate.labels.audit import audit, flag_metrics
+    from coreset_curate.labels.noise import read_labels
 
     rounds = sorted(str(p) for p in (run / "scores").glob("epoch_*.parquet"))
     labels_path = run / "labels.parquet"

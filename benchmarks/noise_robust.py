@@ -124,11 +124,11 @@ def cleaning_audit(args, noise_type, rate, fp_dir: Path) -> Path:
 
 def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
     from coreset_curate.data import default_transforms, iter_batches, load_data, spread_positions
-    from coreset_curate.labels import apply_labels, exclusions, read_labels_table
-    from coreset_curate.models import create_model
+    from coreset_curate.labels.cleaning import apply_labels, exclusions, read_labels_table
+    from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import calibrate_, quantize_model
-    from coreset_curate.scores import score_dataset
-    from coreset_curate.tables import write_table
+    from coreset_curate.scoring.scores import score_dataset
+    from coreset_curate.common.tables import write_table
     from coreset_curate.training import load_checkpoint, load_recipe
 
     folder = fp_dir.parent
@@ -162,7 +162,7 @@ def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
     subprocess.run([*cli, "clean", "--audit", str(folder / "audit"), "--relabel",
                     "--labels", str(fp_dir / "labels.parquet"),
                     "--out", str(folder / "clean_relabel.parquet"), "--overwrite"], check=True)
-    from coreset_curate.tables import read_table, table_metadata
+    from coreset_curate.common.tables import read_table, table_metadata
 
     flagged = exclusions(folder / "audit")
     audit_meta = table_metadata(read_table(folder / "audit" / "audit.parquet"))

@@ -23,7 +23,7 @@ import platform
 import time
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]

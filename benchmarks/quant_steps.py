@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "recipes" / "teachers" / "cifar10_resnet20_fp.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 
 def write_between(readme: Path, start: str, end: str, body: str) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

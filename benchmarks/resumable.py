@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from coreset_curate.atomic import atomic_path, write_text
+from coreset_curate.common.atomic import atomic_path, write_text
 from coreset_curate.training.checkpoint import sha256_of
 from readme_table import write_between
 

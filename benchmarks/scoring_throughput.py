@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     from coreset_curate.data import (default_transforms, inference_batch_size, iter_batches,
                                      load_data)
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import quantize_model
-    from coreset_curate.refcache import cached_reference
-    from coreset_curate.scores import score_dataset
+    from coreset_curate.scoring.refcache import cached_reference
+    from coreset_curate.scoring.scores import score_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))

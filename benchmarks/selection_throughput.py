@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "selection_throughput.json"
 CLASSES = 1000
@@ -53,7 +53,7 @@ def machine() -> dict:
 
 
 def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 5_000_000) -> None:
-    from coreset_curate.tables import SCORE_SCHEMA
+    from coreset_curate.common.tables import SCORE_SCHEMA
 
     rng = np.random.default_rng(seed)
     with pq.ParquetWriter(path, SCORE_SCHEMA, compression="zstd") as writer:

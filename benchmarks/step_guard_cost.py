@@ -21,7 +21,7 @@ from results_file import append_record
 
 def main() -> None:
     import coreset_curate.quant as quant
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from coreset_curate.atomic import write_text
+from coreset_curate.common.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

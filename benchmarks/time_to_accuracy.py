@@ -38,7 +38,7 @@ from equal_cost import recipe_config, run_record
 from qat_cifar10 import code_version, machine
 from resumable import Results, parser, rendered, train
 
-from coreset_curate.atomic import atomic_path
+from coreset_curate.common.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text
+from .common.atomic import write_text
 
 __all__ = ["STAGES", "CurateConfig", "load_curate_recipe", "curate"]
 
@@ -95,7 +95,7 @@ class CurateConfig:
     folder: str = "."
 
     def __post_init__(self) -> None:
-        from .noise_audit import KINDS
+        from .labels.audit import KINDS
 
         for name in ("teacher", "student"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -167,7 +167,7 @@ def load_curate_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Cu
 
 
 def _clean_kinds() -> tuple:
-    from .labels import CLEAN_KINDS
+    from .labels.cleaning import CLEAN_KINDS
 
     return CLEAN_KINDS
 
@@ -260,11 +260,11 @@ def _audit_stage(teacher_cfg, student_cfg, teacher_dir: Path, out: Path) -> dict
     """Score the teacher and the calibrated student on the training split as the teacher
     saw it, and audit both rounds."""
     from .data import default_transforms, iter_batches, spread_positions
-    from .models import create_model
-    from .noise_audit import audit
+    from .tasks.classification.models import create_model
+    from .labels.audit import audit
     from .quant import calibrate_, quantize_model
-    from .scores import score_dataset
-    from .tables import write_table
+    from .scoring.scores import score_dataset
+    from .common.tables import write_table
     from .training import load_checkpoint
     from .training.run import _splits
 
@@ -302,13 +302,13 @@ def _truth_or_none(labels: Path | None):
     """A labels table to score flags against, when it holds the true labels."""
     if labels is None:
         return None
-    from .labels import read_labels_table
+    from .labels.cleaning import read_labels_table
 
     return labels if read_labels_table(labels).true_labels is not None else None
 
 
 def _clean_stage(cfg: CurateConfig, audit_dir: Path, teacher_dir: Path, out: Path) -> dict:
-    from .labels import clean_labels
+    from .labels.cleaning import clean_labels
 
     cleaned = clean_labels(audit_dir, relabel=cfg.clean == "relabel", kinds=tuple(cfg.kinds),
                            labels=_labels_of(teacher_dir))
@@ -324,8 +324,8 @@ def _clean_stage(cfg: CurateConfig, audit_dir: Path, teacher_dir: Path, out: Pat
 def _noisy_share(run: Path) -> float | None:
     """The share of wrong labels in the samples a run trained on (every subset of its index,
     or the whole training split), where its labels table knows the truth."""
-    from .index import read_index
-    from .labels import read_labels_table
+    from .common.index import read_index
+    from .labels.cleaning import read_labels_table
 
     truth = _labels_of(run)
     if truth is None:
@@ -344,7 +344,7 @@ def _noisy_share(run: Path) -> float | None:
 def _wrong_share(labels: Path | None) -> float | None:
     if labels is None:
         return None
-    from .labels import read_labels_table
+    from .labels.cleaning import read_labels_table
 
     table = read_labels_table(labels)
     return None if table.true_labels is None else float(np.mean(table.labels
@@ -462,7 +462,7 @@ def curate(config: CurateConfig, out_dir: str | os.PathLike, *,
 
     # 6. what noise is left
     if config.final_audit:
-        from .noise_audit import audit
+        from .labels.audit import audit
 
         final_round = student_dir / "scores" / f"epoch_{student_cfg.epochs:04d}.parquet"
         final_dir = out / "final_audit"

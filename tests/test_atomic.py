@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coreset_curate.atomic import atomic_path, stale_temporaries, write_text
+from coreset_curate.common.atomic import atomic_path, stale_temporaries, write_text
 
 ENV = {**os.environ, "CORESET_CURATE_PROGRESS": "0", "PYTHONWARNINGS": "ignore",
        "OMP_NUM_THREADS": "1"}
@@ -53,7 +53,7 @@ def _temporaries(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("atomic")
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
 
     torch.manual_seed(0)
     torch.save(create_model("small_cnn", num_classes=10, in_channels=1).state_dict(), d / "m.pt")

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from coreset_curate.noise_audit import AUDIT_SCHEMA, audit, flag_metrics
-from coreset_curate.noise import inject_noise, read_labels
-from coreset_curate.scores import DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores
+from coreset_curate.labels.audit import AUDIT_SCHEMA, audit, flag_metrics
+from coreset_curate.labels.noise import inject_noise, read_labels
+from coreset_curate.scoring.scores import DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores
 
 EYE = np.eye
 
@@ -236,7 +236,7 @@ def test_kind_splits_mislabeled_from_quantization_fragile():
     sugg = np.asarray(result.table.column("suggested_label").to_pylist(), dtype=object)
     assert (sugg[mis] == true[mis]).all()
     # the report's given-vs-suggested table counts exactly the flagged pairs
-    from coreset_curate.report import _confusion
+    from coreset_curate.labels.report import _confusion
 
     table = np.array(_confusion(result)[1])
     expected = np.zeros((k, k + 1), dtype=int)

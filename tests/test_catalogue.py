@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from coreset_curate.cli import main
-from coreset_curate.models import create_model
+from coreset_curate.tasks.classification.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import coreset_curate
 from coreset_curate.cli import main
 from coreset_curate.demo import DemoConfig, run_demo
-from coreset_curate.tables import (INDEX_SCHEMA, SCORE_SCHEMA, table_metadata, validate_index,
+from coreset_curate.common.tables import (INDEX_SCHEMA, SCORE_SCHEMA, table_metadata, validate_index,
                                    validate_scores)
 
 
@@ -51,7 +51,7 @@ def test_demo_tables_follow_the_contracts(demo_run):
 
 def test_demo_audit_finds_its_planted_label_noise(demo_run):
     out, cfg, summary = demo_run
-    from coreset_curate.noise import read_labels
+    from coreset_curate.labels.noise import read_labels
 
     ids, noisy, true, meta = read_labels(out / "qat" / "labels.parquet")
     assert (noisy != true).sum() == round(0.1 * 400) and meta["rate"] == 0.1
@@ -138,8 +138,8 @@ def test_cli_noise_and_audit(demo_run, tmp_path):
 def test_cli_clean_then_select_around_the_flags(demo_run, tmp_path):
     """audit -> clean (exclude, relabel) -> select --exclude / --labels, as a user runs them
     on the demo's noisy QAT run (400 digits, 10% flipped)."""
-    from coreset_curate.index import epoch_rows, read_index
-    from coreset_curate.labels import exclusions, read_labels_table
+    from coreset_curate.common.index import epoch_rows, read_index
+    from coreset_curate.labels.cleaning import exclusions, read_labels_table
 
     out, _, _ = demo_run
     rounds = sorted(str(p) for p in (out / "qat" / "scores").glob("epoch_*.parquet"))

@@ -12,9 +12,9 @@ from PIL import Image
 
 from coreset_curate.cli import main
 from coreset_curate.data import load_data
-from coreset_curate.detection import (BadAnnotation, LazyImages, hflip, make_coco, read_coco,
+from coreset_curate.tasks.detection import (BadAnnotation, LazyImages, hflip, make_coco, read_coco,
                                       resize)
-from coreset_curate.detection.synth import _resized
+from coreset_curate.tasks.detection.synth import _resized
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +233,9 @@ def test_cli_make_detection(tmp_path, capsys):
 
 # ------------------------------------------------------------------ models
 def test_retinanet_quantizes_every_conv_with_first_and_outputs_at_8_bits(tmp_path):
-    from coreset_curate.detection import create_detector
-    from coreset_curate.quant import _QuantMixin, calibrate_, quantize_model
+    from coreset_curate.tasks.detection import create_detector
+    from coreset_curate.quant import calibrate_, quantize_model
+    from coreset_curate.quant.lsq import _QuantMixin
 
     torch.manual_seed(0)
     model = create_detector("retinanet_resnet18_fpn", num_classes=10)
@@ -275,7 +276,7 @@ def test_group_norm_head_outputs_depend_on_the_image_at_a_narrow_width():
     """At 64 channels the published head's outputs at initialisation hardly vary (each of
     its four convolutions shrinks the signal about fourfold); the default group-norm head's
     vary a hundred times more, and a small P7 map (1x1) still normalises."""
-    from coreset_curate.detection import create_detector
+    from coreset_curate.tasks.detection import create_detector
 
     images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(i))
               for i in range(2)]
@@ -301,8 +302,8 @@ def test_group_norm_head_outputs_depend_on_the_image_at_a_narrow_width():
 def test_detection_scores_follow_their_definitions(made):
     """evs, prob_label and loss on hand-made head outputs: a head that puts the matched
     box's class on every foreground anchor scores evs 0, the wrong class sqrt(2)."""
-    from coreset_curate.detection import create_detector
-    from coreset_curate.detection.scores import head_outputs, image_scores
+    from coreset_curate.tasks.detection import create_detector
+    from coreset_curate.tasks.detection.scores import head_outputs, image_scores
 
     torch.manual_seed(0)
     model = create_detector("retinanet_resnet18_fpn", num_classes=10).eval()
@@ -328,8 +329,8 @@ def test_detection_scores_follow_their_definitions(made):
 
 
 def test_score_detections_writes_one_row_an_image(made):
-    from coreset_curate.detection import create_detector
-    from coreset_curate.detection.scores import score_detections
+    from coreset_curate.tasks.detection import create_detector
+    from coreset_curate.tasks.detection.scores import score_detections
 
     torch.manual_seed(0)
     det = read_coco(made, "train").subset(np.arange(6))
@@ -348,7 +349,7 @@ def test_selection_runs_on_detection_tables_with_a_group_for_images_without_boxe
     import pyarrow as pa
 
     from coreset_curate.selection import select
-    from coreset_curate.tables import with_metadata
+    from coreset_curate.common.tables import with_metadata
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.full(10, -1), np.arange(30) % 3]  # 10 images without boxes
@@ -368,8 +369,8 @@ def test_selection_runs_on_detection_tables_with_a_group_for_images_without_boxe
 
 def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
     import coreset_curate as cc
-    from coreset_curate.detection import create_detector
-    from coreset_curate.tables import read_table, table_metadata
+    from coreset_curate.tasks.detection import create_detector
+    from coreset_curate.common.tables import read_table, table_metadata
 
     torch.manual_seed(0)
     det = read_coco(made, "train")
@@ -398,7 +399,7 @@ def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
 
 # ------------------------------------------------------------------ COCO AP
 def test_coco_ap_of_perfect_shifted_and_wrong_detections(made):
-    from coreset_curate.detection.evaluate import ap_of_detections
+    from coreset_curate.tasks.detection.evaluate import ap_of_detections
 
     det = read_coco(made, "train")
     perfect = [{"boxes": b, "scores": np.ones(len(b)), "labels": c}

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from coreset_curate.data import load_data
-from coreset_curate.detection import create_detector, make_coco
-from coreset_curate.detection.train import DetectorLoss, batch_of, soft_sigmoid_kd
-from coreset_curate.tables import table_metadata
+from coreset_curate.tasks.detection import create_detector, make_coco
+from coreset_curate.tasks.detection.train import DetectorLoss, batch_of, soft_sigmoid_kd
+from coreset_curate.common.tables import table_metadata
 from coreset_curate.training import load_recipe, run_training
 
 SMALL = {"fpn_channels": 16}
@@ -152,7 +152,7 @@ def test_detector_recipes_refuse_what_they_do_not_take(det_root):
 
 
 def test_backbone_from_a_classifier_checkpoint_and_relative_to_the_recipe(tmp_path):
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
 
     torch.manual_seed(0)
     clf = create_model("resnet18", num_classes=10)
@@ -202,7 +202,7 @@ def test_detection_subsets_load_and_export_through_hugging_face(det_root, det, t
     import datasets
 
     from coreset_curate import AdaptiveSelector
-    from coreset_curate.hf import export_subset, load_subset
+    from coreset_curate.data.subsets import export_subset, load_subset
 
     sel = AdaptiveSelector(det, "random_epoch", 0.5, epochs=1, out=tmp_path / "run")
     sel.positions(0)
@@ -241,7 +241,7 @@ def test_torchrun_two_gloo_ranks_distil_a_detector(det_root, tmp_path):
     import subprocess
     import sys
 
-    from coreset_curate.index import epoch_rows, read_index
+    from coreset_curate.common.index import epoch_rows, read_index
 
     torch.save(_model().state_dict(), tmp_path / "teacher.pt")
     env = {**os.environ, "CORESET_CURATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
@@ -291,7 +291,7 @@ def test_cli_scores_a_detection_split_and_selects_from_it(det_root, det, tmp_pat
 
 
 def test_reference_outputs_are_kept_between_rounds_and_change_nothing(det):
-    from coreset_curate.detection.scores import score_detections
+    from coreset_curate.tasks.detection.scores import score_detections
 
     student, reference = _model(0).eval(), _model(1).eval()
     with torch.no_grad():

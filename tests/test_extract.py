@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from coreset_curate.data import default_transforms, load_data
-from coreset_curate.extract import extract_scores
-from coreset_curate.models import create_model
+from coreset_curate.scoring.extract import extract_scores
+from coreset_curate.tasks.classification.models import create_model
 from coreset_curate.quant import quantize_model
 
 
@@ -56,7 +56,7 @@ def _cli_args(d, out, shard_rows=200):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import coreset_curate.extract as ex
+    import coreset_curate.scoring.extract as ex
     real, calls = ex.score_dataset, []
     def dying(*a, **k):
         calls.append(1)

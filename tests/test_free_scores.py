@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import coreset_curate as cc
-from coreset_curate.index import epoch_rows
-from coreset_curate.scores import score_dataset
+from coreset_curate.common.index import epoch_rows
+from coreset_curate.scoring.scores import score_dataset
 from coreset_curate.selection import METHODS, select
 from coreset_curate.selection.core import SelectionContext
-from coreset_curate.stepscores import StepScores
+from coreset_curate.scoring.stepscores import StepScores
 
 
 def _ctx(labels, fraction=0.5, seed=0, epoch=0):

@@ -4,12 +4,12 @@ import torch
 
 from coreset_curate.cli import main
 from coreset_curate.data import FingerprintMismatch, load_data, to_hf_dataset
-from coreset_curate.hf import export_subset, load_subset
-from coreset_curate.index import epoch_rows, read_index
-from coreset_curate.sampler import DistributedSubsetSampler, SubsetSampler
-from coreset_curate.index import index_table
+from coreset_curate.data.subsets import export_subset, load_subset
+from coreset_curate.common.index import epoch_rows, read_index
+from coreset_curate.selection.sampler import DistributedSubsetSampler, SubsetSampler
+from coreset_curate.common.index import index_table
 from coreset_curate.selection import Selection
-from coreset_curate.tables import write_table
+from coreset_curate.common.tables import write_table
 
 datasets = pytest.importorskip("datasets")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from coreset_curate.index import add_to_index, epoch_rows, read_index
+from coreset_curate.common.index import add_to_index, epoch_rows, read_index
 from coreset_curate.selection import Selection
-from coreset_curate.tables import write_table
+from coreset_curate.common.tables import write_table
 
 
 def _scores(path, n=60, k=3):
@@ -52,7 +52,7 @@ def test_add_to_index_keeps_other_epochs_and_refuses_a_clash(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path, monkeypatch, capsys):
-    import coreset_curate.noise as noise
+    import coreset_curate.labels.noise as noise
     from coreset_curate.cli import main
 
     def broken(*args, **kwargs):
@@ -62,7 +62,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path, monkeypatch, capsys):
     with pytest.raises(TypeError, match="a bug inside the toolkit"):
         main(["noise", "--data", "digits", "--rate", "0.1", "--out", str(tmp_path / "l.parquet")])
     # run as a program, the same bug exits 1 with its traceback (not 2 with one line)
-    code = ("import coreset_curate.noise as n, sys\n"
+    code = ("import coreset_curate.labels.noise as n, sys\n"
             "def broken(*a, **k): raise KeyError('missing key')\n"
             "n.inject_noise = broken\n"
             "from coreset_curate.cli import main\n"
@@ -89,7 +89,7 @@ def test_score_command_calibrates_on_rows_spread_over_the_split(tmp_path, monkey
     import coreset_curate.data as data_mod
     from coreset_curate.cli import main
     from coreset_curate.data import spread_positions
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
 
     ckpt = tmp_path / "fp.pt"
     torch.save(create_model("small_cnn", num_classes=10, in_channels=1).state_dict(), ckpt)

@@ -100,7 +100,7 @@ def test_killed_select_leaves_the_old_index_and_resumes_identically(big_scores, 
 def test_killed_export_resumes_identically(tmp_path):
     scores = tmp_path / "s.parquet"
     torch.manual_seed(0)
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
 
     torch.save(create_model("small_cnn", num_classes=10, in_channels=1).state_dict(),
                tmp_path / "m.pt")

@@ -13,14 +13,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import coreset_curate as cc
-from coreset_curate.checks import UnknownIds
-from coreset_curate.cores import busy_elsewhere, oversubscription
+from coreset_curate.common.checks import UnknownIds
+from coreset_curate.common.cores import busy_elsewhere, oversubscription
 from coreset_curate.data import FingerprintMismatch, load_data, to_hf_dataset
-from coreset_curate.index import epoch_rows, read_index
-from coreset_curate.labels import (Labels, apply_labels, clean_labels, exclusions,
+from coreset_curate.common.index import epoch_rows, read_index
+from coreset_curate.labels.cleaning import (Labels, apply_labels, clean_labels, exclusions,
                                    read_labels_table, restrict_rounds)
-from coreset_curate.noise import inject_noise
-from coreset_curate.noise_audit import audit
+from coreset_curate.labels.noise import inject_noise
+from coreset_curate.labels.audit import audit
 from coreset_curate.selection import load_rounds, select
 from coreset_curate.training import TrainConfig, load_recipe, run_training
 
@@ -356,7 +356,7 @@ def test_core_watch_flags_sustained_sharing_only(monkeypatch, tmp_path):
     thread is this run's own (on a made-up /proc: a live child's state is the kernel's)."""
     import time
 
-    from coreset_curate import cores
+    from coreset_curate.common import cores
 
     def fake(readings):
         it = iter(readings)

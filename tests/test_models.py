@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from coreset_curate.models import MODELS, create_model, last_linear, list_models, register_model
+from coreset_curate.tasks.classification.models import MODELS, create_model, last_linear, list_models, register_model
 from coreset_curate.quant import quantize_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from coreset_curate.models import create_model
+from coreset_curate.tasks.classification.models import create_model
 from coreset_curate.quant import (LsqQuantizer, QuantConv2d, QuantLinear, calibrate_,
                                   quantize_model)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coreset_curate.selection import load_rounds
-from coreset_curate.tables import TableError
+from coreset_curate.common.tables import TableError
 
 FLOAT_COLS = ["evs", "ds", "loss", "margin", "entropy", "prob_label"]
 

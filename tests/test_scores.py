@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from coreset_curate.data import default_transforms, load_data
-from coreset_curate.models import create_model
+from coreset_curate.tasks.classification.models import create_model
 from coreset_curate.quant import quantize_model
-from coreset_curate.scores import score_dataset
-from coreset_curate.tables import SCORE_SCHEMA, table_metadata, validate_scores
+from coreset_curate.scoring.scores import score_dataset
+from coreset_curate.common.tables import SCORE_SCHEMA, table_metadata, validate_scores
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_grand_last_equals_the_autograd_gradient_norm():
 
 
 def test_cached_reference_gives_identical_scores_and_skips_the_forward(setup, tmp_path):
-    from coreset_curate.refcache import cached_reference
+    from coreset_curate.scoring.refcache import cached_reference
     from coreset_curate.data import FingerprintMismatch
 
     data, _, eval_tf, student, ref = setup
@@ -218,7 +218,7 @@ def test_cached_reference_gives_identical_scores_and_skips_the_forward(setup, tm
 
 
 def test_top_k_reference_cache_for_many_classes(monkeypatch):
-    from coreset_curate import refcache
+    from coreset_curate.scoring import refcache
 
     monkeypatch.setattr(refcache, "DENSE_MAX_CLASSES", 4)
     monkeypatch.setattr(refcache, "TOP_K", 3)

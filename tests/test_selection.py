@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coreset_curate.index import index_table, merge_index
+from coreset_curate.common.index import index_table, merge_index
 from coreset_curate.selection import METHODS, beta, class_budget, select
-from coreset_curate.tables import INDEX_SCHEMA, SCORE_SCHEMA, TableError, validate_index
+from coreset_curate.common.tables import INDEX_SCHEMA, SCORE_SCHEMA, TableError, validate_index
 
 
 def score_table(labels, evs, ds, epoch=0, ids=None, extra=True, seed=0):
@@ -167,7 +167,7 @@ def test_index_table_follows_the_contract_and_merges():
     merged = merge_index(idx, redo)
     counts = pd.Series(merged.column("epoch").to_numpy()).value_counts().sort_index().tolist()
     assert counts == [len(sels[0]), len(select(t, "random", 0.2, seed=1)), len(sels[2])]
-    from coreset_curate.tables import table_metadata
+    from coreset_curate.common.tables import table_metadata
     assert table_metadata(merged)["sources"] == ["a.parquet", "b.parquet"]
 
 

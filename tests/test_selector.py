@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import coreset_curate as cc
-from coreset_curate.index import epoch_rows, read_index
-from coreset_curate.tables import read_table, validate_scores
+from coreset_curate.common.index import epoch_rows, read_index
+from coreset_curate.common.tables import read_table, validate_scores
 
 N, K, D = 240, 4, 6  # samples, classes, features
 
@@ -184,7 +184,7 @@ def test_selector_folder_with_other_settings_is_refused(tmp_path):
 
 
 def test_selector_reads_only_the_rounds_its_method_needs(tmp_path, monkeypatch):
-    import coreset_curate.selector as selector_mod
+    import coreset_curate.selection.selector as selector_mod
 
     calls = []
     real = selector_mod.select
@@ -259,7 +259,7 @@ def test_selector_under_torchrun_two_gloo_ranks_splits_each_subset(tmp_path):
 
 
 def test_registries_are_listed_and_audit_is_the_function():
-    import coreset_curate.noise_audit  # noqa: F401  (a submodule import must not shadow it)
+    import coreset_curate.labels.audit  # noqa: F401  (a submodule import must not shadow it)
 
     assert callable(cc.audit) and cc.audit.__name__ == "audit"
     assert {"acs", "random_epoch", "el2n"} <= set(cc.list_methods())
@@ -295,7 +295,7 @@ def test_a_method_that_reads_no_score_needs_no_transform():
 def test_wrong_kinds_are_type_errors_and_value_errors():
     """A user's wrong-kind argument is a TypeError (Python's convention) that is also a
     ValueError, so the command line reports it in one line like any other bad input."""
-    from coreset_curate.checks import InputTypeError
+    from coreset_curate.common.checks import InputTypeError
 
     with pytest.raises(InputTypeError) as err:
         cc.score_dataset("not a model", TensorDataset(*_data()))
@@ -314,7 +314,7 @@ def test_method_options_must_be_of_their_defaults_kind():
 
 
 def test_resolve_device_names_what_is_missing():
-    from coreset_curate.checks import resolve_device
+    from coreset_curate.common.checks import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")

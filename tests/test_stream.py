@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from coreset_curate.data import default_transforms, iter_batches, load_data
-from coreset_curate.index import epoch_rows, read_index
-from coreset_curate.models import create_model
+from coreset_curate.common.index import epoch_rows, read_index
+from coreset_curate.tasks.classification.models import create_model
 from coreset_curate.data.stream import center_box, decode_one, random_resized_box
 from coreset_curate.training import load_recipe, run_training
 from coreset_curate.training import predict_logits

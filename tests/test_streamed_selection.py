@@ -9,7 +9,7 @@ import pytest
 
 from coreset_curate.selection import select
 from coreset_curate.selection.streamed import STREAMABLE, parse_memory, select_streamed
-from coreset_curate.tables import TableError
+from coreset_curate.common.tables import TableError
 
 METHODS = sorted(STREAMABLE)
 
@@ -128,7 +128,7 @@ def test_memory_sizes_parse():
 
 def test_cli_select_with_a_memory_budget_writes_the_same_index(tmp_path, capsys):
     from coreset_curate.cli import main
-    from coreset_curate.index import epoch_rows, read_index
+    from coreset_curate.common.index import epoch_rows, read_index
 
     path = tmp_path / "s.parquet"
     _table(path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coreset_curate.cli import main
-from coreset_curate.index import epoch_rows, read_index
+from coreset_curate.common.index import epoch_rows, read_index
 from coreset_curate.training import TrainConfig, load_recipe, run_training, sha256_of
 
 BASE = dict(data="digits", model="small_cnn", batch_size=64, lr=0.05, weight_decay=1e-4,
@@ -81,7 +81,7 @@ def test_stop_and_resume_gives_the_same_model(teacher, tmp_path):
 def _final_model_preds(run_dir, w_bits=3, a_bits=3):
     """Argmax of the run's saved model on the training split, in sample order."""
     from coreset_curate.data import default_transforms, load_data
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import quantize_model
     from coreset_curate.training import load_checkpoint
     from coreset_curate.training import predict_logits
@@ -260,7 +260,7 @@ def test_resume_refuses_other_settings(teacher, tmp_path):
 
 
 def test_step_lr_8bit_gives_the_8bit_steps_their_own_rate():
-    from coreset_curate.models import create_model
+    from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import LsqQuantizer, quantize_model
     from coreset_curate.training.schedule import build_optimizer as _optimizer
 

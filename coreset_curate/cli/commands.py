@@ -9,7 +9,7 @@ log = logging.getLogger("coreset_curate")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from ..noise_audit import audit
+    from ..labels.audit import audit
     from ..data import load_data
 
     if args.labels and not args.data:
@@ -38,7 +38,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_clean(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..labels import clean_labels
+    from ..labels.cleaning import clean_labels
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if not kinds:
@@ -63,7 +63,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 def _cmd_make_detection(args: argparse.Namespace) -> int:
     from ..data import load_data
-    from ..detection import make_coco, read_coco
+    from ..tasks.detection import make_coco, read_coco
 
     data = load_data(args.data, args.split)
     split = args.out_split or args.split
@@ -77,7 +77,7 @@ def _cmd_make_detection(args: argparse.Namespace) -> int:
 
 def _cmd_noise(args: argparse.Namespace) -> int:
     from ..data import load_data
-    from ..noise import inject_noise
+    from ..labels.noise import inject_noise
 
     data = load_data(args.data, args.split, id_column=args.id_column)
     noise = inject_noise(data.labels.numpy(), args.rate, args.type, seed=args.seed,
@@ -95,11 +95,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
                        spread_positions)
-    from ..distributed import distributed_context
-    from ..extract import extract_scores
-    from ..models import create_model
+    from ..common.distributed import distributed_context
+    from ..scoring.extract import extract_scores
+    from ..tasks.classification.models import create_model
     from ..quant import FLOAT_BITS, calibrate_, quantize_model
-    from ..refcache import cached_reference
+    from ..scoring.refcache import cached_reference
     from ..training import load_checkpoint, sha256_of
 
     if Path(args.out).exists() and not args.overwrite:
@@ -174,11 +174,11 @@ def _score_detector(args: argparse.Namespace, data) -> int:
     import numpy as np
 
     from ..data import spread_positions
-    from ..detection import create_detector
-    from ..detection.data import calibration_batches
-    from ..detection.scores import score_detections
+    from ..tasks.detection import create_detector
+    from ..tasks.detection.data import calibration_batches
+    from ..tasks.detection.scores import score_detections
     from ..quant import FLOAT_BITS, calibrate_, quantize_model
-    from ..tables import write_table
+    from ..common.tables import write_table
     from ..training import load_checkpoint
     from ..training.config import parse_assignments
 
@@ -249,7 +249,7 @@ def _parse_options(items: list[str]) -> dict:
 def _cmd_select(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..index import add_to_index
+    from ..common.index import add_to_index
     from ..selection import METHODS, load_rounds, select
     from ..selection.streamed import STREAMABLE
 
@@ -262,7 +262,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     else:
         source = load_rounds(args.scores, spec.columns, allow_missing=spec.partial)
         if args.labels:
-            from ..labels import restrict_rounds
+            from ..labels.cleaning import restrict_rounds
 
             source = restrict_rounds(source, args.labels)
     chosen = select(source, args.method, args.fraction, epoch=args.epoch, epochs=args.epochs,
@@ -272,7 +272,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if streamable:
         import pyarrow.parquet as pq
 
-        from ..tables import table_metadata
+        from ..common.tables import table_metadata
 
         pf = pq.ParquetFile(source)
         fingerprint, total = table_metadata(pf.schema_arrow).get("fingerprint"), \
@@ -298,7 +298,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..hf import export_subset
+    from ..data.subsets import export_subset
 
     path = export_subset(args.data, args.index, args.epoch, args.out, split=args.split,
                          id_column=args.id_column, overwrite=args.overwrite,
@@ -321,7 +321,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fp_epochs is not None:
         chosen["fp_epochs"] = args.fp_epochs
     if args.task == "detection":
-        from ..detection.demo import (DetectionDemoConfig, format_detection_summary,
+        from ..tasks.detection.demo import (DetectionDemoConfig, format_detection_summary,
                                       run_detection_demo)
 
         summary = run_detection_demo(args.out, DetectionDemoConfig(**chosen),

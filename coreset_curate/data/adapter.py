@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..checks import InputTypeError, is_int, non_negative_int, positive_int
+from ..common.checks import InputTypeError, is_int, non_negative_int, positive_int
 from .memory import LabelledRows
 
 __all__ = ["DatasetRows", "as_rows", "IdentityTransform"]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..progress import progress
+from ..common.progress import progress
 
 __all__ = ["open_image", "decode_all", "to_nchw_uint8", "decode_image_column"]
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import InputTypeError
+from ..common.checks import InputTypeError
 from .decode import decode_all, decode_image_column, to_nchw_uint8
 from .memory import ImageData
 
@@ -63,7 +63,7 @@ def load_data(
 
     ``labels``: a labels table (path or table: ``sample_id``, ``label``, optional
     ``true_label``) whose labels replace the dataset's, rows it leaves out on purpose
-    dropped (see ``coreset_curate.labels.apply_labels``).
+    dropped (see ``coreset_curate.labels.cleaning.apply_labels``).
 
     ``stream=True`` keeps the images encoded and returns a ``stream.StreamingImageData``
     that decodes them batch by batch, cropped to ``crop_size`` (default 224; eval view:
@@ -98,7 +98,7 @@ def load_data(
             apply only to streamed data, or a labels table that does not fit.
     """
     if labels is not None:
-        from ..labels import apply_labels
+        from ..labels.cleaning import apply_labels
 
         data = load_data(source, split, image_column=image_column, label_column=label_column,
                          id_column=id_column, root=root, download=download,
@@ -127,7 +127,7 @@ def load_data(
         source = source[split]
     if datasets is not None and isinstance(source, datasets.Dataset) \
             and "objects" in source.features:  # a detection dataset: boxes per image
-        from ..detection.data import from_hf_detection
+        from ..tasks.detection.data import from_hf_detection
 
         _detection_options(crop_size, resize_size, num_workers)
         return from_hf_detection(source, split, "hf:" + (source.info.dataset_name or "dataset"),
@@ -143,7 +143,7 @@ def load_data(
     text = os.fspath(source)
     if text.startswith("coco:"):  # a detection dataset: images with boxes
         _detection_options(crop_size, resize_size, num_workers)
-        from ..detection import read_coco
+        from ..tasks.detection import read_coco
 
         return read_coco(text.split(":", 1)[1], split, stream=stream)
     if text.startswith("imagefolder:"):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import UnknownIds, align, positive_int
+from ..common.checks import UnknownIds, align, positive_int
 
 __all__ = ["ImageData", "LabelledRows", "fingerprint", "check_fingerprint", "FingerprintMismatch",
            "iter_batches", "load_batches", "inference_batch_size", "spread_positions"]
@@ -174,7 +174,7 @@ def inference_batch_size(device: "torch.device | str | None" = None) -> int:
     """Default batch size for evaluation and scoring: 256 on CPU, where larger batches fall
     out of cache and run slower (ResNet-20 W4A4 on 2 cores: 256 about 1.8x faster than
     1,000), and 1024 on CUDA."""
-    from ..checks import resolve_device
+    from ..common.checks import resolve_device
 
     return 1024 if resolve_device(device).type == "cuda" else 256
 

@@ -43,7 +43,7 @@ import torch
 
 from .decode import open_image
 from .memory import LabelledRows
-from ..checks import non_negative_int, positive_int
+from ..common.checks import non_negative_int, positive_int
 
 __all__ = ["StreamingImageData", "IMAGE_SUFFIXES", "default_workers", "image_folder_files"]
 

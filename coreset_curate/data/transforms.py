@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..checks import InputTypeError
+from ..common.checks import InputTypeError
 
 __all__ = ["EvalTransform", "TrainTransform", "default_transforms"]
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import fraction as check_fraction, non_negative_int, positive_int
-from ..tables import TableError
+from ..common.checks import fraction as check_fraction, non_negative_int, positive_int
+from ..common.tables import TableError
 from .rounds import ScoreRounds, load_rounds, small_ints
 
 log = logging.getLogger(__name__)
@@ -630,7 +630,7 @@ def _streamable() -> frozenset:
 
 def unknown_exclusions(unknown: np.ndarray):
     """The error for exclusion ids that the score tables lack (a ``UnknownIds``)."""
-    from ..checks import UnknownIds
+    from ..common.checks import UnknownIds
 
     return UnknownIds(f"the exclusion list names {len(unknown)} sample ids that the score "
                       f"tables lack, e.g. {unknown[:5].tolist()} (an audit of another "
@@ -640,7 +640,7 @@ def unknown_exclusions(unknown: np.ndarray):
 def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:
     """The rounds without the excluded ids' rows, and the latest round's rows per class
     before (the budgets). Ids the latest round lacks are refused."""
-    from ..labels import exclusions
+    from ..labels.cleaning import exclusions
 
     ids = exclusions(exclude)
     last = rounds[-1]

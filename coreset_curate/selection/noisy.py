@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-from ..noise_counts import mean_joint
+from ..labels.counts import mean_joint
 from .core import Selection, SelectionContext, register_method
 
 __all__ = ["noise_rate_estimates", "mixture_clean_probability"]

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..checks import InputTypeError, align
+from ..common.checks import InputTypeError, align
 from ..data.memory import check_fingerprint
-from ..tables import SCORE_SCHEMA, TableError, conform, table_metadata
+from ..common.tables import SCORE_SCHEMA, TableError, conform, table_metadata
 
 __all__ = ["ScoreRounds", "load_rounds", "aligned_column", "small_ints", "BASE_COLUMNS"]
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..tables import TableError, conform, table_metadata
+from ..common.tables import TableError, conform, table_metadata
 from .core import METHODS, Selection, SelectionContext, class_budget, unknown_exclusions
 from .rounds import BASE_COLUMNS, _column_numpy, _contract, check_finite, small_ints
 
@@ -145,7 +145,7 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
             one after ``epoch``, or is not sorted by sample_id.
         UnknownIds: ``exclude`` names ids the table lacks.
     """
-    from ..labels import exclusions
+    from ..labels.cleaning import exclusions
 
     if method not in STREAMABLE:
         raise ValueError(f"method {method!r} does not select out of core; streamed methods: "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from ..common.atomic import atomic_path
 
 __all__ = ["sha256_of", "load_state", "load_checkpoint", "save_atomic"]
 

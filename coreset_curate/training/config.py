@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
-from ..checks import (boolean, fraction as check_fraction, non_negative_int,
+from ..common.atomic import write_text
+from ..common.checks import (boolean, fraction as check_fraction, non_negative_int,
                       non_negative_number, positive_int)
 from ..selection import METHODS, SCHEDULES
 
@@ -274,7 +274,7 @@ class TrainConfig:
         if is_detector(self.model):
             self._check_detection()
         if self.label_noise is not None:
-            from ..noise import NOISE_TYPES
+            from ..labels.noise import NOISE_TYPES
 
             ln = self.label_noise
             if not isinstance(ln, dict) or set(ln) - {"type", "rate", "seed", "flips"} \
@@ -321,7 +321,7 @@ def is_detector(model: str) -> bool:
     Returns:
         True for a detector.
     """
-    from ..detection.models import DETECTORS
+    from ..tasks.detection.models import DETECTORS
 
     return model in DETECTORS
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import EvalTransform, ImageData, TrainTransform, iter_batches, load_batches
-from ..progress import progress
+from ..common.progress import progress
 
 __all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits", "rank_plan"]
 

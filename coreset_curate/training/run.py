@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_text
-from ..checks import resolve_device
-from ..cores import CoreWatch, check_cores
+from ..common.atomic import write_text
+from ..common.checks import resolve_device
+from ..common.cores import CoreWatch, check_cores
 from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
                     spread_positions)
-from ..distributed import barrier, distributed_context
-from ..models import create_model
+from ..common.distributed import barrier, distributed_context
+from ..tasks.classification.models import create_model
 from ..quant import calibrate_, quantize_model
-from ..selector import AdaptiveSelector, RoundScorer
+from ..selection.selector import AdaptiveSelector, RoundScorer
 from .checkpoint import load_state, save_atomic, sha256_of
 from .config import (FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, is_detector, same_path,
                      write_config)
@@ -114,7 +114,7 @@ def _splits(config: TrainConfig, out: Path, main: bool):
     if config.limit_train:
         train = train.subset(np.arange(min(config.limit_train, len(train))))
     if config.labels:
-        from ..labels import Labels, apply_labels, read_labels_table
+        from ..labels.cleaning import Labels, apply_labels, read_labels_table
 
         table = read_labels_table(config.labels)
         if config.limit_train:  # a smoke run: the table's rows among the first N
@@ -132,7 +132,7 @@ def _splits(config: TrainConfig, out: Path, main: bool):
     if config.limit_test:
         test = test.subset(np.arange(min(config.limit_test, len(test))))
     if config.label_noise:
-        from ..noise import inject_noise
+        from ..labels.noise import inject_noise
 
         ln = config.label_noise
         noise = inject_noise(train.labels.numpy(), ln["rate"], ln.get("type", "symmetric"),
@@ -150,7 +150,7 @@ def _splits(config: TrainConfig, out: Path, main: bool):
 def _create(arch: str, train, kwargs: dict) -> torch.nn.Module:
     """A model of ``arch`` (a classifier or a registered detector) for ``train``'s classes."""
     if is_detector(arch):
-        from ..detection import create_detector
+        from ..tasks.detection import create_detector
 
         return create_detector(arch, num_classes=train.num_classes, **kwargs)
     return create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
@@ -161,7 +161,7 @@ def _calibration_batches(config: TrainConfig, train, eval_tf, device):
     """Batches of the training split that initialise the LSQ steps: spread over the split
     (an image folder lists class by class)."""
     if getattr(train, "task", None) == "detection":
-        from ..detection.data import calibration_batches
+        from ..tasks.detection.data import calibration_batches
 
         return calibration_batches(train, spread_positions(len(train),
                                                            16 * config.calibration_batches),
@@ -325,7 +325,7 @@ def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
     lr_now = p.lr_sched.lr
     teacher = p.teacher if (c.mode == "qat" and c.kd) else None
     if p.detection:
-        from ..detection.train import train_detection_epoch
+        from ..tasks.detection.train import train_detection_epoch
 
         loss = train_detection_epoch(p.train_model, p.train, p.optimizer, positions=positions,
                                      weights=weights, teacher=teacher, batch_size=c.batch_size,
@@ -361,7 +361,7 @@ def _evaluate(p: _Parts) -> dict[str, float]:
     """The test split's metrics: ``{"top1": percent}``, or a detector's COCO AP
     (``ap``, ``ap50``, ``ap75``, fractions)."""
     if p.detection:
-        from ..detection.evaluate import coco_ap
+        from ..tasks.detection.evaluate import coco_ap
 
         ap = coco_ap(p.model, p.test, batch_size=p.eval_bs, device=p.device)
         return {k: ap[k] for k in ("ap", "ap50", "ap75")}
@@ -456,7 +456,7 @@ def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
                ProgressLR(optimizer, config), torch.Generator().manual_seed(config.seed),
                None, None, device, eval_bs, rank, world, detection)
     if detection:
-        from ..detection.train import DetectorLoss
+        from ..tasks.detection.train import DetectorLoss
 
         p.train_model = DetectorLoss(model, config.label_weight)
     run, last_ckpt = _Run(p.metric), out / "last.pt"

@@ -3,7 +3,7 @@ and export of that subset (images included) as Parquet that ``load_dataset`` rea
 with the same features.
 
     import datasets
-    from coreset_curate.hf import load_subset
+    from coreset_curate.data.subsets import load_subset
     ds = datasets.load_dataset("parquet", data_files={"train": "cifar10/train-*.parquet"},
                                split="train")
     subset = load_subset(ds, "index.parquet", epoch=3)      # Dataset.select of its ids
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
+from . import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
                    to_hf_dataset)
-from .atomic import atomic_path
-from .checks import InputTypeError, UnknownIds, align
-from .index import epoch_rows, read_index
-from .tables import table_metadata
+from ..common.atomic import atomic_path
+from ..common.checks import InputTypeError, UnknownIds, align
+from ..common.index import epoch_rows, read_index
+from ..common.tables import table_metadata
 
 
 __all__ = ["read_index", "epoch_rows", "load_subset", "export_subset", "dataset_fingerprint"]
@@ -44,7 +44,7 @@ def _detection_source(dataset, split: str):
     if getattr(dataset, "task", None) == "detection":
         return dataset
     if isinstance(dataset, str) and dataset.startswith("coco:"):
-        from .detection.data import read_coco
+        from ..tasks.detection.data import read_coco
 
         return read_coco(dataset.split(":", 1)[1], split, stream=True)
     return None
@@ -55,7 +55,7 @@ def _as_hf(dataset, split: str):
         return to_hf_dataset(dataset)
     if isinstance(dataset, (str, os.PathLike)):
         if os.fspath(dataset) == "digits":
-            from .data import load_data
+            from . import load_data
 
             return to_hf_dataset(load_data("digits", split))
         return parquet_dataset(dataset, split)
@@ -107,7 +107,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     """
     det = _detection_source(dataset, split)
     if det is not None:
-        from .detection.data import to_hf_detection
+        from ..tasks.detection.data import to_hf_detection
 
         ds = to_hf_detection(det)
     else:
@@ -116,7 +116,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     ids, weights = epoch_rows(table, epoch)
     actual = None
     if "objects" in ds.features:  # a detection dataset: keyed by image_id, no label column
-        from .detection.data import from_hf_detection
+        from ..tasks.detection.data import from_hf_detection
 
         if labels is not None:
             raise ValueError("labels tables replace a classification dataset's labels; a "
@@ -156,8 +156,8 @@ def _with_labels(ds, split: str, labels, label_column: str | None, id_column: st
     """(``ds`` with a labels table's labels in its label column, the fingerprint of the
     data read with it). Rows the table leaves out keep their place (and old label), so row
     positions stay sample ids; the fingerprint covers only the rows kept."""
-    from .data import fingerprint as fingerprint_of
-    from .labels import label_rows
+    from . import fingerprint as fingerprint_of
+    from ..labels.cleaning import label_rows
 
     column = find_column(ds.features, "label", label_column)
     ids = (np.asarray(ds.with_format("numpy")[id_column], np.int64) if id_column

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import InputTypeError, non_negative_int, resolve_device
-from .data import EvalTransform, as_rows, iter_batches
-from .data.adapter import IdentityTransform
-from .models import last_linear
-from .progress import progress
-from .quant import config_dict
+from ..common.checks import InputTypeError, non_negative_int, resolve_device
+from ..data import EvalTransform, as_rows, iter_batches
+from ..data.adapter import IdentityTransform
+from ..tasks.classification.models import last_linear
+from ..common.progress import progress
+from ..quant import config_dict
 from .refcache import ReferenceOutputs
-from .tables import SCORE_SCHEMA, make_metadata, with_metadata
+from ..common.tables import SCORE_SCHEMA, make_metadata, with_metadata
 
 __all__ = ["BatchOutputs", "SCORES", "register_score", "list_scores", "score_dataset",
            "compute_scores", "scoring_transform"]

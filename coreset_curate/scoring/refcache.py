@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import resolve_device
-from .data import EvalTransform, FingerprintMismatch, ImageData, check_fingerprint, \
+from ..common.checks import resolve_device
+from ..data import EvalTransform, FingerprintMismatch, ImageData, check_fingerprint, \
     fingerprint, iter_batches
-from .progress import progress
-from .atomic import atomic_path
+from ..common.progress import progress
+from ..common.atomic import atomic_path
 
 __all__ = ["ReferenceOutputs", "compute_reference", "cached_reference", "DENSE_MAX_CLASSES",
            "TOP_K"]

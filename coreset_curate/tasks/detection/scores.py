@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..checks import resolve_device
+from ...common.checks import resolve_device
 
 __all__ = ["head_outputs", "image_scores", "score_detections"]
 
@@ -157,8 +157,8 @@ def score_detections(student, data, reference=None, *, epoch: int = 0, batch_siz
     size): the reference's class logits of each batch are kept there, up to
     ``REFERENCE_CACHE_BYTES``, so that later rounds skip its forward pass. The reference is
     fixed, so a cached round's table is the same as a recomputed one."""
-    from ..checks import non_negative_int, positive_int
-    from ..tables import make_metadata, with_metadata
+    from ...common.checks import non_negative_int, positive_int
+    from ...common.tables import make_metadata, with_metadata
 
     non_negative_int("epoch", epoch)
     positive_int("batch_size", batch_size)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from .scores import SCORES, BatchOutputs, compute_scores
-from .tables import SCORE_SCHEMA, table_metadata, with_metadata
+from ..common.tables import SCORE_SCHEMA, table_metadata, with_metadata
 
 __all__ = ["StepScores", "STEP_SCORES"]
 

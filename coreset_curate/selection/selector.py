@@ -38,20 +38,20 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from .checks import UnknownIds, choice, non_negative_int, positive_int
-from .data import as_rows
-from .distributed import barrier, current_world
-from .extract import state_sha256
-from .labels import exclusions
-from .index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
+from ..common.checks import UnknownIds, choice, non_negative_int, positive_int
+from ..data import as_rows
+from ..common.distributed import barrier, current_world
+from ..scoring.extract import state_sha256
+from ..labels.cleaning import exclusions
+from ..common.index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
                     merge_index, read_index)
-from .refcache import ReferenceOutputs, cached_reference, compute_reference
+from ..scoring.refcache import ReferenceOutputs, cached_reference, compute_reference
 from .sampler import DistributedSubsetSampler, SubsetSampler
-from .scores import score_dataset, scoring_transform
-from .selection import METHODS, SCHEDULES, select
-from .selection.core import check_request
-from .stepscores import StepScores
-from .tables import INDEX_SCHEMA, table_metadata, with_metadata, write_table
+from ..scoring.scores import score_dataset, scoring_transform
+from .core import METHODS, SCHEDULES, select
+from .core import check_request
+from ..scoring.stepscores import StepScores
+from ..common.tables import INDEX_SCHEMA, table_metadata, with_metadata, write_table
 
 __all__ = ["AdaptiveSelector", "RoundScorer"]
 
@@ -156,7 +156,7 @@ class RoundScorer:
         non_negative_int("epoch", epoch)
         device = self.device or _model_device(model)
         if self.detection:
-            from .detection.scores import score_detections
+            from ..tasks.detection.scores import score_detections
 
             table = score_detections(model, self.rows, self.reference, epoch=epoch,
                                      batch_size=self.batch_size, device=device,
@@ -357,7 +357,7 @@ class AdaptiveSelector:
         if not self.audit_every:
             return self.exclude
         if audit_now:
-            from .noise_audit import audit
+            from ..labels.audit import audit
 
             result = audit(self._scoring_rounds(epoch))
             flagged = exclusions(result)

@@ -17,7 +17,7 @@ import io
 import numpy as np
 import torch
 
-from ..checks import resolve_device
+from ...common.checks import resolve_device
 from .data import batch_of
 
 __all__ = ["coco_ap", "coco_ground_truth", "ap_of_detections"]

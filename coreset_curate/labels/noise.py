@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .tables import make_metadata, with_metadata, write_table
+from ..common.tables import make_metadata, with_metadata, write_table
 
 __all__ = ["NOISE_TYPES", "CIFAR10_FLIPS", "LabelNoise", "inject_noise", "read_labels"]
 
@@ -204,7 +204,7 @@ def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.nda
         ValueError: the table lacks ``true_label`` (a cleaned labels table, say), or a
             column is missing, has missing values or repeats a sample id.
     """
-    from .labels import read_labels_table
+    from .cleaning import read_labels_table
 
     table = read_labels_table(path)  # its checks: columns, missing values, duplicate ids
     if table.true_labels is None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..progress import progress
+from ...common.progress import progress
 from .data import batch_of
 
 __all__ = ["DetectorLoss", "match_anchors", "soft_sigmoid_kd", "train_detection_epoch",

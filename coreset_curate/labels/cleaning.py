@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .checks import InputTypeError, UnknownIds, align
-from .tables import make_metadata, read_table, table_metadata, with_metadata, write_table
+from ..common.checks import InputTypeError, UnknownIds, align
+from ..common.tables import make_metadata, read_table, table_metadata, with_metadata, write_table
 
 __all__ = ["Labels", "read_labels_table", "apply_labels", "label_rows", "restrict_rounds", "clean_labels", "exclusions",
            "CLEAN_KINDS", "LABELS_FIELDS"]
@@ -148,7 +148,7 @@ def label_rows(sample_ids: np.ndarray, num_classes: int, labels, *, fingerprint:
                where: str, missing: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row positions kept, ascending; their labels) for a dataset of ``sample_ids`` (in
     row order) read with a labels table: the checks of ``apply_labels``."""
-    from .data.memory import FingerprintMismatch
+    from ..data.memory import FingerprintMismatch
 
     if missing not in (None, "drop", "error"):
         raise ValueError(f"missing must be None, 'drop' or 'error'; got {missing!r}")
@@ -307,7 +307,7 @@ def restrict_rounds(rounds, labels):
     relabeled table needs new scores: ``score --labels``)."""
     from dataclasses import replace
 
-    from .data.memory import fingerprint as fingerprint_of
+    from ..data.memory import fingerprint as fingerprint_of
 
     last = rounds.rounds[-1]
     ids, given = last["sample_id"], last["label"].astype(np.int64)

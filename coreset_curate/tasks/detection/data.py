@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checks import is_int
+from ...common.checks import is_int
 
 __all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
            "batch_of", "calibration_batches", "hflip", "resize", "BadAnnotation"]
@@ -156,7 +156,7 @@ class DetectionData:
         return tuple(self.images[i].shape[1:])
 
     def positions(self, sample_ids) -> np.ndarray:
-        from ..checks import UnknownIds, align
+        from ...common.checks import UnknownIds, align
 
         ids = np.asarray(sample_ids, np.int64)
         order = np.argsort(self.sample_ids, kind="stable")
@@ -336,7 +336,7 @@ def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None
     them when it is decoded), else from each image file's header."""
     import datasets
 
-    from ..data.load import find_column
+    from ...data.load import find_column
 
     feats = ds.features
     image_column = find_column(feats, "image", image_column)

@@ -21,10 +21,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Sampler
 
-from .checks import UnknownIds, align
-from .data import ImageData
-from .distributed import current_world
-from .index import epoch_rows, read_index
+from ..common.checks import UnknownIds, align
+from ..data import ImageData
+from ..common.distributed import current_world
+from ..common.index import epoch_rows, read_index
 
 __all__ = ["SubsetSampler", "DistributedSubsetSampler"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from .. import __version__
 from .atomic import atomic_path
 
 __all__ = [

@@ -25,13 +25,13 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from .atomic import write_text
-from .distributed import barrier, distributed_context
-from .data import EvalTransform, ImageData
+from ..common.atomic import write_text
+from ..common.distributed import barrier, distributed_context
+from ..data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
 from .scores import score_dataset
-from .tables import TableError, table_metadata, with_metadata, write_table
-from .checks import positive_int, resolve_device
+from ..common.tables import TableError, table_metadata, with_metadata, write_table
+from ..common.checks import positive_int, resolve_device
 
 __all__ = ["extract_scores", "state_sha256", "distributed_context"]  # the last re-exported
 

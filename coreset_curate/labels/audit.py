@@ -50,11 +50,11 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .checks import UnknownIds, align
-from .noise_counts import (channel_suspicion, flag_metrics, flags, mean_joint, otsu_counts,
+from ..common.checks import UnknownIds, align
+from .counts import (channel_suspicion, flag_metrics, flags, mean_joint, otsu_counts,
                            per_class_mean)
-from .selection import aligned_column, load_rounds
-from .tables import make_metadata, read_table, validate_index, with_metadata
+from ..selection import aligned_column, load_rounds
+from ..common.tables import make_metadata, read_table, validate_index, with_metadata
 
 __all__ = ["AUDIT_SCHEMA", "COUNTS", "KINDS", "SUSPICIONS", "AuditResult", "audit", "flag_metrics"]
 
@@ -196,7 +196,7 @@ def _true_labels(true_labels, ids: np.ndarray, given: np.ndarray | None = None) 
     """True labels aligned to ``ids``: an array in id order, or a labels table whose ids
     cover the audited ones and whose ``label`` column is the ``given`` labels."""
     if isinstance(true_labels, (str, os.PathLike)):
-        from .labels import read_labels_table
+        from .cleaning import read_labels_table
 
         table = read_labels_table(true_labels)
         if table.true_labels is None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .checks import is_int, positive_int
+from ...common.checks import is_int, positive_int
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "last_linear"]
 

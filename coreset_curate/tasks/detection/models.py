@@ -33,7 +33,7 @@ from functools import partial
 
 from torch import nn
 
-from ..checks import is_int
+from ...common.checks import is_int
 
 __all__ = ["DETECTORS", "register_detector", "create_detector", "list_detectors", "retinanet"]
 
@@ -141,7 +141,7 @@ def _load_body(body: nn.Module, path: str, backbone: str) -> None:
     """The weights of a classifier checkpoint of the same torchvision ResNet (this
     toolkit's ``resnet18``... trained by ``coreset-curate train``), its classifier layer
     left out: the detector's pretrained backbone."""
-    from ..training.checkpoint import load_state
+    from ...training.checkpoint import load_state
 
     try:
         state = load_state(path)

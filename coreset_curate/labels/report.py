@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text
-from .data import LabelledRows, load_batches
-from .tables import write_table
-from .checks import non_negative_int
+from ..common.atomic import write_text
+from ..data import LabelledRows, load_batches
+from ..common.tables import write_table
+from ..common.checks import non_negative_int
 
 __all__ = ["write_report", "render_html", "render_markdown"]
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, write_text
-from ..checks import fraction as check_fraction, non_negative_int, positive_int
+from ...common.atomic import atomic_path, write_text
+from ...common.checks import fraction as check_fraction, non_negative_int, positive_int
 
 __all__ = ["make_coco"]
 

@@ -1,0 +1,1 @@
+"""Image classification: the model registry and the CIFAR/ImageNet models (``models``)."""
