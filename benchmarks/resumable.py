@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from coreset_curate.common.atomic import atomic_path, write_text
-from coreset_curate.training.checkpoint import sha256_of
+from coreset_curate.common.checkpoint import sha256_of
 from readme_table import write_between
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -73,6 +73,11 @@ def _score(fx, out, *extra, model="small_cnn", checkpoint=None):
             checkpoint or fx["fp"], "--out", out, *extra]
 
 
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty.pt").write_bytes(b"")
+    return tmp / "empty.pt"
+
+
 def _evil_checkpoint(path: Path) -> Path:
     class Payload:  # unpickling this would call print: weights_only must refuse it
         def __reduce__(self):
@@ -172,6 +177,8 @@ CATALOGUE = [
     ("checkpoint that is not weights-only", lambda fx, t: _score(
         fx, t / "s.parquet", checkpoint=_evil_checkpoint(t / "evil.pt")),
      "not a weights-only checkpoint"),
+    ("checkpoint that is an empty file", lambda fx, t: _score(
+        fx, t / "s.parquet", checkpoint=_empty(t)), "not a weights-only checkpoint"),
     ("checkpoint missing", lambda fx, t: _score(fx, t / "s.parquet",
                                                 checkpoint=t / "none.pt"), "none.pt"),
     ("score output exists", lambda fx, t: _score(fx, _copy(fx["scores"], t / "s.parquet")),

@@ -389,7 +389,7 @@ def test_adaptive_selector_scores_and_selects_detection_images(made, tmp_path):
     assert np.array_equal(ids, ids1)
     # the scoring pass ran in the selector's batches (the reference's kept outputs are
     # keyed by batch); a detection dataset's default is 16 images, not 256
-    assert sel.scorer._det_reference and {k[2] for k in sel.scorer._det_reference} == {8}
+    assert sel.scorer.cache and {k[2] for k in sel.scorer.cache} == {8}
     rnd = cc.AdaptiveSelector(det, "random_epoch", 0.25, epochs=2)
     assert len(rnd.subset(0)[0]) == len(ids)
     assert rnd.scorer.batch_size == 16

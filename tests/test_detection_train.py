@@ -180,7 +180,7 @@ def test_every_shipped_recipe_loads():
     from pathlib import Path
 
     from coreset_curate.pipeline import load_curate_recipe
-    from coreset_curate.training.config import is_detector
+    from coreset_curate.tasks import task_for_model
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) > 20
@@ -192,9 +192,9 @@ def test_every_shipped_recipe_loads():
             load_recipe(path)
     for path in (p for p in recipes if p not in curate):
         cfg = load_recipe(path)
-        assert is_detector(cfg.model) == path.name.startswith(("cifar10det_retinanet",
-                                                               "coco_")), path.name
-        if is_detector(cfg.model):
+        detector = task_for_model(cfg.model).name == "detection"
+        assert detector == path.name.startswith(("cifar10det_retinanet", "coco_")), path.name
+        if detector:
             assert cfg.data.startswith("coco:")
 
 

@@ -70,11 +70,11 @@ def test_select_streams_past_its_memory_budget(tmp_path, caplog):
     path = tmp_path / "s.parquet"
     _table(path)
     kw = dict(epoch=5, epochs=20)
-    with caplog.at_level(logging.INFO, logger="coreset_curate.selection.core"):
+    with caplog.at_level(logging.INFO, logger="coreset_curate.selection.entry"):
         small = select(str(path), "acs", 0.2, memory_budget=1000, **kw)
     assert "row groups" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="coreset_curate.selection.core"):
+    with caplog.at_level(logging.INFO, logger="coreset_curate.selection.entry"):
         big = select(str(path), "acs", 0.2, memory_budget=1 << 30, **kw)
     assert "row groups" not in caplog.text
     np.testing.assert_array_equal(small.sample_ids, big.sample_ids)

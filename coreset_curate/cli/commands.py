@@ -308,7 +308,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, format_summary, run_demo
+    from ..demos.classification import DemoConfig, format_summary, run_demo
     from ..selection import METHODS, SCHEDULES
 
     if args.method not in METHODS:
@@ -321,7 +321,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fp_epochs is not None:
         chosen["fp_epochs"] = args.fp_epochs
     if args.task == "detection":
-        from ..tasks.detection.demo import (DetectionDemoConfig, format_detection_summary,
+        from ..demos.detection import (DetectionDemoConfig, format_detection_summary,
                                       run_detection_demo)
 
         summary = run_detection_demo(args.out, DetectionDemoConfig(**chosen),

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 
 __all__ = ["InputTypeError", "UnknownIds", "is_int", "positive_int", "non_negative_int",
-           "non_negative_number", "fraction", "boolean", "choice", "align", "resolve_device"]
+           "non_negative_number", "fraction", "boolean", "choice", "align", "resolve_device",
+           "first_line"]
 
 
 class InputTypeError(TypeError, ValueError):
@@ -124,3 +125,9 @@ def resolve_device(device=None, what: str = "device"):
                                     and torch.backends.mps.is_available()):
         raise ValueError(f"{what} {str(device)!r} is not available on this machine; use cpu")
     return dev
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name where it has none
+    (an empty file read as a checkpoint raises one with no message)."""
+    return (str(err).splitlines() or [type(err).__name__])[0]

@@ -33,15 +33,14 @@ import numpy as np
 import torch
 
 from ..common.checks import InputTypeError
-from .decode import decode_all, decode_image_column, to_nchw_uint8
+from .columns import find_column
+from .decode import decode_image_column, to_nchw_uint8
 from .memory import ImageData
+from .sources import LoadOptions, find_source
 
 __all__ = ["load_data", "parquet_dataset", "to_hf_dataset", "find_column"]
 
 log = logging.getLogger(__name__)
-
-DIGITS_SPLITS = ("train", "test", "all")
-
 
 def load_data(
     source: Any,
@@ -98,7 +97,7 @@ def load_data(
             apply only to streamed data, or a labels table that does not fit.
     """
     if labels is not None:
-        from ..labels.cleaning import apply_labels
+        from .labels import apply_labels
 
         data = load_data(source, split, image_column=image_column, label_column=label_column,
                          id_column=id_column, root=root, download=download,
@@ -127,9 +126,10 @@ def load_data(
         source = source[split]
     if datasets is not None and isinstance(source, datasets.Dataset) \
             and "objects" in source.features:  # a detection dataset: boxes per image
-        from ..tasks.detection.data import from_hf_detection
+        from .coco import from_hf_detection
+        from .sources import box_options
 
-        _detection_options(crop_size, resize_size, num_workers)
+        box_options(crop_size, resize_size, num_workers)
         return from_hf_detection(source, split, "hf:" + (source.info.dataset_name or "dataset"),
                                  id_column=id_column, image_column=image_column, stream=stream)
     if datasets is not None and isinstance(source, datasets.Dataset):
@@ -141,20 +141,16 @@ def load_data(
                              "of Parquet files, 'torchvision:NAME' or 'digits'; got "
                              f"{type(source).__name__}")
     text = os.fspath(source)
-    if text.startswith("coco:"):  # a detection dataset: images with boxes
-        _detection_options(crop_size, resize_size, num_workers)
-        from ..tasks.detection import read_coco
-
-        return read_coco(text.split(":", 1)[1], split, stream=stream)
-    if text.startswith("imagefolder:"):
-        return _image_folder(text, split, view if stream else None, num_threads)
-    if stream and (text == "digits" or text.startswith("torchvision:")):
-        raise ValueError(f"stream=True takes a Hugging Face dataset, Parquet files or "
-                         f"'imagefolder:PATH'; {text!r} is small enough to load into memory")
-    if text == "digits":
-        return _digits(split)
-    if text.startswith("torchvision:"):
-        return _torchvision(text.split(":", 1)[1], split, root, download)
+    found = find_source(text)
+    if found is not None:
+        spec, arg = found
+        if stream and not spec.streams:
+            raise ValueError(f"stream=True takes a Hugging Face dataset, Parquet files or "
+                             f"'imagefolder:PATH'; {text!r} is small enough to load into "
+                             "memory")
+        return spec.fn(arg, split, LoadOptions(
+            image_column, label_column, id_column, root, download, num_threads, stream,
+            crop_size, resize_size, num_workers, view if stream else None, text))
     ds = parquet_dataset(text, split)
     return _from_hf(ds, split, text, image_column, label_column, id_column, num_threads,
                     view if stream else None)
@@ -216,29 +212,6 @@ def _parquet_files(text: str, split: str) -> list[str]:
     return files
 
 
-def find_column(features, what: str, name: str | None) -> str:
-    """The ``image`` or ``label`` column of a ``datasets`` feature dict (the first Image /
-    ClassLabel feature, else a usual name), or ``name`` checked to exist."""
-    import datasets
-
-    if name is None and what in ("image", "label"):
-        kind, usual = ((datasets.Image, ("img", "image")) if what == "image"
-                       else (datasets.ClassLabel, ("label", "labels")))
-        name = next((k for k, f in features.items() if isinstance(f, kind)), None)
-        name = name or next((k for k in usual if k in features), None)
-    if name is None or name not in features:
-        raise ValueError(f"{what} column {name!r} not found; the dataset has columns "
-                         f"{list(features)} (name it with {what}_column=)")
-    return name
-
-
-def _detection_options(crop_size, resize_size, num_workers) -> None:
-    if crop_size is not None or resize_size is not None or num_workers is not None:
-        raise ValueError("crop_size, resize_size and num_workers apply to classification "
-                         "images; a detector resizes its images itself (stream=True alone "
-                         "decodes a detection split's images when they are read)")
-
-
 def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads, view):
     import datasets
 
@@ -271,57 +244,3 @@ def _from_hf(ds, split, name, image_column, label_column, id_column, num_threads
         arr = np.asarray(ds.with_format("numpy")[image_column])
         images = to_nchw_uint8(arr)
     return ImageData(images, torch.from_numpy(labels), ids, class_names, split, name, hf_dataset=ds)
-
-
-def _image_folder(text: str, split: str, view: dict | None, num_threads) -> ImageData:
-    """``imagefolder:ROOT``: the split is ``ROOT/SPLIT/CLASS/IMAGE`` files."""
-    from .stream import image_folder_files, streaming_from_folder
-
-    root = Path(text.split(":", 1)[1]) / split
-    if view is not None:
-        return streaming_from_folder(root, split, text, **view)
-    paths, labels, classes = image_folder_files(root)
-    images = decode_all(paths, num_threads)
-    return ImageData(images, torch.from_numpy(labels), np.arange(len(paths), dtype=np.int64),
-                     classes, split, text)
-
-
-
-def _digits(split: str) -> ImageData:
-    from sklearn.datasets import load_digits
-
-    if split not in DIGITS_SPLITS:
-        raise ValueError(f"digits has splits {DIGITS_SPLITS}; got {split!r}")
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    labels = d.target.astype(np.int64)
-    rows = np.arange(len(labels))
-    keep = {"train": rows % 5 != 0, "test": rows % 5 == 0, "all": rows >= 0}[split]
-    return ImageData(to_nchw_uint8(images[keep]), torch.from_numpy(labels[keep]),
-                     np.arange(int(keep.sum()), dtype=np.int64),
-                     [str(c) for c in d.target_names], split, "digits")
-
-
-def _torchvision(name: str, split: str, root, download: bool) -> ImageData:
-    import torchvision
-
-    cls = getattr(torchvision.datasets, name, None)
-    if cls is None:
-        raise ValueError(f"torchvision has no dataset {name!r}")
-    if split not in ("train", "test"):
-        raise ValueError(f"torchvision datasets here have splits 'train' and 'test'; got {split!r}")
-    if root is None:
-        raise ValueError("torchvision datasets need root= (a folder to read from or download to)")
-    try:
-        ds = cls(root=os.fspath(root), train=(split == "train"), download=download)
-    except RuntimeError as err:
-        raise FileNotFoundError(f"{name} not found under {root} ({err}); pass download=True "
-                                "on a machine with internet") from err
-    arr = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
-    labels = np.asarray(ds.targets, dtype=np.int64)
-    classes = [str(c) for c in getattr(ds, "classes", range(int(labels.max()) + 1))]
-    return ImageData(to_nchw_uint8(arr.astype(np.uint8)), torch.from_numpy(labels),
-                     np.arange(len(labels), dtype=np.int64), classes, split,
-                     f"torchvision:{name}")
-
-

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import (LabelledRows, check_fingerprint, find_column, fingerprint, parquet_dataset,
-                   to_hf_dataset)
+from .columns import find_column
+from .load import parquet_dataset, to_hf_dataset
+from .memory import LabelledRows, check_fingerprint, fingerprint
 from ..common.atomic import atomic_path
 from ..common.checks import InputTypeError, UnknownIds, align
 from ..common.index import epoch_rows, read_index
@@ -44,7 +45,7 @@ def _detection_source(dataset, split: str):
     if getattr(dataset, "task", None) == "detection":
         return dataset
     if isinstance(dataset, str) and dataset.startswith("coco:"):
-        from ..tasks.detection.data import read_coco
+        from .coco import read_coco
 
         return read_coco(dataset.split(":", 1)[1], split, stream=True)
     return None
@@ -55,7 +56,7 @@ def _as_hf(dataset, split: str):
         return to_hf_dataset(dataset)
     if isinstance(dataset, (str, os.PathLike)):
         if os.fspath(dataset) == "digits":
-            from . import load_data
+            from .load import load_data
 
             return to_hf_dataset(load_data("digits", split))
         return parquet_dataset(dataset, split)
@@ -107,7 +108,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     """
     det = _detection_source(dataset, split)
     if det is not None:
-        from ..tasks.detection.data import to_hf_detection
+        from .coco import to_hf_detection
 
         ds = to_hf_detection(det)
     else:
@@ -116,7 +117,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     ids, weights = epoch_rows(table, epoch)
     actual = None
     if "objects" in ds.features:  # a detection dataset: keyed by image_id, no label column
-        from ..tasks.detection.data import from_hf_detection
+        from .coco import from_hf_detection
 
         if labels is not None:
             raise ValueError("labels tables replace a classification dataset's labels; a "
@@ -156,8 +157,8 @@ def _with_labels(ds, split: str, labels, label_column: str | None, id_column: st
     """(``ds`` with a labels table's labels in its label column, the fingerprint of the
     data read with it). Rows the table leaves out keep their place (and old label), so row
     positions stay sample ids; the fingerprint covers only the rows kept."""
-    from . import fingerprint as fingerprint_of
-    from ..labels.cleaning import label_rows
+    from .memory import fingerprint as fingerprint_of
+    from .labels import label_rows
 
     column = find_column(ds.features, "label", label_column)
     ids = (np.asarray(ds.with_format("numpy")[id_column], np.int64) if id_column

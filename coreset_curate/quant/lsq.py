@@ -52,7 +52,7 @@ class QuantConfig:
         first_last: ``"int8"`` keeps the first conv and the last linear at 8 bits (the
             LSQ paper's choice), ``"float"`` leaves them in float, ``"same"`` quantizes
             them like every other layer. A model with an ``output_layers`` attribute
-            (module names: a detector's class and box convolutions) has those as its last
+            (module names: a RetinaNet's class and box convolutions) has those as its last
             layers.
         init: step-size initialisation, ``"mse"`` (grid search for the step that
             minimises the quantization error; default) or ``"lsq"`` (the paper's

@@ -95,7 +95,7 @@ def quantize_model(
     if not layers:
         raise ValueError("model has no nn.Conv2d or nn.Linear layer to quantize")
     first_conv = next((n for n, m in layers if isinstance(m, nn.Conv2d)), None)
-    # the output layers: a classifier's last linear, or those a model names (a detector's
+    # the output layers: a classifier's last linear, or those a model names (a RetinaNet's
     # class and box convolutions)
     outputs = set(getattr(model, "output_layers", ()) or
                   [next((n for n, m in reversed(layers) if isinstance(m, nn.Linear)), None)])

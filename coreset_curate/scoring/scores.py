@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common.checks import InputTypeError, non_negative_int, resolve_device
+from ..common.registry import Registry
 from ..data import EvalTransform, as_rows, iter_batches
 from ..data.adapter import IdentityTransform
-from ..tasks.classification.models import last_linear
 from ..common.progress import progress
 from ..quant import config_dict
 from .refcache import ReferenceOutputs
@@ -91,6 +91,14 @@ class BatchOutputs:
         return t.gather(1, self.labels[:, None]).squeeze(1)
 
 
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The classifier layer (the last ``nn.Linear`` in module order)."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError("model has no nn.Linear layer")
+    return found[-1]
+
+
 @dataclass(frozen=True)
 class ScoreSpec:
     fn: Callable[[BatchOutputs], torch.Tensor | None]
@@ -98,7 +106,8 @@ class ScoreSpec:
     needs_reference: bool
 
 
-SCORES: dict[str, ScoreSpec] = {}
+SCORES: Registry = Registry(
+    "score", wrap=lambda fn, dtype, needs_reference=False: ScoreSpec(fn, dtype, needs_reference))
 
 
 def list_scores() -> list[str]:
@@ -107,7 +116,7 @@ def list_scores() -> list[str]:
     Returns:
         The names, sorted.
     """
-    return sorted(SCORES)
+    return SCORES.names()
 
 
 def register_score(name: str, dtype: pa.DataType, needs_reference: bool = False) -> Callable:
@@ -128,13 +137,7 @@ def register_score(name: str, dtype: pa.DataType, needs_reference: bool = False)
     Raises:
         ValueError: (when the decorator is applied) ``name`` is already registered.
     """
-    def add(fn):
-        if name in SCORES:
-            raise ValueError(f"score {name!r} is already registered")
-        SCORES[name] = ScoreSpec(fn, dtype, needs_reference)
-        return fn
-
-    return add
+    return SCORES.register(name, dtype=dtype, needs_reference=needs_reference)
 
 
 @register_score("evs", pa.float32())

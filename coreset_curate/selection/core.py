@@ -1,9 +1,10 @@
-"""Coreset selection: score tables in, the subset of an epoch out.
+"""The selection primitives: the registries of methods and schedules, ``Selection``,
+``SelectionContext``, the class budgets and the per-class top-k that every method shares.
 
-``select(scores, "acs", fraction=0.1, epoch=t, epochs=E)`` returns the sample ids (and
-loss weights) to train on at epoch ``t``; ``index.index_table`` turns selections into
-the index contract. Methods and schedules are registered by name in
-plain dicts; a new method is one decorated function of a ``SelectionContext``::
+``entry.select(scores, "acs", fraction=0.1, epoch=t, epochs=E)`` returns the sample ids
+(and loss weights) to train on at epoch ``t``; ``index.index_table`` turns selections into
+the index contract. Methods and schedules are registered by name (``common.registry``);
+a new method is one decorated function of a ``SelectionContext``::
 
     @register_method("my_method", columns=("loss",))
     def my_method(ctx):
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,18 +35,18 @@ from typing import Any
 import numpy as np
 
 from ..common.checks import fraction as check_fraction, non_negative_int, positive_int
-from ..common.tables import TableError
-from .rounds import ScoreRounds, load_rounds, small_ints
+from ..common.registry import Registry
+from .rounds import small_ints
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SCHEDULES", "METHODS", "register_method", "register_schedule", "list_methods",
-           "list_schedules", "beta", "select", "Selection", "SelectionContext", "top_fraction",
+           "list_schedules", "beta", "Selection", "SelectionContext", "top_fraction",
            "class_budget"]
 
 
 # ------------------------------------------------------------------ registries
-SCHEDULES: dict[str, Callable[[float, float], float]] = {}
+SCHEDULES: Registry = Registry("schedule")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,10 @@ class MethodSpec:
     partial: bool = False  # reads rounds where some rows have no score yet (NaN)
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry = Registry("method", wrap=lambda fn, columns=(), options=None, exact_size=True,
+                             all_rounds=False, partial=False: MethodSpec(
+                                 fn, tuple(columns), dict(options or {}), exact_size, all_rounds,
+                                 partial))
 
 
 def register_schedule(name: str) -> Callable:
@@ -74,13 +77,7 @@ def register_schedule(name: str) -> Callable:
     Raises:
         ValueError: (when the decorator is applied) ``name`` is already registered.
     """
-    def add(fn):
-        if name in SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-        SCHEDULES[name] = fn
-        return fn
-
-    return add
+    return SCHEDULES.register(name)
 
 
 def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
@@ -105,14 +102,8 @@ def register_method(name: str, *, columns: Sequence[str] = (), options: dict | N
     Raises:
         ValueError: (when the decorator is applied) ``name`` is already registered.
     """
-    def add(fn):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = MethodSpec(fn, tuple(columns), dict(options or {}), exact_size,
-                                   all_rounds, partial)
-        return fn
-
-    return add
+    return METHODS.register(name, columns=columns, options=options, exact_size=exact_size,
+                            all_rounds=all_rounds, partial=partial)
 
 
 def list_methods() -> list[str]:
@@ -121,7 +112,7 @@ def list_methods() -> list[str]:
     Returns:
         The names, sorted.
     """
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def list_schedules() -> list[str]:
@@ -130,7 +121,7 @@ def list_schedules() -> list[str]:
     Returns:
         The names, sorted.
     """
-    return sorted(SCHEDULES)
+    return SCHEDULES.names()
 
 
 @register_schedule("cos")
@@ -261,7 +252,7 @@ class SelectionContext:
     @property
     def labels(self) -> np.ndarray:
         """The classes rows are grouped by: the label column, shifted up by one where a
-        detection table holds -1 (images without boxes, a group of their own)."""
+        task's table may hold -1 (``Task.min_label``: a group of its own)."""
         labels = self.columns["label"]
         return labels + 1 if len(labels) and labels.min() < 0 else labels
 
@@ -536,98 +527,6 @@ def _check_option(method: str, key: str, value, default) -> None:
                          f"{default!r}); got {value!r}")
 
 
-def select(
-    scores,
-    method: str = "acs",
-    fraction: float = 0.1,
-    *,
-    epoch: int = 0,
-    epochs: int | None = None,
-    schedule: str = "cos",
-    seed: int = 0,
-    per_class: bool = True,
-    min_per_class: int = 0,
-    options: dict | None = None,
-    exclude=None,
-    memory_budget: int | None = None,
-) -> Selection:
-    """The subset for ``epoch`` chosen by ``method`` from one or more score tables.
-
-    With ``exclude``, the method chooses among the other rows and the class budgets stay
-    those of all rows, so the subset keeps its size where the class has rows enough.
-
-    Args:
-        scores: a score table (path, pyarrow or pandas), a list of them (scoring rounds),
-            or a ``ScoreRounds`` from ``load_rounds``.
-        method: a registered method (``list_methods``).
-        fraction: share of the samples to keep, in (0, 1].
-        epoch: the epoch to select for; the latest round at or before it is used.
-        epochs: the run's epoch count (ACS's schedule needs it).
-        schedule: the ACS schedule (``list_schedules``).
-        seed: seed of the random methods (draws differ by ``(seed, epoch)``).
-        per_class: keep the fraction of every class (True) or of all samples.
-        min_per_class: the smallest per-class budget.
-        options: method-specific settings (for example ``{"hard_cut": 0.2}`` for
-            ``ccs``); unknown keys are refused.
-        exclude: sample ids the subset must not hold (an array, an ``AuditResult``, an
-            audit table or folder: its flagged mislabeled samples).
-        memory_budget: bytes the selection may hold (default: a quarter of the machine's
-            memory). One Parquet table whose columns would take more is read by row
-            groups (``streamed.select_streamed``: the same ids, memory about one batch
-            plus the kept rows) where the method allows it (``streamed.STREAMABLE``).
-
-    Returns:
-        The ``Selection`` of the epoch.
-
-    Raises:
-        ValueError: unknown method, schedule or option, an argument out of range, a score
-            column the method needs is missing or incomplete, or ``exclude`` leaves
-            nothing.
-        TableError: a table breaks the contract, or no scoring round is at or before
-            ``epoch``.
-        UnknownIds: ``exclude`` names ids the score tables lack.
-    """
-    opts = check_request(method, fraction, seed, min_per_class, options)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
-    _check_epochs(epoch, epochs)
-    spec = METHODS[method]
-    if memory_budget is not None:
-        non_negative_int("memory_budget", memory_budget)
-    if isinstance(scores, (str, os.PathLike)) and method in _streamable():
-        from . import streamed
-
-        budget = streamed.default_memory_budget() if memory_budget is None else memory_budget
-        if os.path.isfile(scores) and streamed.in_memory_bytes(scores, spec.columns) > budget:
-            log.info("%s: the table's columns exceed the memory budget (%d bytes); reading "
-                     "it by row groups", os.fspath(scores), budget)
-            return streamed.select_streamed(
-                scores, method, fraction, epoch=int(epoch), epochs=epochs, schedule=schedule,
-                seed=int(seed), per_class=bool(per_class), min_per_class=int(min_per_class),
-                options=opts, exclude=exclude)
-    data = scores if isinstance(scores, ScoreRounds) else load_rounds(
-        scores, spec.columns, allow_missing=spec.partial)
-    usable = [i for i, e in enumerate(data.epochs) if e <= epoch]
-    if not usable:
-        if spec.columns:
-            raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
-                             f"rounds at epochs {data.epochs}")
-        usable = [0]  # ids and labels only: any round will do
-    current = usable[-1]
-    rounds, full_counts = data.rounds[: current + 1], None
-    if exclude is not None:
-        rounds, full_counts = _without(rounds, exclude)
-    ctx = SelectionContext(rounds[-1], rounds, float(fraction), int(epoch), epochs, schedule,
-                           int(seed), bool(per_class), int(min_per_class), opts, full_counts)
-    return spec.fn(ctx)
-
-
-def _streamable() -> frozenset:
-    from .streamed import STREAMABLE
-
-    return STREAMABLE
-
-
 def unknown_exclusions(unknown: np.ndarray):
     """The error for exclusion ids that the score tables lack (a ``UnknownIds``)."""
     from ..common.checks import UnknownIds
@@ -635,26 +534,3 @@ def unknown_exclusions(unknown: np.ndarray):
     return UnknownIds(f"the exclusion list names {len(unknown)} sample ids that the score "
                       f"tables lack, e.g. {unknown[:5].tolist()} (an audit of another "
                       "dataset?)")
-
-
-def _without(rounds: list[dict], exclude) -> tuple[list[dict], np.ndarray]:
-    """The rounds without the excluded ids' rows, and the latest round's rows per class
-    before (the budgets). Ids the latest round lacks are refused."""
-    from ..labels.cleaning import exclusions
-
-    ids = exclusions(exclude)
-    last = rounds[-1]
-    known = np.isin(ids, last["sample_id"])
-    if not known.all():
-        raise unknown_exclusions(ids[~known])
-    labels = last["label"].astype(np.int64)
-    full_counts = np.bincount(labels - min(0, int(labels.min())))  # as ctx.labels groups
-    kept = []
-    for r in rounds:
-        keep = ~np.isin(r["sample_id"], ids)
-        kept.append({k: v[keep] for k, v in r.items()})
-    if not len(kept[-1]["sample_id"]):
-        raise ValueError("the exclusion list leaves no sample to select from")
-    return kept, full_counts
-
-

@@ -43,7 +43,7 @@ def noise_rate_estimates(ctx: SelectionContext) -> np.ndarray:
     """
     groups = ctx.labels
     k = int(groups.max()) + 1 if len(groups) else 0
-    shift = groups[0] - ctx.columns["label"][0] if len(groups) else 0  # detection: +1
+    shift = groups[0] - ctx.columns["label"][0] if len(groups) else 0  # a task's label -1: +1
     usable = []
     for rnd in ctx.rounds:
         if "pred" not in rnd or "prob_label" not in rnd:

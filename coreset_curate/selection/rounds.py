@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from ..common.checks import InputTypeError, align
 from ..data.memory import check_fingerprint
+from ..tasks import table_task
 from ..common.tables import SCORE_SCHEMA, TableError, conform, table_metadata
 
 __all__ = ["ScoreRounds", "load_rounds", "aligned_column", "small_ints", "BASE_COLUMNS"]
@@ -209,10 +210,12 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
     if not sources:
         raise ValueError("selection needs at least one score table")
     want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
-    parts, names, fp, detection = [], [], None, True
+    parts, names, fp, lowest, rule = [], [], None, None, None
     for i, src in enumerate(sources):
         cols, meta, name = _read_source(src, i, want, allow_missing)
-        detection = detection and meta.get("task") == "detection"
+        task = table_task(meta)  # the lowest label a table holds is its task's
+        lowest = task.min_label if lowest is None else max(lowest, task.min_label)
+        rule = task.label_rule if rule in (None, task.label_rule) else ""
         t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:
@@ -230,10 +233,9 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
     if len(cols["sample_id"]) == 0:
         raise TableError("the score tables have no rows")
     check_finite(cols, allow_missing)
-    # a detection table's label is -1 for an image without boxes: a group of its own
-    if cols["label"].min() < (-1 if detection else 0):
-        raise TableError("labels must be non-negative class indices"
-                         + (" (or -1 in a detection table)" if detection else ""))
+    # a task may hold a label below 0 (a group of its own)
+    if cols["label"].min() < lowest:
+        raise TableError("labels must be non-negative class indices" + (rule or ""))
     cols["label"] = small_ints(cols["label"])
     epochs_col = cols.pop("epoch")
     lo, hi = int(epochs_col.min()), int(epochs_col.max())

@@ -41,15 +41,16 @@ from torch import nn
 from ..common.checks import UnknownIds, choice, non_negative_int, positive_int
 from ..data import as_rows
 from ..common.distributed import barrier, current_world
-from ..scoring.extract import state_sha256
 from ..labels.cleaning import exclusions
 from ..common.index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
                     merge_index, read_index)
-from ..scoring.refcache import ReferenceOutputs, cached_reference, compute_reference
+from ..scoring.refcache import ReferenceOutputs
 from .sampler import DistributedSubsetSampler, SubsetSampler
-from ..scoring.scores import score_dataset, scoring_transform
-from .core import METHODS, SCHEDULES, select
-from .core import check_request
+from .scorer import RoundScorer
+from ..scoring.scores import scoring_transform
+from ..tasks import task_of
+from .core import METHODS, SCHEDULES, check_request
+from .entry import select
 from ..scoring.stepscores import StepScores
 from ..common.tables import INDEX_SCHEMA, table_metadata, with_metadata, write_table
 
@@ -62,114 +63,6 @@ _SETTINGS = ("method", "fraction", "seed", "R", "schedule", "epochs", "per_class
              "free_scores", "exclude", "audit_every")
 # settings an index records only when they are on (an older index lacks them: off)
 _WHEN_ON = ("free_scores", "exclude", "audit_every")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-class RoundScorer:
-    """Scoring rounds of one dataset: every sample scored by the student of the moment.
-
-    DS is computed against the reference, whose outputs are computed once and, with
-    ``out``, cached in ``out/reference-cache``. Rounds are written to
-    ``out/scores/epoch_T.parquet`` or kept in memory. The selector owns one; the trainer
-    uses one alone to score a finished full-data run.
-
-    Args:
-        rows: the dataset as rows (``data.adapter.as_rows``).
-        transform: the transform scoring applies (``scoring_transform``).
-        reference: the full-precision model or its outputs, or None.
-        out: the run folder, or None to keep rounds in memory.
-        batch_size: of the scoring passes (default 256, 16 for detection).
-        device: where scoring runs (default: the model's device).
-        probs: keep the whole softmax (default: up to 256 classes).
-        reference_key: the reference checkpoint's sha256 (names its cached outputs).
-        metadata: added to every score table's metadata.
-    """
-
-    def __init__(self, rows, transform, *, reference=None, out: Path | None = None,
-                 batch_size: int | None = None, device=None, probs: bool | None = None,
-                 reference_key: str | None = None, metadata: dict | None = None) -> None:
-        self.rows, self.transform, self.out = rows, transform, out
-        self.reference, self.reference_key = reference, reference_key
-        self.detection = getattr(rows, "task", None) == "detection"
-        self.batch_size = batch_size or (16 if self.detection else 256)
-        self.device = device
-        self.probs = rows.num_classes <= 256 if probs is None else bool(probs)
-        self.metadata = dict(metadata or {})
-        self._ref_outputs = reference if isinstance(reference, ReferenceOutputs) else None
-        self.rounds: dict[int, str | pa.Table] = {}  # epoch -> path (out) or table
-        self._det_reference: dict = {}  # a detector reference's outputs, kept between rounds
-        self.last_table: pa.Table | None = None
-
-    def keep(self, table: pa.Table, epoch: int) -> str | pa.Table:
-        """Keep ``table`` (made elsewhere, e.g. from training steps) as the round of ``epoch``.
-
-        Args:
-            table: the score table.
-            epoch: its epoch.
-
-        Returns:
-            The path written (with ``out``) or the table (in memory).
-        """
-        if self.out is None:
-            self.rounds[epoch] = table
-        else:
-            write_table(table, self.round_path(epoch), overwrite=True)
-            self.rounds[epoch] = str(self.round_path(epoch))
-        return self.rounds[epoch]
-
-    def round_path(self, epoch: int) -> Path:
-        """Where the round of ``epoch`` is written: ``out/scores/epoch_TTTT.parquet``."""
-        return self.out / "scores" / f"epoch_{epoch:04d}.parquet"
-
-    def _reference(self, device):
-        if self.reference is None or self._ref_outputs is not None:
-            return self._ref_outputs
-        if self.out is None:
-            self._ref_outputs = compute_reference(self.reference, self.rows, self.transform,
-                                                  batch_size=self.batch_size, device=device)
-        else:
-            key = self.reference_key or state_sha256(self.reference)
-            self._ref_outputs, _ = cached_reference(
-                self.reference, self.rows, self.transform, cache_dir=self.out / "reference-cache",
-                checkpoint_sha256=key, batch_size=self.batch_size, device=device)
-        return self._ref_outputs
-
-    def score(self, model: nn.Module, epoch: int, **meta) -> str | pa.Table:
-        """Score every sample with ``model`` as the round of ``epoch``.
-
-        Args:
-            model: the student of the moment.
-            epoch: the round's epoch.
-            **meta: added to the table's metadata.
-
-        Returns:
-            The path of ``out/scores/epoch_T.parquet``, or the table when in memory.
-
-        Raises:
-            ValueError: a negative epoch, or what ``score_dataset`` raises.
-        """
-        non_negative_int("epoch", epoch)
-        device = self.device or _model_device(model)
-        if self.detection:
-            from ..tasks.detection.scores import score_detections
-
-            table = score_detections(model, self.rows, self.reference, epoch=epoch,
-                                     batch_size=self.batch_size, device=device,
-                                     metadata={**self.metadata, **meta},
-                                     reference_cache=self._det_reference)
-            self.last_table = table
-            return self.keep(table, epoch)
-        table = score_dataset(model, self.rows, self._reference(device),
-                              transform=self.transform, epoch=epoch, probs=self.probs,
-                              batch_size=self.batch_size, device=device,
-                              metadata={**self.metadata, **meta})
-        self.last_table = table
-        return self.keep(table, epoch)
 
 
 class AdaptiveSelector:
@@ -194,8 +87,7 @@ class AdaptiveSelector:
         options: the method's options, as for ``select``.
         transform: the ``EvalTransform`` of a toolkit dataset; unset for a torch Dataset,
             and not needed for a method that reads no score (``random_epoch``, ...).
-        batch_size: of the scoring passes (default 256 samples, 16 images for a detection
-            dataset).
+        batch_size: of the scoring passes (default: the task's, 256 samples or 16 images).
         device: where scoring runs (default: the model's device).
         labels: the dataset's labels when it has no ``targets`` (saves a pass over it).
         probs: keep the student's whole softmax in the score tables (what the audit's
@@ -212,7 +104,8 @@ class AdaptiveSelector:
 
     Raises:
         ValueError: an unknown method, schedule or option, an argument out of range, a
-            method that reads DS without ``reference``, ``free_scores`` with a detector,
+            method that reads DS without ``reference``, ``free_scores`` on a task that
+            does not take it (``Task.free_scores``),
             with several processes or with ``audit_every``, several processes without
             ``out``, or an index in ``out`` made with other settings.
         TypeError: the transform does not fit the dataset (see ``scoring_transform``).
@@ -254,9 +147,9 @@ class AdaptiveSelector:
             self.rows.sample_ids, self.rows.labels.numpy(), meta={
                 "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
                 "class_names": self.rows.class_names, **self.scorer.metadata})
-        if free_scores and getattr(self.rows, "task", None) == "detection":
-            raise ValueError("free_scores records classifier logits; a detector's rounds come "
-                             "from scoring passes")
+        if free_scores and not task_of(self.rows).free_scores:
+            raise ValueError(f"free_scores records classifier logits; a {task_of(self.rows).name}"
+                             " run's rounds come from scoring passes")
         if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
@@ -553,6 +446,5 @@ def _ids_only_table(rows) -> pa.Table:
     table = pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
                       "label": pa.array(rows.labels.numpy(), pa.int64()),
                       "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
-    if getattr(rows, "task", None) == "detection":  # label -1: images without boxes
-        table = with_metadata(table, {"task": "detection"})
-    return table
+    meta = task_of(rows).metadata  # what readers need (a label -1 that is a group)
+    return with_metadata(table, meta) if meta else table

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..common.tables import TableError, conform, table_metadata
+from ..tasks import table_task
 from .core import METHODS, Selection, SelectionContext, class_budget, unknown_exclusions
 from .rounds import BASE_COLUMNS, _column_numpy, _contract, check_finite, small_ints
 
@@ -166,8 +167,8 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
     seen_excluded = None if excluded is None else np.zeros(len(excluded), dtype=bool)
 
     # pass 1: rows per class, and the checks that need the whole table. Counts are kept
-    # one class up (a detection table's -1, images without boxes, is a group of its own)
-    detection = table_metadata(pf.schema_arrow).get("task") == "detection"
+    # one class up (a task's label -1 is a group of its own)
+    task = table_task(table_metadata(pf.schema_arrow))
     base = list(BASE_COLUMNS)
     counts = np.zeros(0, dtype=np.int64)
     kept_counts = np.zeros(0, dtype=np.int64)
@@ -188,9 +189,8 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
                              "the memory budget")
         last_id = int(ids[-1])
         lo_label = min(lo_label, int(labels.min()))
-        if lo_label < (-1 if detection else 0):
-            raise TableError("labels must be non-negative class indices"
-                             + (" (or -1 in a detection table)" if detection else ""))
+        if lo_label < task.min_label:
+            raise TableError("labels must be non-negative class indices" + task.label_rule)
         grouped = labels.astype(np.int64) + 1
         counts = _add(counts, np.bincount(grouped))
         if excluded is not None:

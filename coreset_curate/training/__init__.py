@@ -1,13 +1,16 @@
 """Training: full-precision training or QAT that re-scores and re-selects its data.
 
-``config`` (``TrainConfig``, recipes), ``loop`` (one epoch with distillation, evaluation),
-``schedule`` (learning rate, optimizer groups), ``checkpoint`` (weights-only loading,
-atomic saving) and ``run`` (``run_training``, built on ``AdaptiveSelector``).
+``config`` (``TrainConfig``, recipes), ``schedule`` (learning rate, optimizer groups) and
+``run`` (``run_training``, built on ``AdaptiveSelector`` and the task of its data: one
+epoch and the metric come from ``tasks``). Checkpoint loading and atomic saving live in
+``common.checkpoint``, the classification epoch in ``tasks.classification.loop``; both are
+re-exported here.
 """
 
-from .checkpoint import load_checkpoint, load_state, save_atomic, sha256_of
+from ..common.checkpoint import load_checkpoint, load_state, save_atomic, sha256_of
+from ..common.distributed import rank_plan
+from ..tasks.classification.loop import evaluate, predict_logits, soft_cross_entropy, train_epoch
 from .config import FULL, TrainConfig, load_recipe, parse_assignments
-from .loop import evaluate, predict_logits, rank_plan, soft_cross_entropy, train_epoch
 from .run import run_training
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "run_training", "sha256_of",

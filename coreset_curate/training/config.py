@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..common.atomic import write_text
-from ..common.checks import (boolean, fraction as check_fraction, non_negative_int,
-                      non_negative_number, positive_int)
+from ..common.checks import (boolean, first_line, fraction as check_fraction,
+                             non_negative_int, non_negative_number, positive_int)
 from ..selection import METHODS, SCHEDULES
+from ..tasks import task_for_model
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "write_config", "FULL",
-           "PATH_KEYS", "resolve_path", "same_path", "is_detector"]
+           "PATH_KEYS", "resolve_path", "same_path"]
 
 FULL = "full"
 # score tables keep the whole softmax up to this many classes (CIFAR-100: 400 bytes a
@@ -36,7 +37,8 @@ class TrainConfig:
             ``coco:ROOT`` or a folder in the toolkit's layout.
         train_split: the split trained on.
         test_split: the split evaluated.
-        model: a registered classifier or detector (``list_models``).
+        model: a registered model of a task: a classifier (``list_models``) or a
+            detector (``tasks``: the task of the model must be the task of the data).
         model_kwargs: passed to the model's constructor.
         mode: ``"fp"`` (full-precision training) or ``"qat"``.
         w_bits: weight bits in QAT (2..8, 32 for float).
@@ -271,8 +273,7 @@ class TrainConfig:
         if self.audit_every and self.free_scores:
             raise ValueError("audit_every audits eval-view scoring rounds; free_scores makes "
                              "its rounds from training steps: use one or the other")
-        if is_detector(self.model):
-            self._check_detection()
+        task_for_model(self.model).check_config(self)  # what the model's task does not take
         if self.label_noise is not None:
             from ..labels.noise import NOISE_TYPES
 
@@ -284,19 +285,6 @@ class TrainConfig:
             if ln.get("type", "symmetric") not in NOISE_TYPES:
                 raise ValueError(f"label_noise type must be one of {NOISE_TYPES}; got "
                                  f"{ln.get('type')!r}")
-
-    def _check_detection(self) -> None:
-        """What a detector's run does not (yet) take: name it rather than ignore it."""
-        unsupported = [k for k in ("labels", "label_noise", "exclude", "audit_every")
-                       if getattr(self, k) is not None]
-        unsupported += [k for k in ("free_scores", "compile") if getattr(self, k)]
-        if unsupported:
-            raise ValueError(f"{unsupported} do not apply to a detector ({self.model!r}) yet: "
-                             "class noise on boxes is made with `coreset-curate make-detection "
-                             "--class-noise`")
-        if self.mean is not None or self.std is not None:
-            raise ValueError("a detector normalises its images itself: leave mean and std "
-                             "unset")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -311,21 +299,6 @@ class TrainConfig:
         return cls(**values)
 
 
-def is_detector(model: str) -> bool:
-    """Whether ``model`` names a registered detector (a detection run) rather than a
-    classifier.
-
-    Args:
-        model: a model name.
-
-    Returns:
-        True for a detector.
-    """
-    from ..tasks.detection.models import DETECTORS
-
-    return model in DETECTORS
-
-
 # keys that name files: relative paths in a recipe resolve against the recipe's folder
 # (overrides on the command line, against the working directory)
 PATH_KEYS = ("data", "teacher", "init", "labels", "exclude")
@@ -337,7 +310,7 @@ _NAMED_PREFIXES = ("torchvision:", "hf:")
 def resolve_path(key: str, value, folder: Path):
     """``value`` of path key ``key`` as written in a recipe in ``folder``: relative file
     paths (and the folder of ``imagefolder:PATH`` and ``coco:ROOT``) joined to ``folder``,
-    made absolute, as is a detector's ``model_kwargs: {backbone_weights: FILE.pt}``; names
+    made absolute, as is ``model_kwargs: {backbone_weights: FILE.pt}`` (a backbone's weights); names
     (``digits``, ``torchvision:NAME``) and absolute paths as they are.
 
     Args:
@@ -349,7 +322,7 @@ def resolve_path(key: str, value, folder: Path):
         The value, resolved where it is a path.
     """
     if key == "model_kwargs" and isinstance(value, dict) and \
-            str(value.get("backbone_weights", "")).endswith(".pt"):  # a detector's backbone
+            str(value.get("backbone_weights", "")).endswith(".pt"):  # a backbone's weights file
         return {**value, "backbone_weights": resolve_path(
             "init", str(value["backbone_weights"]), folder)}
     if key not in PATH_KEYS or not isinstance(value, str) or not value:
@@ -439,7 +412,7 @@ def parse_assignments(items, flag: str) -> dict[str, Any]:
 def _yaml_problem(err) -> str:
     """A YAML error on one line: what is wrong and where (PyYAML's own text spans several
     lines, with the offending line drawn under a caret)."""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    problem = getattr(err, "problem", None) or first_line(err)
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{problem}{where}"

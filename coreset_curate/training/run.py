@@ -5,11 +5,10 @@ data every R epochs.
     coreset-curate train --recipe recipes/NAME.yaml --set fraction=0.3 --out RUN [--resume]
 
 A readable loop over library pieces: ``AdaptiveSelector.subset`` (score and select when a
-round is due) -> ``train_epoch`` -> ``evaluate``. A recipe whose ``model`` is a registered
-detector (``retinanet_resnet18_fpn``...) on detection data (``coco:ROOT``) runs the same
-loop with ``detection.train`` (RetinaNet's losses, distillation of the teacher's head
-outputs) and COCO AP (``ap``, ``ap50``, ``ap75``; the best by ``ap``) in place of top-1.
-RUN_DIR receives ``config.yaml`` (the
+round is due) -> ``train_epoch`` -> ``evaluate``. What differs between tasks (the model,
+the transforms, the loss, one epoch, the metric that picks the best epoch) comes from the
+task of the recipe's ``model`` (``tasks.task_for_model``), which must be the task of its
+data. RUN_DIR receives ``config.yaml`` (the
 resolved settings), ``scores/`` (one table per scoring round), ``index.parquet`` (every
 epoch's subset), ``last.pt`` and ``best.pt`` (checkpoints), ``metrics.jsonl`` (one line
 per epoch, with the time spent scoring, selecting, training and evaluating), ``model.pt``
@@ -30,18 +29,15 @@ import numpy as np
 import torch
 
 from ..common.atomic import write_text
-from ..common.checks import resolve_device
+from ..common.checks import first_line, resolve_device
 from ..common.cores import CoreWatch, check_cores
-from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
-                    spread_positions)
-from ..common.distributed import barrier, distributed_context
-from ..tasks.classification.models import create_model
+from ..common.checkpoint import load_state, save_atomic, sha256_of
+from ..common.distributed import barrier, distributed_context, rank_plan
+from ..data import load_data
 from ..quant import calibrate_, quantize_model
 from ..selection.selector import AdaptiveSelector, RoundScorer
-from .checkpoint import load_state, save_atomic, sha256_of
-from .config import (FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, is_detector, same_path,
-                     write_config)
-from .loop import evaluate, rank_plan, train_epoch
+from ..tasks import EpochInputs, Task, task_for_model, task_of
+from .config import FULL, PATH_KEYS, RESUMABLE_CHANGES, TrainConfig, same_path, write_config
 from .schedule import ProgressLR, build_optimizer
 
 __all__ = ["run_training"]
@@ -104,17 +100,16 @@ def _splits(config: TrainConfig, out: Path, main: bool):
     view = ({"stream": True, "crop_size": config.crop_size, "resize_size": config.resize_size,
              "num_workers": config.data_workers} if config.stream else {})
     train = load_data(config.data, config.train_split, **view)
-    detection = getattr(train, "task", None) == "detection"
-    if detection != is_detector(config.model):
-        raise ValueError(f"model {config.model!r} is a {'detector' if not detection else 'classifier'}"
-                         f" but data {config.data!r} is "
-                         f"{'a detection' if detection else 'a classification'} dataset: a "
-                         "detector trains on coco:ROOT data, a classifier on labelled images")
+    data_task, model_task = task_of(train), task_for_model(config.model)
+    if data_task is not model_task:
+        raise ValueError(f"model {config.model!r} is a {model_task.model_noun} but data "
+                         f"{config.data!r} is a {data_task.name} dataset: "
+                         f"{model_task.trains_on}, {data_task.trains_on}")
     test = load_data(config.data, config.test_split, **view)
     if config.limit_train:
         train = train.subset(np.arange(min(config.limit_train, len(train))))
     if config.labels:
-        from ..labels.cleaning import Labels, apply_labels, read_labels_table
+        from ..data.labels import Labels, apply_labels, read_labels_table
 
         table = read_labels_table(config.labels)
         if config.limit_train:  # a smoke run: the table's rows among the first N
@@ -148,27 +143,8 @@ def _splits(config: TrainConfig, out: Path, main: bool):
 
 
 def _create(arch: str, train, kwargs: dict) -> torch.nn.Module:
-    """A model of ``arch`` (a classifier or a registered detector) for ``train``'s classes."""
-    if is_detector(arch):
-        from ..tasks.detection import create_detector
-
-        return create_detector(arch, num_classes=train.num_classes, **kwargs)
-    return create_model(arch, num_classes=train.num_classes, in_channels=train.image_shape[0],
-                        **kwargs)
-
-
-def _calibration_batches(config: TrainConfig, train, eval_tf, device):
-    """Batches of the training split that initialise the LSQ steps: spread over the split
-    (an image folder lists class by class)."""
-    if getattr(train, "task", None) == "detection":
-        from ..tasks.detection.data import calibration_batches
-
-        return calibration_batches(train, spread_positions(len(train),
-                                                           16 * config.calibration_batches),
-                                   device=device)
-    calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
-                 if config.stream else None)
-    return (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
+    """A model of ``arch`` (of the task that registers it) for ``train``'s classes."""
+    return task_for_model(arch).create_model(arch, train, kwargs)
 
 
 def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: dict,
@@ -184,7 +160,7 @@ def _fp_checkpoint(what: str, path: str, sha256: str | None, arch: str, kwargs: 
         fp.load_state_dict(load_state(path))
     except RuntimeError as err:
         raise ValueError(f"{what} {path} does not fit model {arch!r}: "
-                         f"{str(err).splitlines()[0]}") from err
+                         f"{first_line(err)}") from err
     return fp.eval().requires_grad_(False), digest
 
 
@@ -208,7 +184,8 @@ def _models(config: TrainConfig, train, eval_tf, device):
         model.load_state_dict(reference.state_dict())
     if config.mode == "qat":
         model.to(device)
-        calib = _calibration_batches(config, train, eval_tf, device)
+        # batches spread over the split (an image folder lists class by class)
+        calib = task_of(train).calibration_batches(train, config, eval_tf, device)
         quantize_model(model, config.w_bits, config.a_bits, per_channel=config.per_channel,
                        first_last=config.first_last, init=config.quant_init)
         calibrate_(model, calib, max_batches=config.calibration_batches)
@@ -224,7 +201,7 @@ class _Run:
     """The state a checkpoint holds, besides the model and optimizer."""
 
     def __init__(self, metric: str = "top1") -> None:
-        # metric: what picks the best epoch (top-1, or a detector's COCO AP)
+        # metric: what picks the best epoch (the task's: top-1, COCO AP)
         self.metric = metric
         self.start_epoch, self.best, self.calibrated = 0, -1.0, None
         self.shared = False
@@ -294,11 +271,11 @@ class _Parts:
     eval_bs: int
     rank: int
     world: int
-    detection: bool = False
+    task: Task
 
     @property
     def metric(self) -> str:
-        return "ap" if self.detection else "top1"
+        return self.task.metric
 
 
 def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
@@ -324,21 +301,10 @@ def _train_one(p: _Parts, epoch: int) -> tuple[float, float, int, dict]:
     p.lr_sched.begin_epoch(epoch, batches)
     lr_now = p.lr_sched.lr
     teacher = p.teacher if (c.mode == "qat" and c.kd) else None
-    if p.detection:
-        from ..tasks.detection.train import train_detection_epoch
-
-        loss = train_detection_epoch(p.train_model, p.train, p.optimizer, positions=positions,
-                                     weights=weights, teacher=teacher, batch_size=c.batch_size,
-                                     generator=aug_gen, scheduler=p.lr_sched, device=p.device,
-                                     plan=plan)
-        t["train_s"] = time.perf_counter() - t0
-        return loss, lr_now, subset_size, t
-    loss = train_epoch(p.train_model, p.train, p.train_tf, p.optimizer, positions=positions,
-                       weights=weights, teacher=teacher,
-                       label_weight=c.label_weight, batch_size=c.batch_size, generator=aug_gen,
-                       scheduler=p.lr_sched, device=p.device, channels_last=c.channels_last,
-                       label_smoothing=c.label_smoothing, plan=plan,
-                       on_batch=p.selector.record if c.free_scores and p.selector else None)
+    loss = p.task.train_epoch(EpochInputs(
+        p.train_model, p.train, p.train_tf, p.optimizer, positions, weights, teacher, c,
+        aug_gen, p.lr_sched, p.device, plan,
+        on_batch=p.selector.record if c.free_scores and p.selector else None))
     t["train_s"] = time.perf_counter() - t0
     return loss, lr_now, subset_size, t
 
@@ -358,14 +324,9 @@ def _checkpoint(p: _Parts, run: _Run, epoch: int, improved: bool) -> None:
 
 
 def _evaluate(p: _Parts) -> dict[str, float]:
-    """The test split's metrics: ``{"top1": percent}``, or a detector's COCO AP
+    """The test split's metrics, the task's: ``{"top1": percent}``, or COCO AP
     (``ap``, ``ap50``, ``ap75``, fractions)."""
-    if p.detection:
-        from ..tasks.detection.evaluate import coco_ap
-
-        ap = coco_ap(p.model, p.test, batch_size=p.eval_bs, device=p.device)
-        return {k: ap[k] for k in ("ap", "ap50", "ap75")}
-    return {"top1": evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)}
+    return p.task.evaluate(p.model, p.test, p.eval_tf, batch_size=p.eval_bs, device=p.device)
 
 
 def _eval_due(config: TrainConfig, epoch: int) -> bool:
@@ -373,12 +334,6 @@ def _eval_due(config: TrainConfig, epoch: int) -> bool:
     or those of ``eval_epochs`` (counted from 1) and the last."""
     return (config.eval_epochs is None or epoch + 1 == config.epochs
             or epoch + 1 in config.eval_epochs)
-
-
-def _shown(scores: dict[str, float], best: float) -> str:
-    if "top1" in scores:
-        return f"top-1 {scores['top1']:.2f}% (best {best:.2f}%)"
-    return f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f} (best AP {best:.3f})"
 
 
 def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | None = None
@@ -406,7 +361,7 @@ def _epoch(p: _Parts, run: _Run, epoch: int, t_wall: float, watch: CoreWatch | N
             **{k: round(v, 3) for k, v in t.items()}}
     log.info("epoch %d/%d: loss %.4f, %s, %d samples, score %.1fs select %.2fs train %.1fs "
              "eval %.1fs", epoch + 1, p.config.epochs, loss,
-             _shown(scores, run.best) if due else "not evaluated", subset_size,
+             p.task.shown(scores, run.best) if due else "not evaluated", subset_size,
              t["scoring_s"], t["selection_s"], t["train_s"], t["eval_s"])
     with open(p.out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")
@@ -442,30 +397,23 @@ def _build(config: TrainConfig, out: Path, resume: bool, rank: int, world: int
     """Data, models, optimizer and selector of a run, resumed from its checkpoint."""
     device = _device(config, world)
     _set_backends(config, device)
-    detection = is_detector(config.model)
-    # a detector's images are large and of many sizes: small inference batches
-    eval_bs = config.eval_batch_size or (16 if detection else inference_batch_size(device))
-    score_bs = config.score_batch_size or (16 if detection else inference_batch_size(device))
+    task = task_for_model(config.model)
+    eval_bs = config.eval_batch_size or task.inference_batch_size(device)
+    score_bs = config.score_batch_size or task.inference_batch_size(device)
     train, test = _splits(config, out, rank == 0)
-    # a detector normalises and resizes its images itself, and flips them with their boxes
-    train_tf, eval_tf = ((None, None) if detection else
-                         default_transforms(train, mean=config.mean, std=config.std))
+    train_tf, eval_tf = task.transforms(train, config)
     model, teacher, reference, digest = _models(config, train, eval_tf, device)
     optimizer = build_optimizer(model, config)
     p = _Parts(config, out, train, test, train_tf, eval_tf, model, model, teacher, optimizer,
                ProgressLR(optimizer, config), torch.Generator().manual_seed(config.seed),
-               None, None, device, eval_bs, rank, world, detection)
-    if detection:
-        from ..tasks.detection.train import DetectorLoss
-
-        p.train_model = DetectorLoss(model, config.label_weight)
+               None, None, device, eval_bs, rank, world, task)
+    p.train_model = task.train_model(model, config)
     run, last_ckpt = _Run(p.metric), out / "last.pt"
     if config.mode == "qat" and rank == 0 and not (resume and last_ckpt.exists()):
         scores = _evaluate(p)
         run.calibrated = scores[p.metric]
         log.info("W%dA%d after calibration, before QAT: %s", config.w_bits, config.a_bits,
-                 f"top-1 {run.calibrated:.2f}%" if p.metric == "top1" else
-                 f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f}")
+                 task.shown(scores))
     if resume and last_ckpt.exists():
         state = load_state(last_ckpt)
         run.resume_from(state, config, out)

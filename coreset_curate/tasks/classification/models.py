@@ -17,10 +17,13 @@ import torchvision
 from torch import nn
 
 from ...common.checks import is_int, positive_int
+from ...common.registry import Registry
+from ...scoring.scores import last_linear  # noqa: F401  (the classifier layer; re-exported)
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "last_linear"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry = Registry(
+    "model", unknown="unknown model {name!r}; registered models: {known}")
 
 
 def register_model(name: str) -> Callable:
@@ -35,13 +38,7 @@ def register_model(name: str) -> Callable:
     Raises:
         ValueError: (when the decorator is applied) ``name`` is already registered.
     """
-    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = fn
-        return fn
-
-    return add
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
@@ -50,7 +47,7 @@ def list_models() -> list[str]:
     Returns:
         The names, sorted.
     """
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -68,20 +65,11 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) ->
     Raises:
         ValueError: an unknown name or a bad ``num_classes`` / ``in_channels``.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    build = MODELS.lookup(name)
     if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
     positive_int("in_channels", in_channels)
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer (the last ``nn.Linear`` in module order)."""
-    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not found:
-        raise ValueError("model has no nn.Linear layer")
-    return found[-1]
+    return build(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
 # ---------------------------------------------------------------- CIFAR ResNet-20/32/56

@@ -34,34 +34,28 @@ from functools import partial
 from torch import nn
 
 from ...common.checks import is_int
+from ...common.registry import Registry
 
 __all__ = ["DETECTORS", "register_detector", "create_detector", "list_detectors", "retinanet"]
 
-DETECTORS: dict[str, Callable[..., nn.Module]] = {}
+DETECTORS: Registry = Registry("detector")
 
 
 def register_detector(name: str) -> Callable:
-    def add(fn):
-        if name in DETECTORS:
-            raise ValueError(f"detector {name!r} is already registered")
-        DETECTORS[name] = fn
-        return fn
-
-    return add
+    return DETECTORS.register(name)
 
 
 def list_detectors() -> list[str]:
-    return sorted(DETECTORS)
+    return DETECTORS.names()
 
 
 def create_detector(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build the registered detector ``name`` with untrained weights."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(list_detectors())}")
+    build = DETECTORS.lookup(name)
     if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
     try:
-        return DETECTORS[name](num_classes=num_classes, **kwargs)
+        return build(num_classes=num_classes, **kwargs)
     except TypeError as err:
         if "unexpected keyword argument" not in str(err):
             raise
@@ -141,7 +135,7 @@ def _load_body(body: nn.Module, path: str, backbone: str) -> None:
     """The weights of a classifier checkpoint of the same torchvision ResNet (this
     toolkit's ``resnet18``... trained by ``coreset-curate train``), its classifier layer
     left out: the detector's pretrained backbone."""
-    from ...training.checkpoint import load_state
+    from ...common.checkpoint import load_state
 
     try:
         state = load_state(path)

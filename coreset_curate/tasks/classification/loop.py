@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import EvalTransform, ImageData, TrainTransform, iter_batches, load_batches
-from ..common.progress import progress
+from ...data import EvalTransform, ImageData, TrainTransform, iter_batches, load_batches
+from ...common.progress import progress
 
-__all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits", "rank_plan"]
+__all__ = ["soft_cross_entropy", "train_epoch", "evaluate", "predict_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -182,36 +182,3 @@ def evaluate(model: nn.Module, data: ImageData, transform: EvalTransform, *,
     """
     logits = predict_logits(model, data, transform, batch_size=batch_size, device=device)
     return 100.0 * float((logits.argmax(1) == data.labels).float().mean())
-
-
-def rank_plan(positions: np.ndarray, batch_size: int, rank: int, world: int,
-              generator: torch.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """This rank's batches of one distributed epoch.
-
-    ``positions`` are shuffled the same way on every rank (``generator`` seeded alike),
-    cut into global batches of ``batch_size``, and each global batch is split into
-    ``world`` disjoint slices; rank r trains on slice r. Every rank so runs the same number
-    of optimizer steps (DDP never waits on a rank that ran out of data) and the slices
-    together cover every position exactly once. A slice left empty (a last global batch
-    smaller than ``world``) gets one sample with weight 0, which adds nothing to the
-    gradient.
-
-    Args:
-        positions: the epoch's rows.
-        batch_size: the global batch size.
-        rank: this rank.
-        world: the number of ranks.
-        generator: seeded alike on every rank.
-
-    Returns:
-        ``[(positions, weights), ...]``, this rank's batches in order.
-    """
-    perm = np.asarray(positions)[torch.randperm(len(positions), generator=generator).numpy()]
-    plan = []
-    for start in range(0, len(perm), batch_size):
-        part = np.array_split(perm[start : start + batch_size], world)[rank]
-        if len(part):
-            plan.append((part, np.ones(len(part), dtype=np.float32)))
-        else:
-            plan.append((perm[start : start + 1], np.zeros(1, dtype=np.float32)))
-    return plan

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..common.atomic import atomic_path
+from .atomic import atomic_path
+from .checks import first_line
 
 __all__ = ["sha256_of", "load_state", "load_checkpoint", "save_atomic"]
 
@@ -49,7 +50,7 @@ def load_state(path: str | os.PathLike) -> dict:
         raise
     except Exception as err:  # noqa: BLE001 - unpickling refused or corrupt file
         raise ValueError(f"{path} is not a weights-only checkpoint this toolkit can load: "
-                         f"{str(err).splitlines()[0]}") from err
+                         f"{first_line(err)}") from err
     return state
 
 
@@ -77,7 +78,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *,
     try:
         result = model.load_state_dict(state, strict=not allow_missing_quantizers)
     except (RuntimeError, ValueError) as err:
-        raise ValueError(f"{path} does not fit this model: {str(err).splitlines()[0]}") from err
+        raise ValueError(f"{path} does not fit this model: {first_line(err)}") from err
     if not allow_missing_quantizers:
         return []
     quant_keys = ("_quant.step", "_quant.initialized", "_quant._extra_state")

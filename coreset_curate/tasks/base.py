@@ -1,0 +1,143 @@
+"""The task seam: what differs between classification and detection, behind one interface.
+
+The trainer, the selector and the scorer hold no branch on the task: they ask the task of
+their data (``task_of``) or of their model (``task_for_model``) for the model, the
+transforms, the calibration batches, the loss, one epoch of training, the metric and the
+scores of a round. A third task is a module with a ``Task`` subclass and one
+``TASKS.register`` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..common.registry import Registry
+
+__all__ = ["Task", "EpochInputs", "TASKS", "task_of", "task_for_model", "table_task",
+           "list_tasks"]
+
+TASKS: Registry = Registry("task")
+
+
+@dataclass
+class EpochInputs:
+    """What one training epoch reads (the trainer fills it; a task's ``train_epoch`` takes
+    what it needs)."""
+
+    model: Any           # what the optimizer steps through (``Task.train_model``)
+    data: Any            # the training split
+    transform: Any       # its training view (None where the task's model takes raw images)
+    optimizer: Any
+    positions: Any       # the subset's positions, or None for all
+    weights: Any         # per-sample loss weights, or None
+    teacher: Any         # the distillation teacher, or None
+    config: Any          # the run's TrainConfig
+    generator: Any       # the augmentation stream
+    scheduler: Any       # the per-step learning rate
+    device: Any
+    plan: Any            # this rank's batches under torch.distributed, or None
+    on_batch: Any = None  # called with each batch's outputs (free scores), or None
+
+
+class Task:
+    """One task: subclasses fill in every method.
+
+    Attributes:
+        name: the registry name (``DetectionData.task`` says ``"detection"``; data that
+            says nothing is ``"classification"``).
+        metric: the metric that picks the best epoch (``"top1"``, ``"ap"``).
+        model_noun: what a model of the task is called in messages ("classifier").
+        trains_on: what its models train on, for messages.
+        free_scores: whether a run may take its selection rounds from the training steps.
+        metadata: added to a score table of this task's data (what readers need to know).
+        scorer_batch_size: the default batch of a scoring pass.
+        min_label: the lowest label its score tables hold (-1: a group of their own).
+        label_rule: what an error about a table's labels adds for this task.
+    """
+
+    name = ""
+    metric = ""
+    model_noun = ""
+    trains_on = ""
+    free_scores = False
+    metadata: dict = {}
+    scorer_batch_size = 256
+    min_label = 0
+    label_rule = ""
+
+    def owns_model(self, arch: str) -> bool:
+        """Whether ``arch`` names a registered model of this task."""
+        raise NotImplementedError
+
+    def create_model(self, arch: str, train, kwargs: dict):
+        """A fresh model of ``arch`` for ``train``'s classes."""
+        raise NotImplementedError
+
+    def check_config(self, config) -> None:
+        """Refuse what a run of this task does not take (a ``ValueError`` naming it)."""
+
+    def inference_batch_size(self, device) -> int:
+        """The default batch of evaluation and scoring passes on ``device``."""
+        raise NotImplementedError
+
+    def transforms(self, train, config) -> tuple:
+        """(training view, evaluation view) of ``train``; None where the model takes raw
+        images."""
+        raise NotImplementedError
+
+    def calibration_batches(self, train, config, eval_tf, device):
+        """Input batches spread over ``train`` that set the LSQ steps."""
+        raise NotImplementedError
+
+    def train_model(self, model, config):
+        """What the optimizer steps through: the model, or the model with its loss."""
+        return model
+
+    def train_epoch(self, inputs: EpochInputs) -> float:
+        """One epoch over ``inputs.positions``; returns the mean training loss."""
+        raise NotImplementedError
+
+    def evaluate(self, model, test, eval_tf, *, batch_size: int, device) -> dict[str, float]:
+        """The test split's metrics (``metric`` among them)."""
+        raise NotImplementedError
+
+    def shown(self, scores: dict[str, float], best: float | None = None) -> str:
+        """The metrics as a log line shows them."""
+        raise NotImplementedError
+
+    def score(self, scorer, model, epoch: int, device, metadata: dict):
+        """The score table of one round: every sample of ``scorer.rows`` scored by
+        ``model`` (``scorer``: the ``RoundScorer``, whose ``reference_outputs`` and
+        ``cache`` the task may use)."""
+        raise NotImplementedError
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    return TASKS.names()
+
+
+def task_of(data) -> Task:
+    """The task of a dataset: its ``task`` attribute, ``"classification"`` where it has
+    none.
+
+    Raises:
+        ValueError: the dataset names an unregistered task.
+    """
+    return TASKS.lookup(getattr(data, "task", None) or "classification")
+
+
+def table_task(metadata: dict) -> Task:
+    """The task of a score table, from its metadata's ``task`` (classification where it
+    names none, or none registered here)."""
+    return TASKS.get(metadata.get("task") or "classification") or TASKS["classification"]
+
+
+def task_for_model(arch: str) -> Task:
+    """The task whose registry holds the model ``arch``; classification for a name no task
+    holds (``create_model`` then says it is unknown)."""
+    for name in TASKS.names():
+        if TASKS[name].owns_model(arch):
+            return TASKS[name]
+    return TASKS["classification"]

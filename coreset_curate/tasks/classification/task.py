@@ -1,0 +1,66 @@
+"""The classification task: registered classifiers, batched transforms, (distilled)
+cross-entropy, top-1, and the score tables of ``scoring.score_dataset``."""
+
+from __future__ import annotations
+
+from ...data import default_transforms, inference_batch_size, iter_batches, spread_positions
+from ...scoring.scores import score_dataset
+from ..base import EpochInputs, Task
+from .loop import evaluate, train_epoch
+from .models import MODELS, create_model
+
+__all__ = ["ClassificationTask"]
+
+
+class ClassificationTask(Task):
+    """Image classification (every dataset that names no task of its own)."""
+
+    name = "classification"
+    metric = "top1"
+    model_noun = "classifier"
+    trains_on = "a classifier trains on labelled images"
+    free_scores = True
+    metadata: dict = {}
+    scorer_batch_size = 256
+
+    def owns_model(self, arch: str) -> bool:
+        return arch in MODELS
+
+    def create_model(self, arch: str, train, kwargs: dict):
+        return create_model(arch, num_classes=train.num_classes,
+                            in_channels=train.image_shape[0], **kwargs)
+
+    def inference_batch_size(self, device) -> int:
+        return inference_batch_size(device)
+
+    def transforms(self, train, config) -> tuple:
+        return default_transforms(train, mean=config.mean, std=config.std)
+
+    def calibration_batches(self, train, config, eval_tf, device):
+        # spread over the split when streamed (an image folder lists class by class)
+        calib_pos = (spread_positions(len(train), 256 * config.calibration_batches)
+                     if config.stream else None)
+        return (eval_tf(x.to(device)) for _, x, _ in iter_batches(train, 256, calib_pos))
+
+    def train_epoch(self, inputs: EpochInputs) -> float:
+        c = inputs.config
+        return train_epoch(inputs.model, inputs.data, inputs.transform, inputs.optimizer,
+                           positions=inputs.positions, weights=inputs.weights,
+                           teacher=inputs.teacher, label_weight=c.label_weight,
+                           batch_size=c.batch_size, generator=inputs.generator,
+                           scheduler=inputs.scheduler, device=inputs.device,
+                           channels_last=c.channels_last, label_smoothing=c.label_smoothing,
+                           plan=inputs.plan, on_batch=inputs.on_batch)
+
+    def evaluate(self, model, test, eval_tf, *, batch_size: int, device) -> dict[str, float]:
+        return {"top1": evaluate(model, test, eval_tf, batch_size=batch_size, device=device)}
+
+    def shown(self, scores: dict[str, float], best: float | None = None) -> str:
+        if best is None:
+            return f"top-1 {scores['top1']:.2f}%"
+        return f"top-1 {scores['top1']:.2f}% (best {best:.2f}%)"
+
+    def score(self, scorer, model, epoch: int, device, metadata: dict):
+        return score_dataset(model, scorer.rows, scorer.reference_outputs(device),
+                             transform=scorer.transform, epoch=epoch, probs=scorer.probs,
+                             batch_size=scorer.batch_size, device=device, metadata=metadata)
