@@ -29,6 +29,9 @@ _EXPORTS = {
     "audit": "labels.audit", "AuditResult": "labels.audit", "inject_noise": "labels.noise",
     "write_report": "labels.report",
     "curate": "pipeline", "load_curate_recipe": "pipeline", "CurateConfig": "pipeline",
+    "clean_labels": "labels.cleaning", "exclusions": "labels.cleaning",
+    "register_source": "data.sources", "list_sources": "data.sources",
+    "Task": "tasks", "task_of": "tasks", "task_for_model": "tasks", "list_tasks": "tasks",
 }
 
 __all__ = ["__version__", *_EXPORTS]

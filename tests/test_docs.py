@@ -20,6 +20,7 @@ WRITES = {
     "docs/guide/library.md": ["index.parquet"],
     "docs/guide/huggingface.md": ["run/index.parquet", "subset3"],
     "docs/guide/noise-audit.md": ["audit/report.html", "audit/audit.parquet", "clean.parquet"],
+    "docs/guide/extending.md": [],
 }
 
 

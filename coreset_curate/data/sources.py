@@ -83,7 +83,11 @@ def register_source(name: str, *, argument: bool = True, streams: bool = False) 
 
 
 def list_sources() -> list[str]:
-    """Names of the registered data sources."""
+    """Names of the registered data sources.
+
+    Returns:
+        The names, sorted.
+    """
     return SOURCES.names()
 
 

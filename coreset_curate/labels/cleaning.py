@@ -77,7 +77,19 @@ def _flagged(table: pa.Table, name: str, kinds) -> np.ndarray:
 def exclusions(source, *, kinds=CLEAN_KINDS) -> np.ndarray:
     """Sample ids (ascending) to keep out of every selection: the samples an audit (its
     folder, ``audit.parquet``, an ``AuditResult``) flags with one of ``kinds``; the
-    ``sample_id`` column of any other table (path or pyarrow); or an array of ids."""
+    ``sample_id`` column of any other table (path or pyarrow); or an array of ids.
+
+    Args:
+        source: an audit (folder, ``audit.parquet``, ``AuditResult``), a table with
+            ``sample_id`` (path or pyarrow), an array of ids, or None (no exclusion).
+        kinds: the flag kinds of an audit that are excluded.
+
+    Returns:
+        The ids, int64, sorted and unique.
+
+    Raises:
+        ValueError: a table without ``sample_id``, or ids that are not 1-D integers.
+    """
     if source is None:
         return np.zeros(0, np.int64)
     if isinstance(source, (str, os.PathLike, pa.Table)) or hasattr(source, "table"):
@@ -107,6 +119,20 @@ def clean_labels(audit, *, relabel: bool = False, kinds=CLEAN_KINDS, labels=None
     ``labels``: the labels table the audited data was read with (for example a run's
     ``labels.parquet``): its ``true_label`` column is carried over, and samples it already
     left out stay out. The audit's own ``true_label`` column is used when it has one.
+
+    Args:
+        audit: the audit (its folder, ``audit.parquet``, an ``AuditResult`` or the table).
+        relabel: give flagged samples the audit's suggested label instead of leaving them
+            out.
+        kinds: the flag kinds acted on (default mislabeled and unknown).
+        labels: the labels table the audited data was read with, or None.
+
+    Returns:
+        The ``Labels`` table (``write(path)`` saves it).
+
+    Raises:
+        ValueError: the audit is not an audit table, names an unknown kind, or does not
+            fit ``labels``.
     """
     table, name = _audit_table(audit)
     bad = _flagged(table, name, kinds)

@@ -114,13 +114,23 @@ class Task:
 
 
 def list_tasks() -> list[str]:
-    """Names of the registered tasks."""
+    """Names of the registered tasks.
+
+    Returns:
+        The names, sorted.
+    """
     return TASKS.names()
 
 
 def task_of(data) -> Task:
     """The task of a dataset: its ``task`` attribute, ``"classification"`` where it has
     none.
+
+    Args:
+        data: a dataset (``load_data``, ``as_rows``, ``DetectionData``).
+
+    Returns:
+        The registered ``Task``.
 
     Raises:
         ValueError: the dataset names an unregistered task.
@@ -136,7 +146,14 @@ def table_task(metadata: dict) -> Task:
 
 def task_for_model(arch: str) -> Task:
     """The task whose registry holds the model ``arch``; classification for a name no task
-    holds (``create_model`` then says it is unknown)."""
+    holds (``create_model`` then says it is unknown).
+
+    Args:
+        arch: a model name.
+
+    Returns:
+        The registered ``Task``.
+    """
     for name in TASKS.names():
         if TASKS[name].owns_model(arch):
             return TASKS[name]
