@@ -37,8 +37,8 @@ class TrainConfig:
             ``coco:ROOT`` or a folder in the toolkit's layout.
         train_split: the split trained on.
         test_split: the split evaluated.
-        model: a registered model of a task: a classifier (``list_models``) or a
-            detector (``tasks``: the task of the model must be the task of the data).
+        model: a registered model of a task (``list_models`` for classifiers;
+            ``tasks.task_for_model`` finds its task, which must be the task of the data).
         model_kwargs: passed to the model's constructor.
         mode: ``"fp"`` (full-precision training) or ``"qat"``.
         w_bits: weight bits in QAT (2..8, 32 for float).
