@@ -37,6 +37,11 @@ docs/benchmarks/noise-robust.md::
 
     nohup python benchmarks/noise_robust.py > noise_robust.log 2>&1 &
     python benchmarks/noise_robust.py --render
+
+``--pipeline`` runs the rows of the whole pipeline instead (``coreset-curate curate``, three
+seeds, with their controls: see benchmarks/noise_pipeline.py)::
+
+    nohup python benchmarks/noise_robust.py --pipeline > noise_pipeline.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -318,6 +323,12 @@ def render(results: list) -> str:
             lines.append(f"| {noise}, {kind} | {f'{n:,}' if n else 'all'} | {r['epochs']} | "
                          f"{r['top1']:.2f} | {r['wall_s']:.0f} | "
                          f"{'yes' if r['cores_oversubscribed'] else 'no'} |")
+    from noise_pipeline import render as render_pipeline
+
+    pipeline = render_pipeline(results)
+    if pipeline:
+        lines += ["", "The pipeline (`coreset-curate curate`), W4A4, against the plain noisy run "
+                  "and the clean ceiling of the same seed:", "", pipeline]
     return "\n".join(lines)
 
 
@@ -333,6 +344,8 @@ def main() -> None:
                           "teacher's audit and rows...): they move to "
                           "noise_robust_superseded.json with --reason, their files go")
     cli.add_argument("--reason", default=None, help="why the --redo records are redone")
+    cli.add_argument("--pipeline", action="store_true",
+                     help="run the pipeline rows and their controls (noise_pipeline.py)")
     args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR
@@ -345,6 +358,16 @@ def main() -> None:
     args.common = ([f"limit_train={args.limit_train}", "limit_test=500", "compile=false"]
                    if args.limit_train else [])
     args.info = start(args)
+    if args.pipeline:
+        from noise_pipeline import run_all
+
+        args.runs_dir_path = RUNS_DIR
+        args.common_keys = ({"limit_train": args.limit_train, "limit_test": 500,
+                             "compile": False} if args.limit_train else {})
+        run_all(args, RESULTS)
+        if not args.results:
+            write_between(README, TABLE_START, TABLE_END, render(RESULTS.load()))
+        return
     for noise_type, rate in SETTINGS:
         if tag(noise_type, rate) not in args.settings:
             continue

@@ -87,7 +87,7 @@ def test_imports_have_no_cycle_counting_those_inside_functions():
 
 
 @pytest.mark.parametrize("layer", ["training", "selection", "scoring", "quant", "common",
-                                   "labels/cleaning.py", "pipeline.py"])
+                                   "labels/cleaning.py", "pipeline"])
 def test_generic_layers_hold_no_task_branch(layer):
     """The trainer, the selection library and the scorer ask the task of their data or
     model (``tasks``); they never name detection."""

@@ -39,6 +39,31 @@ LABELS_HELP = ("labels table (sample_id, label[, true_label]: from `noise` or `c
                "whose labels replace the dataset's")
 
 
+# ------------------------------------------------------------------ options several commands take
+def _split(p, help: str | None = None) -> None:
+    p.add_argument("--split", default="train", **({"help": help} if help else {}))
+
+
+def _id_column(p) -> None:
+    p.add_argument("--id-column", default=None, help="column holding sample ids")
+
+
+def _seed(p) -> None:
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _overwrite(p, help: str | None = None) -> None:
+    p.add_argument("--overwrite", action="store_true", **({"help": help} if help else {}))
+
+
+def _labels(p, help: str) -> None:
+    p.add_argument("--labels", default=None, metavar="LABELS.parquet", help=help)
+
+
+def _set(p, help: str) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (``PROG: error: ...``), exit 2."""
 
@@ -69,8 +94,8 @@ def _add_demo(sub) -> None:
     demo.add_argument("--a-bits", type=_bits, default=4, help="activation bits (4)")
     demo.add_argument("--fp-epochs", type=_positive_int, default=None,
                       help="epochs of full-precision training (30; detection 24)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--overwrite", action="store_true", help="replace earlier outputs")
+    _seed(demo)
+    _overwrite(demo, "replace earlier outputs")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -96,7 +121,7 @@ def _add_select(sub) -> None:
     sel.add_argument("--epochs", type=_positive_int, default=None,
                      help="the run's total epochs E (acs and infobatch need it)")
     sel.add_argument("--schedule", default="cos", help="ACS schedule (cos)")
-    sel.add_argument("--seed", type=int, default=0)
+    _seed(sel)
     scope = sel.add_mutually_exclusive_group()
     scope.add_argument("--per-class", dest="per_class", action="store_true", default=True,
                        help="keep the fraction of every class (default)")
@@ -112,16 +137,14 @@ def _add_select(sub) -> None:
                      help="never select these samples: an audit folder (its flagged "
                           "mislabeled samples) or a table with a sample_id column; class "
                           "budgets stay those of all samples")
-    sel.add_argument("--labels", default=None, metavar="LABELS.parquet",
-                     help="the labels table the data is trained with: samples it leaves out "
-                          "are not selected (its labels must be the scores')")
+    _labels(sel, "the labels table the data is trained with: samples it leaves out "
+                 "are not selected (its labels must be the scores')")
     sel.add_argument("--memory-budget", type=_memory, default=None, metavar="SIZE",
                      help="memory the selection may hold, e.g. 1500M or 2G (default: a "
                           "quarter of the machine's); one larger table is read by row "
                           "groups, with the same ids")
     sel.add_argument("--out", required=True, help="index file (created, or extended)")
-    sel.add_argument("--overwrite", action="store_true",
-                     help="replace epochs the index already has")
+    _overwrite(sel, "replace epochs the index already has")
     sel.set_defaults(func=_cmd_select)
 
 
@@ -132,14 +155,13 @@ def _add_export(sub) -> None:
                     "features; datasets.load_dataset('parquet', data_dir=OUT) reads it.")
     exp.add_argument("--data", required=True,
                      help="dataset: Parquet folder/file/glob, digits or coco:ROOT")
-    exp.add_argument("--split", default="train")
+    _split(exp)
     exp.add_argument("--index", required=True)
     exp.add_argument("--epoch", type=int, required=True)
-    exp.add_argument("--id-column", default=None, help="column holding sample ids")
-    exp.add_argument("--labels", default=None, metavar="LABELS.parquet",
-                     help=LABELS_HELP + " (the table the run was trained with)")
+    _id_column(exp)
+    _labels(exp, LABELS_HELP + " (the table the run was trained with)")
     exp.add_argument("--out", required=True, help="output folder")
-    exp.add_argument("--overwrite", action="store_true")
+    _overwrite(exp)
     exp.set_defaults(func=_cmd_export)
 
 
@@ -154,12 +176,11 @@ def _add_audit(sub) -> None:
                     help="score tables (one per scoring round, or several rounds in one)")
     au.add_argument("--data", default=None,
                     help="the dataset the scores came from (class names, thumbnails)")
-    au.add_argument("--split", default="train")
+    _split(au)
     au.add_argument("--stream", action="store_true",
                     help="read --data's images only for the thumbnails shown (ImageNet)")
-    au.add_argument("--id-column", default=None, help="column holding sample ids")
-    au.add_argument("--labels", default=None, metavar="LABELS.parquet",
-                    help=LABELS_HELP + " (the table the scores were made with)")
+    _id_column(au)
+    _labels(au, LABELS_HELP + " (the table the scores were made with)")
     au.add_argument("--index", default=None, help="a run's index: flagged share per epoch")
     au.add_argument("--true-labels", default=None, metavar="LABELS.parquet",
                     help="labels table with true_label (from `noise` or a run trained with "
@@ -175,7 +196,7 @@ def _add_audit(sub) -> None:
     au.add_argument("--max-examples", type=int, default=48,
                     help="thumbnails shown per group (48)")
     au.add_argument("--out", required=True, help="report folder")
-    au.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    _overwrite(au, "replace an earlier report")
     au.set_defaults(func=_cmd_audit)
 
 
@@ -186,13 +207,13 @@ def _add_noise(sub) -> None:
                     "--type asymmetric) deterministically by seed, and write sample_id, label "
                     "(noisy) and true_label as Parquet.")
     no.add_argument("--data", required=True, help="dataset: Parquet folder/file/glob or digits")
-    no.add_argument("--split", default="train")
-    no.add_argument("--id-column", default=None, help="column holding sample ids")
+    _split(no)
+    _id_column(no)
     no.add_argument("--type", default="symmetric", choices=["symmetric", "asymmetric"])
     no.add_argument("--rate", type=float, required=True, help="share of labels to flip")
-    no.add_argument("--seed", type=int, default=0)
+    _seed(no)
     no.add_argument("--out", required=True, help="labels table (.parquet)")
-    no.add_argument("--overwrite", action="store_true")
+    _overwrite(no)
     no.set_defaults(func=_cmd_noise)
 
 
@@ -210,15 +231,14 @@ def _add_clean(sub) -> None:
                          "out (those without a suggestion are left out)")
     cl.add_argument("--kinds", default="mislabeled,unknown",
                     help="flag kinds to act on, comma-separated (mislabeled,unknown)")
-    cl.add_argument("--labels", default=None, metavar="LABELS.parquet",
-                    help="the labels table the audited scores were made with: its true_label "
-                         "column is carried over and what it left out stays out")
+    _labels(cl, "the labels table the audited scores were made with: its true_label "
+                "column is carried over and what it left out stays out")
     cl.add_argument("--data", default=None,
                     help="the dataset, to check that the table fits it (Parquet folder, ...)")
-    cl.add_argument("--split", default="train")
-    cl.add_argument("--id-column", default=None, help="column holding sample ids")
+    _split(cl)
+    _id_column(cl)
     cl.add_argument("--out", required=True, help="labels table to write (.parquet)")
-    cl.add_argument("--overwrite", action="store_true")
+    _overwrite(cl)
     cl.set_defaults(func=_cmd_clean)
 
 
@@ -232,15 +252,15 @@ def _add_make_detection(sub) -> None:
                     "load_data('coco:ROOT', SPLIT) reads it back.")
     md.add_argument("--data", required=True, help="classification dataset (Parquet folder, "
                     "digits, ...)")
-    md.add_argument("--split", default="train", help="split to take the objects from")
+    _split(md, "split to take the objects from")
     md.add_argument("--count", type=_positive_int, required=True, help="canvases to write")
-    md.add_argument("--seed", type=int, default=0)
+    _seed(md)
     md.add_argument("--class-noise", type=float, default=0.0,
                     help="share of boxes given another class (truth kept in "
                          "true_category_id), for experiments (0)")
     md.add_argument("--out-split", default=None, help="split name written (default --split)")
     md.add_argument("--out", required=True, help="dataset root folder")
-    md.add_argument("--overwrite", action="store_true")
+    _overwrite(md)
     md.set_defaults(func=_cmd_make_detection)
 
 
@@ -252,11 +272,10 @@ def _add_train(sub) -> None:
                     "epochs. Writes scores, the index, checkpoints, metrics.jsonl and "
                     "summary.json to --out.")
     tr.add_argument("--recipe", default=None, help="YAML recipe (see recipes/)")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key (repeatable), e.g. --set fraction=0.3")
+    _set(tr, "override a recipe key (repeatable), e.g. --set fraction=0.3")
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    tr.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
+    _overwrite(tr, "start again in a non-empty --out")
     tr.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
                     help="train at most N epochs now, then stop (continue with --resume)")
     tr.set_defaults(func=_cmd_train)
@@ -272,12 +291,10 @@ def _add_curate(sub) -> None:
                     "when its outputs exist and its inputs are unchanged; a killed run "
                     "started again resumes. Writes summary.json and report.html to --out.")
     cu.add_argument("--recipe", required=True, help="curate recipe (see recipes/*_curate.yaml)")
-    cu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a curate key (repeatable), e.g. "
-                         "--set 'student_set={fraction: 0.3}'")
+    _set(cu, "override a curate key (repeatable), e.g. "
+             "--set 'student_set={fraction: 0.3}'")
     cu.add_argument("--out", required=True, help="pipeline folder")
-    cu.add_argument("--overwrite", action="store_true",
-                    help="make again the stages whose inputs changed (and those after them)")
+    _overwrite(cu, "make again the stages whose inputs changed (and those after them)")
     cu.set_defaults(func=_cmd_curate)
 
 
@@ -291,9 +308,9 @@ def _add_score(sub) -> None:
                     "shards are split across ranks and rank 0 writes one table.")
     sc.add_argument("--data", required=True, help="Parquet folder/file/glob, digits, "
                     "torchvision:NAME, or coco:ROOT (detection)")
-    sc.add_argument("--split", default="train")
-    sc.add_argument("--id-column", default=None, help="column holding sample ids")
-    sc.add_argument("--labels", default=None, metavar="LABELS.parquet", help=LABELS_HELP)
+    _split(sc)
+    _id_column(sc)
+    _labels(sc, LABELS_HELP)
     sc.add_argument("--model", required=True, help="architecture name (see models), or a "
                     "detector (retinanet_resnet18_fpn, ...) for coco:ROOT data")
     sc.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
@@ -333,7 +350,7 @@ def _add_score(sub) -> None:
     sc.add_argument("--workers", type=int, default=None,
                     help="with --stream: decoding processes (cores - 1, at most 16)")
     sc.add_argument("--out", required=True, help="score table to write")
-    sc.add_argument("--overwrite", action="store_true")
+    _overwrite(sc)
     sc.set_defaults(func=_cmd_score)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -31,8 +32,9 @@ import pyarrow.parquet as pq
 
 from ..common.tables import TableError, conform, table_metadata
 from ..tasks import table_task
-from .core import METHODS, Selection, SelectionContext, class_budget, unknown_exclusions
+from .core import METHODS, Selection, SelectionContext, unknown_exclusions
 from .rounds import BASE_COLUMNS, _column_numpy, _contract, check_finite, small_ints
+from .topk import class_budget
 
 __all__ = ["STREAMABLE", "default_memory_budget", "in_memory_bytes", "parse_memory",
            "select_streamed"]
@@ -153,80 +155,23 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
                          f"{sorted(STREAMABLE)}")
     spec = METHODS[method]
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"score table not found: {path}")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+    pf = _open(path)
     have = pf.schema_arrow.names
-    missing = [c for c in BASE_COLUMNS if c not in have]
-    if missing:
-        raise TableError(f"{path} lacks column(s) {missing}; it has {have}")
     excluded = None if exclude is None else exclusions(exclude)
-    seen_excluded = None if excluded is None else np.zeros(len(excluded), dtype=bool)
-
-    # pass 1: rows per class, and the checks that need the whole table. Counts are kept
-    # one class up (a task's label -1 is a group of its own)
-    task = table_task(table_metadata(pf.schema_arrow))
-    base = list(BASE_COLUMNS)
-    counts = np.zeros(0, dtype=np.int64)
-    kept_counts = np.zeros(0, dtype=np.int64)
-    last_id, round_epoch, lo_label, n = None, None, 0, 0
-    for cols in _batches(pf, path, base, _contract(base, False), batch_rows):
-        ids, labels, ep = cols["sample_id"], cols["label"], cols["epoch"]
-        if not len(ids):
-            continue
-        if int(ep.min()) != int(ep.max()) or (round_epoch is not None
-                                              and int(ep[0]) != round_epoch):
-            raise TableError(f"{path} holds more than one scoring round; the out-of-core "
-                             "path reads one (select from several rounds in memory)")
-        round_epoch = int(ep[0])
-        if (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()) or (
-                last_id is not None and ids[0] <= last_id):
-            raise TableError(f"{path} is not sorted by sample_id (or repeats one): the "
-                             "out-of-core path needs it sorted; write it sorted, or raise "
-                             "the memory budget")
-        last_id = int(ids[-1])
-        lo_label = min(lo_label, int(labels.min()))
-        if lo_label < task.min_label:
-            raise TableError("labels must be non-negative class indices" + task.label_rule)
-        grouped = labels.astype(np.int64) + 1
-        counts = _add(counts, np.bincount(grouped))
-        if excluded is not None:
-            hit = np.isin(ids, excluded)
-            seen_excluded |= np.isin(excluded, ids[hit])
-            kept_counts = _add(kept_counts, np.bincount(grouped[~hit]))
-        n += len(ids)
-    if n == 0:
-        raise TableError("the score tables have no rows")
-    if excluded is None:
-        kept_counts = counts
-    else:  # as long as counts (the excluded may be a class's last rows)
-        kept_counts = _add(kept_counts, np.zeros(len(counts), dtype=np.int64))
-    if spec.columns and round_epoch > epoch:
+    first = _first_pass(pf, path, excluded, batch_rows)
+    if spec.columns and first.round_epoch > epoch:
         raise TableError(f"no scoring round at or before epoch {epoch}; the tables hold "
-                         f"rounds at epochs {[round_epoch]}")
+                         f"rounds at epochs {[first.round_epoch]}")
     if excluded is not None:
-        if not seen_excluded.all():
-            raise unknown_exclusions(excluded[~seen_excluded])
-        if not kept_counts.sum():
+        if not first.seen_excluded.all():
+            raise unknown_exclusions(excluded[~first.seen_excluded])
+        if not first.kept_counts.sum():
             raise ValueError("the exclusion list leaves no sample to select from")
-    shift = 1 if lo_label < 0 else 0
+    shift = 1 if first.lo_label < 0 else 0
+    counts, kept_counts = first.counts, first.kept_counts
     if not shift:
         counts, kept_counts = counts[1:], kept_counts[1:]
-
-    # the budgets, as SelectionContext.budget / total_budget / top_fraction make them
-    if per_class:
-        present = kept_counts > 0
-        budget = np.zeros(len(kept_counts), dtype=np.int64)
-        budget[present] = np.minimum(class_budget(counts[present], fraction, min_per_class),
-                                     kept_counts[present])
-    else:
-        whole = int(counts.sum())
-        m = int(kept_counts.sum())
-        budget = np.array([min(m, max(int(math.floor(fraction * whole + 0.5)),
-                                      min_per_class))])
+    budget = _budgets(counts, kept_counts, fraction, per_class, min_per_class)
 
     # pass 2: the method's score batch by batch; the k best of every class are kept
     want = list(dict.fromkeys([*BASE_COLUMNS, *[c for c in spec.columns if c in have]]))
@@ -262,6 +207,90 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
             buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
     buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
     return Selection(buf_ids)
+
+
+def _open(path: str) -> pq.ParquetFile:
+    """The score table, opened, with the base columns there."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"score table not found: {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TableError(f"{path} is not a readable Parquet file: {err}") from err
+    have = pf.schema_arrow.names
+    missing = [c for c in BASE_COLUMNS if c not in have]
+    if missing:
+        raise TableError(f"{path} lacks column(s) {missing}; it has {have}")
+    return pf
+
+
+@dataclass
+class _FirstPass:
+    """What pass 1 learns: rows per class (one class up, so that a task's label -1 is a
+    group of its own), those left after the exclusions, the lowest label, the round's
+    epoch, and which excluded ids the table holds."""
+
+    counts: np.ndarray
+    kept_counts: np.ndarray
+    lo_label: int
+    round_epoch: int
+    seen_excluded: np.ndarray | None
+
+
+def _first_pass(pf, path: str, excluded: np.ndarray | None, batch_rows: int) -> _FirstPass:
+    """Pass 1: rows per class, and the checks that need the whole table."""
+    task = table_task(table_metadata(pf.schema_arrow))
+    seen_excluded = None if excluded is None else np.zeros(len(excluded), dtype=bool)
+    base = list(BASE_COLUMNS)
+    counts = np.zeros(0, dtype=np.int64)
+    kept_counts = np.zeros(0, dtype=np.int64)
+    last_id, round_epoch, lo_label, n = None, None, 0, 0
+    for cols in _batches(pf, path, base, _contract(base, False), batch_rows):
+        ids, labels, ep = cols["sample_id"], cols["label"], cols["epoch"]
+        if not len(ids):
+            continue
+        if int(ep.min()) != int(ep.max()) or (round_epoch is not None
+                                              and int(ep[0]) != round_epoch):
+            raise TableError(f"{path} holds more than one scoring round; the out-of-core "
+                             "path reads one (select from several rounds in memory)")
+        round_epoch = int(ep[0])
+        if (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()) or (
+                last_id is not None and ids[0] <= last_id):
+            raise TableError(f"{path} is not sorted by sample_id (or repeats one): the "
+                             "out-of-core path needs it sorted; write it sorted, or raise "
+                             "the memory budget")
+        last_id = int(ids[-1])
+        lo_label = min(lo_label, int(labels.min()))
+        if lo_label < task.min_label:
+            raise TableError("labels must be non-negative class indices" + task.label_rule)
+        grouped = labels.astype(np.int64) + 1
+        counts = _add(counts, np.bincount(grouped))
+        if excluded is not None:
+            hit = np.isin(ids, excluded)
+            seen_excluded |= np.isin(excluded, ids[hit])
+            kept_counts = _add(kept_counts, np.bincount(grouped[~hit]))
+        n += len(ids)
+    if n == 0:
+        raise TableError("the score tables have no rows")
+    if excluded is None:
+        kept_counts = counts
+    else:  # as long as counts (the excluded may be a class's last rows)
+        kept_counts = _add(kept_counts, np.zeros(len(counts), dtype=np.int64))
+    return _FirstPass(counts, kept_counts, lo_label, round_epoch, seen_excluded)
+
+
+def _budgets(counts: np.ndarray, kept_counts: np.ndarray, fraction: float, per_class: bool,
+             min_per_class: int) -> np.ndarray:
+    """The budgets, as SelectionContext.budget / total_budget / top_fraction make them."""
+    if per_class:
+        present = kept_counts > 0
+        budget = np.zeros(len(kept_counts), dtype=np.int64)
+        budget[present] = np.minimum(class_budget(counts[present], fraction, min_per_class),
+                                     kept_counts[present])
+        return budget
+    whole = int(counts.sum())
+    m = int(kept_counts.sum())
+    return np.array([min(m, max(int(math.floor(fraction * whole + 0.5)), min_per_class))])
 
 
 def _add(total: np.ndarray, part: np.ndarray) -> np.ndarray:
