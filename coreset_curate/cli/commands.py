@@ -92,123 +92,35 @@ def _cmd_noise(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import pyarrow.parquet as pq
 
-    from ..data import (default_transforms, inference_batch_size, iter_batches, load_data,
-                       spread_positions)
-    from ..common.distributed import distributed_context
-    from ..scoring.extract import extract_scores
-    from ..tasks.classification.models import create_model
-    from ..quant import FLOAT_BITS, calibrate_, quantize_model
-    from ..scoring.refcache import cached_reference
-    from ..training import load_checkpoint, sha256_of
+    from ..data import inference_batch_size, load_data
+    from ..tasks import score_checkpoint, task_of
+    from ..training.config import parse_assignments
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    rank, world = distributed_context()
-    args.batch_size = args.batch_size or inference_batch_size(args.device)
     view = ({"stream": True, "crop_size": args.crop_size, "resize_size": args.resize_size,
              "num_workers": args.workers} if args.stream else {})
     if not args.stream and (args.crop_size or args.resize_size or args.workers is not None):
         raise ValueError("--crop-size, --resize-size and --workers apply to --stream")
     data = load_data(args.data, args.split, id_column=args.id_column, labels=args.labels,
                      **view)
-    if getattr(data, "task", None) == "detection":
-        return _score_detector(args, data)
-    if args.model_kwargs:
-        raise ValueError("--model-kwargs applies to detectors (coco:ROOT data)")
-    if args.mean is not None or args.std is not None:
-        _, eval_tf = default_transforms(data, mean=args.mean, std=args.std)
-    else:
-        stats = data if args.normalize_from == args.split else load_data(
-            args.data, args.normalize_from, **view)
-        _, eval_tf = default_transforms(stats)
-    student = create_model(args.model, num_classes=data.num_classes,
-                           in_channels=data.image_shape[0])
-    quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
-    if quantized:
-        quantize_model(student, args.w_bits, args.a_bits, first_last=args.first_last)
-    missing = load_checkpoint(student, args.checkpoint, allow_missing_quantizers=True)
-    if missing:
-        log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
-                 args.w_bits, args.a_bits, args.split)
-        rows = spread_positions(len(data), 1024)  # a class-sorted folder gives every class
-        calibrate_(student, (eval_tf(x) for _, x, _ in iter_batches(data, 256, rows)),
-                   max_batches=4)
-    reference = None
-    if args.reference:
-        ref_model = create_model(args.model, num_classes=data.num_classes,
-                                 in_channels=data.image_shape[0])
-        load_checkpoint(ref_model, args.reference)
-        cache_dir = args.cache_dir or str(Path(args.out).resolve().parent / ".reference-cache")
-        if rank == 0:
-            reference, hit = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
-                                              checkpoint_sha256=sha256_of(args.reference),
-                                              batch_size=args.batch_size, device=args.device)
-            log.info("reference outputs %s", "from the cache" if hit else "computed and cached")
-        if world > 1:
-            import torch
-
-            torch.distributed.barrier()
-            if rank != 0:
-                reference, _ = cached_reference(ref_model, data, eval_tf, cache_dir=cache_dir,
-                                                checkpoint_sha256=sha256_of(args.reference))
-    path = extract_scores(student, data, args.out, reference=reference, transform=eval_tf,
-                          epoch=args.epoch, batch_size=args.batch_size, device=args.device,
-                          shard_rows=args.shard_rows, embeddings=args.embeddings,
-                          probs=args.probs,
-                          metadata={"arch": args.model, "checkpoint": str(args.checkpoint)},
-                          overwrite=args.overwrite, rank=rank, world_size=world,
-                          bf16=args.bf16, channels_last=args.channels_last)
+    stats = (None if args.normalize_from == args.split
+             else lambda: load_data(args.data, args.normalize_from, **view))
+    path = score_checkpoint(
+        data, args.model, args.checkpoint, args.out, w_bits=args.w_bits, a_bits=args.a_bits,
+        first_last=args.first_last, reference=args.reference, epoch=args.epoch,
+        batch_size=args.batch_size or inference_batch_size(args.device), device=args.device,
+        mean=args.mean, std=args.std, stats=stats, shard_rows=args.shard_rows,
+        embeddings=args.embeddings, probs=args.probs, bf16=args.bf16,
+        channels_last=args.channels_last, cache_dir=args.cache_dir,
+        model_kwargs=parse_assignments(args.model_kwargs, "--model-kwargs"),
+        overwrite=args.overwrite)
     if path is not None:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path, columns=["evs", "pred", "label"])
-        acc = float((t.column("pred").to_numpy() == t.column("label").to_numpy()).mean())
-        print(f"wrote {path}: {t.num_rows} samples, student top-1 {100 * acc:.2f}%, "
-              f"mean EVS {float(t.column('evs').to_numpy().mean()):.4f}")
-    return 0
-
-
-def _score_detector(args: argparse.Namespace, data) -> int:
-    """``score`` on a detection split: one table, by ``detection.score_detections``."""
-    import numpy as np
-
-    from ..data import spread_positions
-    from ..tasks.detection import create_detector
-    from ..tasks.detection.data import calibration_batches
-    from ..tasks.detection.scores import score_detections
-    from ..quant import FLOAT_BITS, calibrate_, quantize_model
-    from ..common.tables import write_table
-    from ..training import load_checkpoint
-    from ..training.config import parse_assignments
-
-    unsupported = [flag for flag, on in (("--embeddings", args.embeddings), ("--probs", args.probs),
-                                         ("--bf16", args.bf16), ("--mean/--std", args.mean
-                                                                 or args.std)) if on]
-    if unsupported:
-        raise ValueError(f"{unsupported} apply to classifiers; a detection split is scored "
-                         "by detection.score_detections (see its columns in the README)")
-    kwargs = parse_assignments(args.model_kwargs, "--model-kwargs")
-
-    def build(path: str, quantized: bool):
-        model = create_detector(args.model, num_classes=data.num_classes, **kwargs)
-        if quantized:
-            quantize_model(model, args.w_bits, args.a_bits, first_last=args.first_last)
-        return model, load_checkpoint(model, path, allow_missing_quantizers=True)
-
-    quantized = args.w_bits != FLOAT_BITS or args.a_bits != FLOAT_BITS
-    student, missing = build(args.checkpoint, quantized)
-    if missing:
-        log.info("%s is a float checkpoint: calibrating W%dA%d step sizes on %s", args.checkpoint,
-                 args.w_bits, args.a_bits, args.split)
-        calibrate_(student, calibration_batches(data, spread_positions(len(data), 64)))
-    reference = build(args.reference, False)[0] if args.reference else None
-    table = score_detections(student, data, reference, epoch=args.epoch,
-                             batch_size=args.batch_size or 16, device=args.device,
-                             metadata={"arch": args.model, "checkpoint": str(args.checkpoint)})
-    write_table(table, args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {table.num_rows} images, mean EVS "
-          f"{float(np.nanmean(table.column('evs').to_numpy(zero_copy_only=False))):.4f}")
+        task = task_of(data)
+        print(f"wrote {path}: "
+              + task.describe_table(pq.read_table(path, columns=list(task.summary_columns))))
     return 0
 
 

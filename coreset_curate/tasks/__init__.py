@@ -4,7 +4,8 @@ and ``detection`` hold one task each; ``TASKS`` registers them, ``task_of(data)`
 ``task_for_model(arch)`` find the one a run needs.
 """
 
-from .base import TASKS, EpochInputs, Task, list_tasks, table_task, task_for_model, task_of
+from .base import (TASKS, EpochInputs, Task, list_tasks, score_checkpoint, table_task,
+                   task_for_model, task_of)
 from .classification.task import ClassificationTask
 from .detection.task import DetectionTask
 
@@ -12,4 +13,4 @@ TASKS.add("classification", ClassificationTask())
 TASKS.add("detection", DetectionTask())
 
 __all__ = ["TASKS", "Task", "EpochInputs", "task_of", "task_for_model", "table_task",
-           "list_tasks", "ClassificationTask", "DetectionTask"]
+           "list_tasks", "score_checkpoint", "ClassificationTask", "DetectionTask"]

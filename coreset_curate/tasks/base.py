@@ -15,7 +15,7 @@ from typing import Any
 from ..common.registry import Registry
 
 __all__ = ["Task", "EpochInputs", "TASKS", "task_of", "task_for_model", "table_task",
-           "list_tasks"]
+           "list_tasks", "score_checkpoint"]
 
 TASKS: Registry = Registry("task")
 
@@ -54,6 +54,7 @@ class Task:
         scorer_batch_size: the default batch of a scoring pass.
         min_label: the lowest label its score tables hold (-1: a group of their own).
         label_rule: what an error about a table's labels adds for this task.
+        summary_columns: the columns of a score table ``describe_table`` reads.
     """
 
     name = ""
@@ -65,6 +66,7 @@ class Task:
     scorer_batch_size = 256
     min_label = 0
     label_rule = ""
+    summary_columns: tuple = ("evs",)  # what describe_table reads
 
     def owns_model(self, arch: str) -> bool:
         """Whether ``arch`` names a registered model of this task."""
@@ -106,11 +108,45 @@ class Task:
         """The metrics as a log line shows them."""
         raise NotImplementedError
 
+    def score_checkpoint(self, data, model: str, checkpoint, out, **options):
+        """Score every sample of ``data`` with a checkpoint into the table ``out``
+        (``score_checkpoint`` documents the options); returns its path."""
+        raise NotImplementedError
+
+    def describe_table(self, table) -> str:
+        """A line about a written score table (``coreset-curate score`` prints it)."""
+        raise NotImplementedError
+
     def score(self, scorer, model, epoch: int, device, metadata: dict):
         """The score table of one round: every sample of ``scorer.rows`` scored by
         ``model`` (``scorer``: the ``RoundScorer``, whose ``reference_outputs`` and
         ``cache`` the task may use)."""
         raise NotImplementedError
+
+
+def score_checkpoint(data, model: str, checkpoint, out, **options):
+    """Score every sample of ``data`` with the checkpoint of ``model`` into the score table
+    ``out``, through the task of ``data`` (what ``coreset-curate score`` runs).
+
+    Args:
+        data: the dataset (``load_data``).
+        model: a registered model of the data's task.
+        checkpoint: the student's weights-only state dict (float: calibrated first).
+        out: the score table to write.
+        **options: ``w_bits``, ``a_bits``, ``first_last`` (the student's quantization),
+            ``reference`` (a full-precision checkpoint for DS), ``epoch``, ``batch_size``,
+            ``device``, ``model_kwargs`` (a detector's), ``overwrite``; for classifiers
+            also ``mean``/``std`` or ``stats`` (a function returning the split whose pixel
+            statistics normalise), ``shard_rows``, ``embeddings``, ``probs``, ``bf16``,
+            ``channels_last``, ``cache_dir`` (the reference outputs' cache).
+
+    Returns:
+        The table's path (None on ranks other than 0 under torchrun).
+
+    Raises:
+        ValueError: an option the task does not take, or a checkpoint that does not fit.
+    """
+    return task_of(data).score_checkpoint(data, model, checkpoint, out, **options)
 
 
 def list_tasks() -> list[str]:

@@ -22,6 +22,7 @@ class ClassificationTask(Task):
     free_scores = True
     metadata: dict = {}
     scorer_batch_size = 256
+    summary_columns = ("evs", "pred", "label")
 
     def owns_model(self, arch: str) -> bool:
         return arch in MODELS
@@ -59,6 +60,16 @@ class ClassificationTask(Task):
         if best is None:
             return f"top-1 {scores['top1']:.2f}%"
         return f"top-1 {scores['top1']:.2f}% (best {best:.2f}%)"
+
+    def score_checkpoint(self, data, model: str, checkpoint, out, **options):
+        from .scoring import score_classifier
+
+        return score_classifier(data, model, checkpoint, out, **options)
+
+    def describe_table(self, table) -> str:
+        acc = float((table.column("pred").to_numpy() == table.column("label").to_numpy()).mean())
+        return (f"{table.num_rows} samples, student top-1 {100 * acc:.2f}%, "
+                f"mean EVS {float(table.column('evs').to_numpy().mean()):.4f}")
 
     def score(self, scorer, model, epoch: int, device, metadata: dict):
         return score_dataset(model, scorer.rows, scorer.reference_outputs(device),

@@ -87,6 +87,17 @@ class DetectionTask(Task):
         line = f"AP {scores['ap']:.3f}, AP50 {scores['ap50']:.3f}"
         return line if best is None else f"{line} (best AP {best:.3f})"
 
+    def score_checkpoint(self, data, model: str, checkpoint, out, **options):
+        from .scoring import score_detector
+
+        return score_detector(data, model, checkpoint, out, **options)
+
+    def describe_table(self, table) -> str:
+        import numpy as np
+
+        evs = np.nanmean(table.column("evs").to_numpy(zero_copy_only=False))
+        return f"{table.num_rows} images, mean EVS {float(evs):.4f}"
+
     def score(self, scorer, model, epoch: int, device, metadata: dict):
         from .scores import score_detections
 
