@@ -83,8 +83,8 @@ def pipeline_rows(args, results, noise_type, rate, seed) -> None:
     """Every method's row of one (setting, seed), in one curate folder."""
     from coreset_curate.pipeline import curate
 
-    todo = [(m, f) for m, f in PIPELINE_METHODS
-            if not results.has(row_name(noise_type, rate, m, f, seed))]
+    todo = [(m, f) for m, f in PIPELINE_METHODS if m in args.methods
+            and not results.has(row_name(noise_type, rate, m, f, seed))]
     if not todo:
         return
     out = args.runs_dir_path / "pipeline" / f"{tag(noise_type, rate)}_s{seed}"
@@ -167,11 +167,17 @@ def plain_row(args, results, noise_type, rate, seed) -> None:
 
 def run_all(args, results) -> None:
     """Every pipeline row and control, in goal order; finished ones are skipped."""
+    done_seeds = set()
     for noise_type, rate, seeds in PIPELINE_SETTINGS:
+        if tag(noise_type, rate) not in args.settings:
+            continue
         for seed in seeds:
+            if seed not in args.seeds:
+                continue
             pipeline_rows(args, results, noise_type, rate, seed)
             plain_row(args, results, noise_type, rate, seed)
-    for seed in sorted({s for _, _, seeds in PIPELINE_SETTINGS for s in seeds}):
+            done_seeds.add(seed)
+    for seed in sorted(done_seeds):
         plain_row(args, results, None, None, seed)
 
 

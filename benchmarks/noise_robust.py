@@ -346,6 +346,11 @@ def main() -> None:
     cli.add_argument("--reason", default=None, help="why the --redo records are redone")
     cli.add_argument("--pipeline", action="store_true",
                      help="run the pipeline rows and their controls (noise_pipeline.py)")
+    cli.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2],
+                     help="(--pipeline) the seeds to run")
+    cli.add_argument("--methods", nargs="*", default=["small_loss", "loss_mixture",
+                                                      "random_epoch", "full"],
+                     help="(--pipeline) the students to run")
     args = cli.parse_args()
     global RUNS_DIR, RESULTS
     RUNS_DIR = Path(args.runs_dir) if args.runs_dir else RUNS_DIR

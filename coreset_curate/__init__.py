@@ -9,8 +9,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AdaptiveSelector": "selection.selector", "RoundScorer": "selection.scorer",
-    "ImageData": "data", "load_data": "data", "default_transforms": "data", "as_rows": "data",
+    "AdaptiveSelector": "selection.selector",
+    "ImageData": "data", "load_data": "data", "default_transforms": "data",
     "EvalTransform": "data", "TrainTransform": "data",
     "create_model": "tasks.classification.models",
     "list_models": "tasks.classification.models",

@@ -281,6 +281,12 @@ CATALOGUE = [
     ("evaluation epoch past the run's end", lambda fx, t: [
         "train", "--set", "epochs=2", "--set", "eval_epochs=[3]", "--out", t / "run"],
      "eval_epochs must be a list of epochs between 1 and epochs"),
+    ("score table not sorted, past the memory budget", lambda fx, t: _select(
+        _variant(fx, t, "unsorted", lambda tb: tb.take(np.arange(tb.num_rows)[::-1])),
+        "--memory-budget", "1", "--out", t / "i.parquet"), "not sorted by sample_id"),
+    ("memory budget that is not a size", lambda fx, t: _select(
+        fx["scores"], "--memory-budget", "lots", "--out", t / "i.parquet"),
+     "memory budget must be a positive size"),
 ]
 
 
