@@ -144,7 +144,6 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
     """
     s = _summary_numbers(result)
     plots = _plots(result)
-    t = result.table
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              "<title>coreset-curate noise audit</title><style>",
              "body{font-family:sans-serif;margin:2em;max-width:1100px}",
@@ -162,6 +161,18 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
              f"{s['ambiguous']:,} ambiguous"
              + (f", {s['unknown']:,} without a reference view" if s["unknown"] else "")
              + ".</p>"]
+    parts += _metrics_html(result)
+    parts += _per_class_html(result, plots)
+    parts += _confusion_html(result, plots)
+    parts += _subset_html(result, plots)
+    parts.append(_examples_html(result, data, max_examples))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _metrics_html(result) -> list[str]:
+    """The flags against the true labels, where they are known."""
+    parts: list[str] = []
     if result.metrics:
         parts.append("<h2>Against the true labels</h2><table><tr><th>flags</th><th>precision"
                      "</th><th>recall</th><th>F1</th><th>AUROC (suspicion)</th><th>flagged"
@@ -173,6 +184,13 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
                          f"{m['recall']:.4f}</td><td>{m['f1']:.4f}</td><td>{auroc}</td><td>"
                          f"{m['flagged']:,}</td><td>{m['noisy']:,}</td></tr>")
         parts.append("</table>")
+    return parts
+
+
+def _per_class_html(result, plots: dict) -> list[str]:
+    """The per-class table and the rates plot."""
+    parts: list[str] = []
+    t = result.table
     parts.append("<h2>Per class</h2><table><tr><th>class</th><th>samples</th><th>est. wrong "
                  "labels</th><th>flagged</th><th>mislabeled</th><th>fragile</th><th>threshold"
                  "</th></tr>")
@@ -188,6 +206,12 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
             f"<td>{int(((kinds == 'fragile') & inc).sum()):,}</td>"
             f"<td>{result.thresholds[c]:.3f}</td></tr>")
     parts.append(f"</table><p><img src='{plots['rates']}' alt='per-class rates'></p>")
+    return parts
+
+
+def _confusion_html(result, plots: dict) -> list[str]:
+    """The flagged samples' given against suggested labels, and the score histograms."""
+    parts: list[str] = []
     classes, conf = _confusion(result)
     parts.append("<h2>Flagged: given label (rows) vs suggested label (columns)</h2><table>"
                  "<tr><th></th>" + "".join(f"<th>{_e(n)}</th>" for n in result.class_names)
@@ -197,6 +221,12 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
                      + "".join(f"<td>{v or ''}</td>" for v in conf[c]) + "</tr>")
     parts.append(f"</table><h2>Score distributions</h2><p><img src='{plots['hist']}' "
                  "alt='histograms'></p>")
+    return parts
+
+
+def _subset_html(result, plots: dict) -> list[str]:
+    """The flagged share of each epoch's subset, where an index was given."""
+    parts: list[str] = []
     if result.subset_share:
         parts.append("<h2>Flagged share of each epoch's subset</h2><table><tr><th>epoch</th>"
                      "<th>size</th><th>flagged</th><th>mislabeled kind</th>"
@@ -208,9 +238,7 @@ def render_html(result, *, data=None, max_examples: int = 48) -> str:
                          "</td>" + (f"<td>{100 * r['truly_noisy']:.2f}%</td>"
                                     if "truly_noisy" in r else "") + "</tr>")
         parts.append(f"</table><p><img src='{plots['subset']}' alt='subset share'></p>")
-    parts.append(_examples_html(result, data, max_examples))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def _examples_html(result, data, max_examples: int) -> str:
