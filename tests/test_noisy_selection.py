@@ -50,6 +50,26 @@ def test_small_loss_estimates_the_rate_and_keeps_the_wrong_labels_out():
     assert _wrong_share(random, wrong) > 0.1  # what it is compared with
 
 
+def test_small_loss_before_any_training_step_draws_every_class_budget():
+    """free_scores' first round holds no score (no sample trained on yet): small_loss has
+    no rate to estimate and nothing to drop, and draws each class's budget at random
+    (the shipped curate recipe's first epoch; it raised before)."""
+    table, _ = _round()
+    n = table.num_rows
+    empty = table
+    for col in ("loss", "prob_label", "max_prob"):
+        empty = empty.set_column(empty.schema.get_field_index(col), col,
+                                 pa.array(np.full(n, np.nan, np.float32)))
+    empty = empty.set_column(empty.schema.get_field_index("pred"), "pred",
+                             pa.array(np.full(n, -1, np.int64)))
+    picked = cc.select(empty, "small_loss", 0.1, epoch=0)
+    assert len(picked) == 0.1 * n
+    labels = np.repeat(np.arange(K), PER_CLASS)
+    assert (np.bincount(labels[picked.sample_ids - 100], minlength=K) == 0.1 * PER_CLASS).all()
+    again = cc.select(empty, "small_loss", 0.1, epoch=1)
+    assert not np.array_equal(picked.sample_ids, again.sample_ids)  # re-drawn each epoch
+
+
 def test_small_loss_takes_a_given_rate_and_checks_it():
     table, wrong = _round()
     kept = cc.select(table, "small_loss", 1.0, options={"rate": 0.3})

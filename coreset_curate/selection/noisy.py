@@ -67,6 +67,13 @@ def noise_rate_estimates(ctx: SelectionContext) -> np.ndarray:
         return np.clip(np.where(counts > 0, wrong / np.maximum(counts, 1), 0.0), 0.0, 1.0)
 
 
+def _any_scored(ctx: SelectionContext) -> bool:
+    """Whether any round holds a sample with a probability of its label (a trained-on or
+    scored sample)."""
+    return any("prob_label" in r and np.isfinite(r["prob_label"].astype(np.float64)).any()
+               for r in ctx.rounds)
+
+
 def _draw_from(ctx: SelectionContext, kept: np.ndarray) -> Selection:
     """Per class, the class budget drawn at random (seeded by seed and epoch) from the rows
     in ``kept``; all of them where the class keeps fewer than its budget."""
@@ -101,6 +108,10 @@ def _small_loss(ctx: SelectionContext) -> Selection:
                          f"got {given!r}")
     loss = ctx.columns["loss"].astype(np.float64)
     groups = ctx.labels
+    if given is None and not _any_scored(ctx):
+        # training-step rounds before any sample was trained on (free_scores' first epoch):
+        # nothing to rank or estimate yet, and no reason to drop a sample
+        return _draw_from(ctx, np.ones(len(loss), dtype=bool))
     rates = (np.full(int(groups.max()) + 1, float(given)) if given is not None
              else noise_rate_estimates(ctx))
     capped = rates > cap
