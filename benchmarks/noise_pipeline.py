@@ -26,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from noise_robust import tag
 from resumable import ROOT, train
 
 # goals first: 40% symmetric and 20% asymmetric over three seeds, then 20% symmetric
@@ -37,10 +38,6 @@ PIPELINE_METHODS = [("small_loss", 0.1), ("loss_mixture", 0.1), ("random_epoch",
 FREE_SCORES = {"small_loss", "loss_mixture"}  # methods that read the training steps' scores
 LABEL_WEIGHT = 0.5
 SHARED = ("teacher", "audit", "clean", "teacher_clean")
-
-
-def tag(noise_type: str | None, rate: float | None) -> str:
-    return "clean" if noise_type is None else f"{noise_type[:3]}{round(rate * 100)}"
 
 
 def row_name(noise_type, rate, method, fraction, seed) -> str:

@@ -147,9 +147,10 @@ class AdaptiveSelector:
             self.rows.sample_ids, self.rows.labels.numpy(), meta={
                 "fingerprint": self.rows.fingerprint, "num_classes": self.rows.num_classes,
                 "class_names": self.rows.class_names, **self.scorer.metadata})
-        if free_scores and not task_of(self.rows).free_scores:
-            raise ValueError(f"free_scores records classifier logits; a {task_of(self.rows).name}"
-                             " run's rounds come from scoring passes")
+        task = task_of(self.rows)
+        if free_scores and not task.free_scores:
+            raise ValueError(f"free_scores records classifier logits; a {task.name} run's "
+                             "rounds come from scoring passes")
         if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
