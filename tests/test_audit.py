@@ -10,7 +10,7 @@ import torch
 
 from coreset_curate.labels.audit import AUDIT_SCHEMA, audit, flag_metrics
 from coreset_curate.labels.noise import inject_noise, read_labels
-from coreset_curate.scoring.scores import DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores
+from coreset_curate.scoring.measures import DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores
 
 EYE = np.eye
 

@@ -240,7 +240,7 @@ def test_selector_audits_as_it_goes_and_keeps_flags_out(tmp_path):
                                 reselect_every=2, reference=model, audit_every=2)
     again.load_state_dict(mem.state_dict())
     ids, _ = again.subset(2, model)  # no audit due at epoch 2 (every 2nd round)
-    assert not np.isin(ids, mem._flags[0]).any() and len(mem._flags[0]) > 50
+    assert not np.isin(ids, mem.audits.flags[0]).any() and len(mem.audits.flags[0]) > 50
     assert state["settings"] != mem.state_dict()["settings"]
     # a selector over the folder with other exclusion settings is refused
     with pytest.raises(ValueError, match="other settings"):

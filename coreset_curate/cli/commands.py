@@ -96,7 +96,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     from ..data import inference_batch_size, load_data
     from ..tasks import score_checkpoint, task_of
-    from ..training.config import parse_assignments
+    from ..training.recipe import parse_assignments
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")

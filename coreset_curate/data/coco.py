@@ -14,7 +14,8 @@ annotation of an unknown image, a missing image file, an image whose size differ
 what the annotations say, a duplicate id.
 
 ``image_labels`` (one class per image: its most frequent, the smallest on ties, -1 for an
-image without boxes) is what the score-table contract's ``label`` column holds.
+image without boxes) is what the score-table contract's ``label`` column holds. Hugging Face
+detection datasets are read and written by ``coco_hf``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common.checks import is_int
-
-__all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
-           "BadAnnotation"]
+__all__ = ["DetectionData", "LazyImages", "read_coco", "BadAnnotation"]
 
 
 class BadAnnotation(ValueError):
@@ -238,17 +236,8 @@ def _xyxy(b, w: int, h: int, what: str, ann) -> list[float]:
     return [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
 
 
-def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = False
-              ) -> DetectionData:
-    """One split of a COCO-layout dataset (see module doc). ``stream=True`` decodes each
-    image when it is read (``LazyImages``) instead of all of them now: for COCO itself; a
-    missing file is still named now, a mis-sized one when it is read."""
-    root = Path(root)
-    if not split or "/" in split or ".." in split:
-        raise ValueError(f"split name {split!r} may not hold '/' or '..'")
-    ann_path = root / "annotations" / f"instances_{split}.json"
-    data = _load_json(ann_path)
-    index, names, cat_ids = _categories(data["categories"], ann_path)
+def _indexed(data: dict, ann_path: Path) -> tuple[dict[int, dict], dict[int, list]]:
+    """The image entries by id, and every image's annotations."""
     images: dict[int, dict] = {}
     for im in data["images"]:
         if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width",
@@ -265,6 +254,41 @@ def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = F
             raise BadAnnotation(f"{ann_path}: annotation {a.get('id') if isinstance(a, dict) else a!r} "
                                 f"refers to image {img_id!r}, which is not in images")
         per_image[img_id].append(a)
+    return images, per_image
+
+
+def _image_boxes(anns: list, index: dict[int, int], cat_ids: list[int], w: int, h: int,
+                 what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's (boxes, classes) and its crowd (boxes, classes), checked."""
+    boxes, classes, crowd, crowd_cls = [], [], [], []
+    for a in anns:
+        xyxy = _xyxy(a.get("bbox"), w, h, what, a.get("id"))
+        if a.get("category_id") not in index:
+            raise BadAnnotation(f"{what}: annotation {a.get('id')} has category "
+                                f"{a.get('category_id')!r}, not among the categories "
+                                f"{cat_ids[:10]}{'...' if len(cat_ids) > 10 else ''}")
+        if a.get("iscrowd"):
+            crowd.append(xyxy)
+            crowd_cls.append(index[a["category_id"]])
+        else:
+            boxes.append(xyxy)
+            classes.append(index[a["category_id"]])
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64),
+            np.asarray(crowd, np.float32).reshape(-1, 4), np.asarray(crowd_cls, np.int64))
+
+
+def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = False
+              ) -> DetectionData:
+    """One split of a COCO-layout dataset (see module doc). ``stream=True`` decodes each
+    image when it is read (``LazyImages``) instead of all of them now: for COCO itself; a
+    missing file is still named now, a mis-sized one when it is read."""
+    root = Path(root)
+    if not split or "/" in split or ".." in split:
+        raise ValueError(f"split name {split!r} may not hold '/' or '..'")
+    ann_path = root / "annotations" / f"instances_{split}.json"
+    data = _load_json(ann_path)
+    index, names, cat_ids = _categories(data["categories"], ann_path)
+    images, per_image = _indexed(data, ann_path)
     ids = sorted(images)
     out_images, out_boxes, out_classes, out_crowd, files = [], [], [], [], []
     out_crowd_cls = []
@@ -272,19 +296,8 @@ def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = F
         im = images[img_id]
         what = f"image {img_id} ({im['file_name']})"
         w, h = int(im["width"]), int(im["height"])
-        boxes, classes, crowd, crowd_cls = [], [], [], []
-        for a in per_image[img_id]:
-            xyxy = _xyxy(a.get("bbox"), w, h, what, a.get("id"))
-            if a.get("category_id") not in index:
-                raise BadAnnotation(f"{what}: annotation {a.get('id')} has category "
-                                    f"{a.get('category_id')!r}, not among the categories "
-                                    f"{cat_ids[:10]}{'...' if len(cat_ids) > 10 else ''}")
-            if a.get("iscrowd"):
-                crowd.append(xyxy)
-                crowd_cls.append(index[a["category_id"]])
-            else:
-                boxes.append(xyxy)
-                classes.append(index[a["category_id"]])
+        boxes, classes, crowd, crowd_cls = _image_boxes(per_image[img_id], index, cat_ids,
+                                                        w, h, what)
         path = root / split / im["file_name"]
         if stream:
             if not path.is_file():
@@ -296,135 +309,12 @@ def read_coco(root: str | os.PathLike, split: str = "train", *, stream: bool = F
                 raise BadAnnotation(f"{what}: the file is {img.shape[2]}x{img.shape[1]} but "
                                     f"the annotations say {w}x{h}")
             out_images.append(img)
-        out_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
-        out_classes.append(np.asarray(classes, np.int64))
-        out_crowd.append(np.asarray(crowd, np.float32).reshape(-1, 4))
-        out_crowd_cls.append(np.asarray(crowd_cls, np.int64))
+        out_boxes.append(boxes)
+        out_classes.append(classes)
+        out_crowd.append(crowd)
+        out_crowd_cls.append(crowd_cls)
         files.append(str(im["file_name"]))
     if stream and out_images:
         out_images = LazyImages(*map(list, zip(*out_images)))
     return DetectionData(out_images, out_boxes, out_classes, np.asarray(ids, np.int64), names,
                          cat_ids, split, f"coco:{root}", files, out_crowd, out_crowd_cls)
-
-
-def _hf_categories(feats) -> list[str] | None:
-    """Class names of a Hugging Face ``objects`` column's ``category`` (None: plain ints)."""
-    import datasets
-
-    obj = feats["objects"]
-    if isinstance(obj, (list, datasets.Sequence)):
-        obj = obj[0] if isinstance(obj, list) else obj.feature
-    cat = obj.get("category") if isinstance(obj, dict) else None
-    if cat is None:
-        raise ValueError("a Hugging Face detection dataset needs an 'objects' column with "
-                         f"'bbox' and 'category'; it has {obj}")
-    while isinstance(cat, (list, datasets.Sequence)):
-        cat = cat[0] if isinstance(cat, list) else cat.feature
-    return list(cat.names) if isinstance(cat, datasets.ClassLabel) else None
-
-
-def from_hf_detection(ds, split: str, name: str, *, id_column: str | None = None,
-                      image_column: str | None = None, stream: bool = False) -> DetectionData:
-    """A Hugging Face detection dataset (an image column and an ``objects`` column with
-    ``bbox`` as COCO's ``[x, y, width, height]`` pixels and ``category``, the Hub's usual
-    layout) as a ``DetectionData``: ``sample_ids`` from ``id_column`` (default
-    ``image_id`` where it exists, else the row number), class names from the category's
-    ``ClassLabel``, category ids 1..K; images decoded now, or when read with
-    ``stream=True``. Boxes are checked against the image sizes as ``read_coco`` checks
-    them, and a bad one is named with its row. Streamed, the sizes come from ``width``
-    and ``height`` columns where the dataset has both (each image is checked against
-    them when it is decoded), else from each image file's header."""
-    import datasets
-
-    from .columns import find_column
-
-    feats = ds.features
-    image_column = find_column(feats, "image", image_column)
-    if not isinstance(feats[image_column], datasets.Image):
-        raise ValueError(f"column {image_column!r} must hold images; it is {feats[image_column]}")
-    if id_column is None and "image_id" in feats:
-        id_column = "image_id"
-    names = _hf_categories(feats)
-    plain = ds.cast_column(image_column, datasets.Image(decode=False))
-    sized = stream and "width" in feats and "height" in feats
-    cols = plain.select_columns([c for c in (image_column, "objects", id_column,
-                                             *(("width", "height") if sized else ())) if c])
-    rows = cols.to_dict()
-    if names is None:
-        top = max((max(o["category"], default=-1) for o in rows["objects"]), default=-1)
-        names = [str(k) for k in range(top + 1)]
-    ids = (np.asarray(rows[id_column], np.int64) if id_column
-           else np.arange(len(ds), dtype=np.int64))
-    images, boxes, classes, files = [], [], [], []
-    for r, (enc, objs) in enumerate(zip(rows[image_column], rows["objects"])):
-        what = f"row {r} (image {int(ids[r])})"
-        source = enc.get("bytes") or enc.get("path")
-        if stream:
-            if sized:
-                w, h = rows["width"][r], rows["height"][r]
-                if not (is_int(w) and is_int(h) and w > 0 and h > 0):
-                    raise BadAnnotation(f"{what}: width and height must be positive integers; "
-                                        f"got {w!r} and {h!r}")
-            else:
-                import io
-
-                from PIL import Image
-
-                with Image.open(io.BytesIO(source) if isinstance(source, bytes)
-                                else source) as im:
-                    w, h = im.size
-            images.append((source, (h, w), what))
-        else:
-            img = _decode(source, what)
-            h, w = img.shape[1:]
-            images.append(img)
-        cats = list(objs.get("category") or [])
-        bbs = list(objs.get("bbox") or [])
-        if len(cats) != len(bbs):
-            raise BadAnnotation(f"{what}: {len(bbs)} boxes but {len(cats)} categories")
-        for j, c in enumerate(cats):
-            if not isinstance(c, int) or not 0 <= c < len(names):
-                raise BadAnnotation(f"{what}: object {j} has category {c!r}, not among the "
-                                    f"{len(names)} classes")
-        boxes.append(np.asarray([_xyxy(b, int(w), int(h), what, j) for j, b in enumerate(bbs)],
-                                np.float32).reshape(-1, 4))
-        classes.append(np.asarray(cats, np.int64))
-        files.append(enc.get("path") or "")
-    if stream and images:
-        images = LazyImages(*map(list, zip(*images)))
-    return DetectionData(images, boxes, classes, ids, names, list(range(1, len(names) + 1)),
-                         split, name, files)
-
-
-def to_hf_detection(data: DetectionData):
-    """``data`` as a ``datasets.Dataset`` in the Hub's detection layout: ``image_id``,
-    ``image`` (the files of a COCO split, or PNG-encoded tensors), ``width``, ``height``
-    and ``objects`` (``bbox`` as COCO's ``[x, y, width, height]``, ``category`` a
-    ``ClassLabel``), in row order; ``from_hf_detection`` reads it back to the same
-    boxes, classes and fingerprint."""
-    import io
-
-    import datasets
-    from PIL import Image
-
-    images = []
-    for i in range(len(data)):
-        if isinstance(data.images, LazyImages) and not isinstance(data.images.sources[i], bytes):
-            images.append({"path": str(data.images.sources[i]), "bytes": None})
-        else:
-            buf = io.BytesIO()
-            Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(buf, format="PNG")
-            images.append({"path": None, "bytes": buf.getvalue()})
-    sizes = [data.image_size(i) for i in range(len(data))]
-    objects = [{"bbox": np.c_[b[:, :2], b[:, 2:] - b[:, :2]].astype(np.float32).tolist(),
-                "category": c.tolist()} for b, c in zip(data.boxes, data.classes)]
-    features = datasets.Features({
-        "image_id": datasets.Value("int64"), "image": datasets.Image(),
-        "width": datasets.Value("int32"), "height": datasets.Value("int32"),
-        "objects": datasets.Sequence({
-            "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-            "category": datasets.ClassLabel(names=list(data.class_names))})})
-    return datasets.Dataset.from_dict(
-        {"image_id": data.sample_ids.tolist(), "image": images,
-         "width": [w for _, w in sizes], "height": [h for h, _ in sizes], "objects": objects},
-        features=features, split=data.split)

@@ -126,7 +126,7 @@ def load_data(
         source = source[split]
     if datasets is not None and isinstance(source, datasets.Dataset) \
             and "objects" in source.features:  # a detection dataset: boxes per image
-        from .coco import from_hf_detection
+        from .coco_hf import from_hf_detection
         from .sources import box_options
 
         box_options(crop_size, resize_size, num_workers)

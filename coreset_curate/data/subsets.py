@@ -108,7 +108,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     """
     det = _detection_source(dataset, split)
     if det is not None:
-        from .coco import to_hf_detection
+        from .coco_hf import to_hf_detection
 
         ds = to_hf_detection(det)
     else:
@@ -117,7 +117,7 @@ def load_subset(dataset, index, epoch: int, *, split: str = "train",
     ids, weights = epoch_rows(table, epoch)
     actual = None
     if "objects" in ds.features:  # a detection dataset: keyed by image_id, no label column
-        from .coco import from_hf_detection
+        from .coco_hf import from_hf_detection
 
         if labels is not None:
             raise ValueError("labels tables replace a classification dataset's labels; a "

@@ -106,9 +106,7 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
                        *, overwrite: bool = False) -> dict:
     """Run the detection demo into folder ``out`` (module doc); returns its summary (also
     in ``summary.json``)."""
-    from .classification import collect_outputs
     from ..training import TrainConfig, run_training
-    from ..tasks.detection.data import read_coco
 
     try:  # before minutes of training: every epoch ends with COCO AP
         import pycocotools.cocoeval  # noqa: F401
@@ -143,10 +141,21 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
         reselect_every=config.reselect_every, schedule=config.schedule), out / "qat",
         overwrite=True)
 
+    summary = _summary(out, config, backbone, fp, qat, t_data, t_all)
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _summary(out: Path, config: DetectionDemoConfig, backbone: dict, fp: dict, qat: dict,
+             t_data: float, t_all: float) -> dict:
+    """What ``summary.json`` holds: the runs' AP, the subsets, the time of every stage."""
+    from .classification import collect_outputs
+    from ..tasks.detection.data import read_coco
+
     _, scores, index = collect_outputs(out)
     train = read_coco(out / "data", "train")
     metrics = [json.loads(x) for x in (out / "qat" / "metrics.jsonl").read_text().splitlines()]
-    summary = {
+    return {
         "config": asdict(config),
         "train_images": fp["train_samples"], "test_images": fp["test_samples"],
         "train_boxes": int(sum(len(b) for b in train.boxes)),
@@ -167,8 +176,6 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
         "wall_s": round(time.perf_counter() - t_all, 3),
         "outputs": [str(out / n) for n in OUTPUTS],
     }
-    write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
 
 
 def format_detection_summary(s: dict) -> str:

@@ -43,8 +43,6 @@ training accuracy on the labels being audited.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -52,111 +50,19 @@ import pyarrow as pa
 
 from ..common.checks import UnknownIds, align
 from .counts import (channel_suspicion, flag_metrics, flags, mean_joint, otsu_counts,
-                           per_class_mean)
+                     per_class_mean)
 from ..selection import aligned_column, load_rounds
+from ..tasks import table_task
+from .result import AUDIT_SCHEMA, KINDS, AuditResult
 from ..common.tables import make_metadata, read_table, validate_index, with_metadata
 
 __all__ = ["AUDIT_SCHEMA", "COUNTS", "KINDS", "SUSPICIONS", "AuditResult", "audit", "flag_metrics"]
 
-KINDS = ("mislabeled", "fragile", "ambiguous", "unknown")
 COUNTS = ("confident_joint", "gap")
 SUSPICIONS = ("auto", "channel", "prob", "aum", "evs")
 
-AUDIT_SCHEMA = pa.schema([
-    pa.field("sample_id", pa.int64(), nullable=False),
-    pa.field("suspicion", pa.float32(), nullable=False),
-    pa.field("flag", pa.bool_(), nullable=False),
-    pa.field("kind", pa.string()),  # null for samples that are not flagged
-    pa.field("given_label", pa.int64(), nullable=False),
-    pa.field("suggested_label", pa.int64()),  # null when no model suggests another class
-    pa.field("prob_label_mean", pa.float32(), nullable=False),
-    pa.field("prob_label_std", pa.float32(), nullable=False),
-    pa.field("aum", pa.float32(), nullable=False),
-    pa.field("evs", pa.float32(), nullable=False),
-    pa.field("ds", pa.float32()),
-    pa.field("ref_pred", pa.int64()),
-    pa.field("ref_prob_label", pa.float32()),
-    pa.field("true_label", pa.int64()),  # only when true labels were given
-])
-
 _COLUMNS = ("evs", "ds", "margin", "pred", "prob_label", "max_prob", "ref_pred",
             "ref_prob_label")
-
-
-@dataclass
-class AuditResult:
-    """The audit table and what the report shows beside it (what ``audit`` returns).
-
-    Attributes:
-        table: one row per sample on ``AUDIT_SCHEMA`` (suspicion, flag, kind, suggested
-            label, the per-round statistics), with the audit's settings in its metadata.
-        class_names: the class names, indexed by label.
-        epochs: the epochs of the scoring rounds read.
-        thresholds: per class, the mean self-confidence of its samples (latest round).
-        ref_thresholds: the same for the full-precision reference, or None.
-        class_counts: samples per given label.
-        noise_rates: per class, the estimated share of wrong labels.
-        confident_joint: classes x classes, calibrated to the class counts.
-        suspicion: the suspicion used (``"auto"`` resolved).
-        metrics: precision, recall, F1 and AUROC when true labels were given, else None.
-        subset_share: per index epoch, the flagged share of the subset (with ``index``).
-        sources: the score tables read.
-        fingerprint: the dataset fingerprint of the score tables.
-    """
-
-    table: pa.Table
-    class_names: list[str]
-    epochs: list[int]
-    thresholds: np.ndarray  # per class, student self-confidence (last round)
-    ref_thresholds: np.ndarray | None
-    class_counts: np.ndarray
-    noise_rates: np.ndarray  # per class, estimated share of wrong labels
-    confident_joint: np.ndarray  # classes x classes, calibrated to the class counts
-    suspicion: str
-    metrics: dict | None = None  # precision/recall/F1/AUROC when true labels are known
-    subset_share: list[dict] | None = None  # per index epoch: flagged share of the subset
-    sources: list[str] = field(default_factory=list)
-    fingerprint: dict | None = None
-
-    @property
-    def num_flagged(self) -> int:
-        """The number of flagged samples."""
-        return int(np.asarray(self.table.column("flag")).sum())
-
-    def kind_counts(self) -> dict[str, int]:
-        """Flagged samples of each kind (``KINDS``).
-
-        Returns:
-            ``{kind: count}`` for every kind, zeros included.
-        """
-        kinds = self.table.column("kind").to_pylist()
-        return {k: sum(1 for v in kinds if v == k) for k in KINDS}
-
-    def to_pandas(self):
-        """The audit table as a pandas DataFrame."""
-        return self.table.to_pandas()
-
-    def write(self, out_dir: str | os.PathLike, *, data=None, overwrite: bool = False,
-              max_examples: int = 48) -> dict[str, Path]:
-        """Write ``audit.parquet``, ``report.html`` and ``summary.md`` (``write_report``).
-
-        Args:
-            out_dir: the report folder.
-            data: the ``ImageData`` the scores came from, for thumbnails.
-            overwrite: replace an existing report.
-            max_examples: how many flagged samples the HTML page shows.
-
-        Returns:
-            The paths written, as ``write_report`` returns them.
-
-        Raises:
-            FileExistsError: a report file exists and ``overwrite`` is False.
-            NotADirectoryError: ``out_dir`` is a file.
-        """
-        from .report import write_report
-
-        return write_report(self, out_dir, data=data, overwrite=overwrite,
-                            max_examples=max_examples)
 
 
 def _latest_softmax(scores, ids: np.ndarray, k: int) -> tuple[np.ndarray | None, int | None]:
@@ -293,6 +199,24 @@ def _audit_table(ids, labels, last, susp, flag, kind, suggested, p_mean, p_std, 
     return table, metrics, true
 
 
+def _suspicion(suspicion: str, scores, ids: np.ndarray, labels: np.ndarray, joint: np.ndarray,
+               plain: dict[str, np.ndarray]) -> tuple[str, np.ndarray, int | None]:
+    """(the suspicion used, ``"auto"`` resolved; every sample's suspicion; the epoch of the
+    softmax the channel read, or None). ``plain``: the suspicions that need no softmax."""
+    softmax, softmax_epoch = (None, None) if suspicion in plain else \
+        _latest_softmax(scores, ids, len(joint))
+    if suspicion == "channel" and softmax is None:
+        raise ValueError("suspicion 'channel' needs the student's whole softmax: a score "
+                         "round with the 'probs' column (score_dataset(probs=True), "
+                         "coreset-curate score --probs; the trainer writes it up to "
+                         "256 classes)")
+    if suspicion == "auto":
+        suspicion = "channel" if softmax is not None else "prob"
+    if suspicion == "channel":
+        return suspicion, channel_suspicion(softmax, labels, joint), softmax_epoch
+    return suspicion, plain[suspicion], softmax_epoch
+
+
 def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
           suspicion: str = "auto", count: str = "confident_joint", true_labels=None,
           index=None) -> AuditResult:
@@ -318,10 +242,10 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         The ``AuditResult``; ``result.write(folder)`` writes the report.
 
     Raises:
-        ValueError: an unknown ``suspicion`` or ``count``, a detection set's scores, a
-            column the audit needs is missing, ``"channel"`` without the ``probs``
-            column, or ``data`` / ``true_labels`` / ``index`` that do not match the
-            scores.
+        ValueError: an unknown ``suspicion`` or ``count``, scores of a task the audit does
+            not read (``Task.audit_refusal``), a column the audit needs is missing,
+            ``"channel"`` without the ``probs`` column, or ``data`` / ``true_labels`` /
+            ``index`` that do not match the scores.
         TableError: a table breaks the score contract.
     """
     if suspicion not in SUSPICIONS:
@@ -330,10 +254,9 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         raise ValueError(f"count must be one of {COUNTS}; got {count!r}")
     sr = load_rounds(scores, _COLUMNS)
     rounds, last = sr.rounds, sr.rounds[-1]
-    if "annotations_sha256" in (sr.fingerprint or {}) or last["label"].min() < 0:
-        raise ValueError("the noise audit reads a classifier's scores (one label a sample); "
-                         "these are a detection set's per-image scores, whose label is only "
-                         "the image's most frequent class: auditing boxes is not built yet")
+    refusals = [table_task({"task": t}).audit_refusal for t in sr.tasks]
+    if any(refusals):
+        raise ValueError(next(r for r in refusals if r))
     for c in ("prob_label", "pred", "margin", "evs"):
         if c not in last:
             raise ValueError(f"the score tables lack column {c!r}, which the audit needs")
@@ -347,22 +270,10 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
     p_std = np.nanstd(prob, axis=0)
     aum = np.nanmean(aligned_column(rounds, ids, "margin"), axis=0)
     evs_mean = np.nanmean(aligned_column(rounds, ids, "evs"), axis=0)
-    softmax, softmax_epoch = (None, None) if suspicion in ("prob", "aum", "evs") else \
-        _latest_softmax(scores, ids, k)
-    if suspicion == "channel" and softmax is None:
-        raise ValueError("suspicion 'channel' needs the student's whole softmax: a score "
-                         "round with the 'probs' column (score_dataset(probs=True), "
-                         "coreset-curate score --probs; the trainer writes it up to "
-                         "256 classes)")
-    if suspicion == "auto":
-        suspicion = "channel" if softmax is not None else "prob"
-
     counts = np.bincount(labels, minlength=k)
     joint = mean_joint(rounds, counts, k)
-    if suspicion == "channel":
-        susp = channel_suspicion(softmax, labels, joint)
-    else:
-        susp = {"prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean}[suspicion]
+    suspicion, susp, softmax_epoch = _suspicion(suspicion, scores, ids, labels, joint, {
+        "prob": 1.0 - p_mean, "aum": -aum, "evs": evs_mean})
     thresholds = per_class_mean(last["prob_label"].astype(np.float64), labels, k)
     n_flag = np.rint(joint.sum(1) - np.diag(joint)).astype(np.int64).clip(0, counts)
     if count == "gap":  # where the joint finds noise, also take the gap in the suspicion

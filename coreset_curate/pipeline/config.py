@@ -111,7 +111,7 @@ def load_curate_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Cu
         FileNotFoundError: the recipe does not exist.
         ValueError: it is not valid YAML, not a mapping, has unknown keys or bad values.
     """
-    from ..training.config import parse_assignments, resolve_path, yaml_mapping
+    from ..training.recipe import parse_assignments, resolve_path, yaml_mapping
 
     path = Path(path)
     values = yaml_mapping(path, "curate recipe")

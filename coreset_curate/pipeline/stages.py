@@ -76,9 +76,10 @@ class _Book:
 
 
 def _train_config(cfg: CurateConfig, which: str, extra: dict):
-    from ..training.config import TrainConfig, _recipe_values
+    from ..training.config import TrainConfig
+    from ..training.recipe import recipe_values
 
-    values = _recipe_values(cfg.recipe_path(which), [])
+    values = recipe_values(cfg.recipe_path(which), [])
     values.update(cfg.common)
     values.update(cfg.teacher_set if which == "teacher" else cfg.student_set)
     values.update(extra)
@@ -111,10 +112,10 @@ def _audit_stage(teacher_cfg, student_cfg, teacher_dir: Path, out: Path) -> dict
     from ..scoring.scores import score_dataset
     from ..common.tables import write_table
     from ..training import load_checkpoint
-    from ..training.run import _splits
+    from ..training.setup import load_splits
 
     t0 = time.perf_counter()
-    train, _ = _splits(teacher_cfg, teacher_dir, main=False)
+    train, _ = load_splits(teacher_cfg, teacher_dir, main=False)
     _, eval_tf = default_transforms(train, mean=teacher_cfg.mean, std=teacher_cfg.std)
     shape = {"num_classes": train.num_classes, "in_channels": train.image_shape[0]}
     fp = create_model(teacher_cfg.model, **shape, **teacher_cfg.model_kwargs)

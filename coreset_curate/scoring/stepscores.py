@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .scores import SCORES, BatchOutputs, compute_scores
+from .measures import SCORES, BatchOutputs, compute_scores
 from ..common.tables import SCORE_SCHEMA, table_metadata, with_metadata
 
 __all__ = ["StepScores", "STEP_SCORES"]

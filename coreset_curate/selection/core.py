@@ -1,4 +1,4 @@
-"""The selection primitives: the registries of methods and schedules, ``Selection``,
+"""The selection primitives: the registry of methods (``schedules`` holds ACS's), ``Selection``,
 ``SelectionContext``, the class budgets and the per-class top-k that every method shares.
 
 ``entry.select(scores, "acs", fraction=0.1, epoch=t, epochs=E)`` returns the sample ids
@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from ..common.checks import fraction as check_fraction, non_negative_int, positive_int
+from ..common.checks import fraction as check_fraction, non_negative_int
 from ..common.registry import Registry
+# the schedules' names stay importable from here (``__all__``)
+from .schedules import SCHEDULES, beta, list_schedules, register_schedule
 from .topk import class_budget, top_fraction
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,6 @@ __all__ = ["SCHEDULES", "METHODS", "register_method", "register_schedule", "list
 
 
 # ------------------------------------------------------------------ registries
-SCHEDULES: Registry = Registry("schedule")
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     fn: Callable[[SelectionContext], Selection]
@@ -63,21 +62,6 @@ METHODS: Registry = Registry("method", wrap=lambda fn, columns=(), options=None,
                              all_rounds=False, partial=False: MethodSpec(
                                  fn, tuple(columns), dict(options or {}), exact_size, all_rounds,
                                  partial))
-
-
-def register_schedule(name: str) -> Callable:
-    """Decorator that registers an ACS schedule: ``fn(t, total) -> beta`` in [0, 1].
-
-    Args:
-        name: the schedule's name (``select(..., schedule=name)``).
-
-    Returns:
-        The decorator; it returns the function unchanged.
-
-    Raises:
-        ValueError: (when the decorator is applied) ``name`` is already registered.
-    """
-    return SCHEDULES.register(name)
 
 
 def register_method(name: str, *, columns: Sequence[str] = (), options: dict | None = None,
@@ -113,71 +97,6 @@ def list_methods() -> list[str]:
         The names, sorted.
     """
     return METHODS.names()
-
-
-def list_schedules() -> list[str]:
-    """Names of the registered ACS schedules (the weight of EVS over the run).
-
-    Returns:
-        The names, sorted.
-    """
-    return SCHEDULES.names()
-
-
-@register_schedule("cos")
-def _cos(t: float, total: float) -> float:
-    """The paper's beta(t) = cos(pi t / 2E): EVS leads early, DS late."""
-    return math.cos(math.pi * t / (2 * total))
-
-
-@register_schedule("cos2")
-def _cos2(t: float, total: float) -> float:
-    """beta(t) = cos^2(pi t / 2E), as the method's reference code computes it."""
-    return math.cos(math.pi * t / (2 * total)) ** 2
-
-
-@register_schedule("linear")
-def _linear(t: float, total: float) -> float:
-    return 1.0 - t / total
-
-
-@register_schedule("evs")
-def _evs_only(t: float, total: float) -> float:
-    return 1.0
-
-
-@register_schedule("ds")
-def _ds_only(t: float, total: float) -> float:
-    return 0.0
-
-
-def beta(schedule: str, epoch: int, epochs: int) -> float:
-    """Weight of EVS (DS gets ``1 - beta``) at ``epoch`` of a run of ``epochs`` epochs.
-
-    Args:
-        schedule: a registered schedule (``list_schedules``), ``"cos"`` for the paper's.
-        epoch: the epoch, 0-based.
-        epochs: the run's epoch count.
-
-    Returns:
-        beta in [0, 1].
-
-    Raises:
-        ValueError: unknown schedule, or ``epoch`` outside ``0..epochs - 1``.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
-    _check_epochs(epoch, epochs)
-    return float(SCHEDULES[schedule](epoch, epochs))
-
-
-def _check_epochs(epoch: int, epochs: int | None) -> None:
-    non_negative_int("epoch", epoch)
-    if epochs is not None:
-        positive_int("epochs", epochs)
-        if epoch >= epochs:
-            raise ValueError(f"epoch {epoch} is past the run's end (epochs={epochs}: "
-                             f"valid epochs are 0..{epochs - 1})")
 
 
 # ------------------------------------------------------------------ results and context

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..common.checks import non_negative_int
 from ..common.tables import TableError
-from .core import (METHODS, SCHEDULES, Selection, SelectionContext, _check_epochs,
-                   check_request, unknown_exclusions)
+from .core import METHODS, Selection, SelectionContext, check_request, unknown_exclusions
 from .rounds import ScoreRounds, load_rounds
+from .schedules import SCHEDULES, check_epochs
 from .streamed import STREAMABLE, default_memory_budget, in_memory_bytes, select_streamed
 
 __all__ = ["select"]
@@ -75,7 +75,7 @@ def select(
     opts = check_request(method, fraction, seed, min_per_class, options)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; registered: {sorted(SCHEDULES)}")
-    _check_epochs(epoch, epochs)
+    check_epochs(epoch, epochs)
     spec = METHODS[method]
     if memory_budget is not None:
         non_negative_int("memory_budget", memory_budget)

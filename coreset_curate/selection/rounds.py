@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -47,12 +47,14 @@ class ScoreRounds:
             arrays, rows sorted by sample_id.
         fingerprint: the dataset fingerprint the tables share, or None.
         sources: a name for every table read (its path, or its position in the list).
+        tasks: the tasks of the tables read (``tasks.table_task``), each named once.
     """
 
     epochs: list[int]
     rounds: list[dict[str, np.ndarray]]
     fingerprint: dict | None
     sources: list[str]
+    tasks: list[str] = field(default_factory=list)
 
 
 def aligned_column(rounds: list[dict[str, np.ndarray]], ids: np.ndarray, name: str
@@ -210,12 +212,13 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
     if not sources:
         raise ValueError("selection needs at least one score table")
     want = None if columns is None else list(dict.fromkeys([*BASE_COLUMNS, *columns]))
-    parts, names, fp, lowest, rule = [], [], None, None, None
+    parts, names, fp, lowest, rule, tasks = [], [], None, None, None, []
     for i, src in enumerate(sources):
         cols, meta, name = _read_source(src, i, want, allow_missing)
         task = table_task(meta)  # the lowest label a table holds is its task's
         lowest = task.min_label if lowest is None else max(lowest, task.min_label)
         rule = task.label_rule if rule in (None, task.label_rule) else ""
+        tasks += [task.name] if task.name not in tasks else []
         t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:
@@ -251,6 +254,6 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
             if (part["sample_id"][1:] == part["sample_id"][:-1]).any():
                 raise TableError(f"duplicate sample_id values in the scoring round of epoch {e}")
         rounds.append(part)
-    return ScoreRounds([int(e) for e in round_epochs], rounds, fp, names)
+    return ScoreRounds([int(e) for e in round_epochs], rounds, fp, names, tasks)
 
 

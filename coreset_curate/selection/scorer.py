@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
 from ..common.checks import non_negative_int
-from ..common.tables import write_table
+from ..common.tables import with_metadata, write_table
 from ..scoring.extract import state_sha256
 from ..scoring.refcache import ReferenceOutputs, cached_reference, compute_reference
 from ..tasks import task_of
@@ -116,3 +117,13 @@ class RoundScorer:
         table = self.task.score(self, model, epoch, device, {**self.metadata, **meta})
         self.last_table = table
         return self.keep(table, epoch)
+
+
+def ids_only_table(rows) -> pa.Table:
+    """A round without scores (sample_id, label, epoch 0) for a method that reads none."""
+    n = len(rows)
+    table = pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
+                      "label": pa.array(rows.labels.numpy(), pa.int64()),
+                      "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
+    meta = task_of(rows).metadata  # what readers need (a label -1 that is a group)
+    return with_metadata(table, meta) if meta else table

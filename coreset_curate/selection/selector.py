@@ -7,21 +7,14 @@
         loader = DataLoader(train_set, batch_size=128, sampler=sampler)
         for x, y in loader: ...             # sampler.weights_of(indices): loss weights
 
-``sampler(epoch, model)`` scores every sample with ``model`` (and DS against
-``reference``) when a selection round is due (every ``reselect_every`` epochs, or when the
-index has no subset for the epoch), selects the epoch's subset, writes
-``out/scores/epoch_T.parquet`` and ``out/index.parquet`` on the contracts, and returns a
-torch ``Sampler`` over the subset, split across ranks under ``torch.distributed`` (rank 0
-scores and writes, the others read the index it wrote). ``run_training`` stands on the
-same ``subset`` call, so the trainer and a user's loop run the same code.
-
-``exclude=`` keeps samples out of every subset (an audit's flagged mislabeled samples, or
-ids), and ``audit_every=N`` audits the rounds so far at every N-th selection round
-(``out/audits/epoch_T.parquet``) and keeps what it flags out from then on; the class
-budgets stay those of all samples, so the subsets keep their size.
-
-``state_dict()`` / ``load_state_dict()`` resume it; with ``out=`` a new selector over the
-same folder also picks up the index already written there (its settings must match).
+When a selection round is due (every ``reselect_every`` epochs, or an epoch the index
+lacks) ``sampler(epoch, model)`` scores every sample with ``model`` (DS against
+``reference``), selects, writes ``out/scores/epoch_T.parquet`` and ``out/index.parquet``
+and returns a ``Sampler`` over the subset, split across ranks under torch.distributed
+(rank 0 scores and writes). ``run_training`` stands on the same ``subset`` call.
+``exclude=`` keeps samples out of every subset; ``audit_every=N`` audits as it goes
+(``audits.RunningAudits``); the class budgets stay those of all samples. ``state_dict()``
+resumes it, and a selector over the same ``out`` picks up the index written there.
 """
 
 from __future__ import annotations
@@ -38,15 +31,15 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from ..common.checks import UnknownIds, choice, non_negative_int, positive_int
+from ..common.checks import choice, non_negative_int, positive_int
 from ..data import as_rows
 from ..common.distributed import barrier, current_world
-from ..labels.cleaning import exclusions
 from ..common.index import (add_to_index, epoch_rows, index_epochs, index_lock, index_table,
                     merge_index, read_index)
 from ..scoring.refcache import ReferenceOutputs
 from .sampler import DistributedSubsetSampler, SubsetSampler
-from .scorer import RoundScorer
+from .audits import RunningAudits, known_exclusions
+from .scorer import RoundScorer, ids_only_table
 from ..scoring.scores import scoring_transform
 from ..tasks import task_of
 from .core import METHODS, SCHEDULES, check_request
@@ -105,9 +98,9 @@ class AdaptiveSelector:
     Raises:
         ValueError: an unknown method, schedule or option, an argument out of range, a
             method that reads DS without ``reference``, ``free_scores`` on a task that
-            does not take it (``Task.free_scores``),
-            with several processes or with ``audit_every``, several processes without
-            ``out``, or an index in ``out`` made with other settings.
+            does not take it (``Task.free_scores``), with several processes or with
+            ``audit_every``, several processes without ``out``, or an index in ``out``
+            made with other settings.
         TypeError: the transform does not fit the dataset (see ``scoring_transform``).
         UnknownIds: ``exclude`` names ids the dataset lacks.
     """
@@ -154,17 +147,12 @@ class AdaptiveSelector:
         if free_scores and current_world()[1] > 1:
             raise ValueError("free_scores records this process's training steps only: "
                              "run it in one process")
-        self.exclude = exclusions(exclude)
-        unknown = ~np.isin(self.exclude, self.rows.sample_ids)
-        if unknown.any():
-            raise UnknownIds(f"exclude names {int(unknown.sum())} sample ids the dataset lacks, "
-                             f"e.g. {self.exclude[unknown][:5].tolist()}")
-        self.audit_every = None if audit_every is None else positive_int("audit_every",
-                                                                          audit_every)
+        self.exclude = known_exclusions(exclude, self.rows.sample_ids)
+        self.audits = RunningAudits(audit_every, self.reselect_every, self.out, self.exclude)
+        self.audit_every = self.audits.every
         if self.audit_every and free_scores:
             raise ValueError("audit_every audits eval-view scoring rounds; free_scores makes "
                              "its rounds from training steps: use one or the other")
-        self._flags: dict[int, np.ndarray] = {}  # audit epoch -> flagged ids (this sitting)
         self._index: pa.Table | None = None
         self.totals = {"scoring_s": 0.0, "selection_s": 0.0}
         self.last = dict(self.totals)  # the time the latest subset() call spent
@@ -228,16 +216,13 @@ class AdaptiveSelector:
     def _sources(self, epoch: int) -> list:
         """The rounds the method reads: the latest at or before ``epoch``, or all of them."""
         if not self.spec.columns:
-            return [_ids_only_table(self.rows)]
+            return [ids_only_table(self.rows)]
         if self.spec.all_rounds:
             return self._scoring_rounds(epoch)
         usable = sorted(e for e in self.scorer.rounds if e <= epoch)
         return [self.scorer.rounds[e] for e in usable[-1:]]
 
     # ------------------------------------------------------------------ selecting
-    def _audit_due(self, epoch: int) -> bool:
-        return bool(self.audit_every) and (epoch // self.reselect_every) % self.audit_every == 0
-
     def _scoring_rounds(self, epoch: int) -> list:
         """Every scoring round at or before ``epoch``: this sitting's and the folder's."""
         rounds = dict(self.scorer.rounds)
@@ -246,39 +231,9 @@ class AdaptiveSelector:
                 rounds.setdefault(int(p.stem.split("_")[1]), str(p))
         return [rounds[e] for e in sorted(rounds) if e <= epoch]
 
-    def _flagged(self, epoch: int, audit_now: bool) -> np.ndarray:
-        """The ids the latest audit at or before ``epoch`` flags (auditing now when due)."""
-        if not self.audit_every:
-            return self.exclude
-        if audit_now:
-            from ..labels.audit import audit
-
-            result = audit(self._scoring_rounds(epoch))
-            flagged = exclusions(result)
-            self._flags[epoch] = flagged
-            if self.out is not None:
-                write_table(result.table, self.out / "audits" / f"epoch_{epoch:04d}.parquet",
-                            overwrite=True)
-            log.info("audit at epoch %d: %d of %d samples flagged, %d kept out of selection",
-                     epoch, result.num_flagged, len(self.rows), len(flagged))
-        else:
-            done = dict(self._flags)
-            if self.out is not None:
-                for p in (self.out / "audits").glob("epoch_*.parquet"):
-                    e = int(p.stem.split("_")[1])
-                    if e not in done:
-                        done[e] = p
-            before = [e for e in done if e <= epoch]
-            if not before:
-                return self.exclude
-            flagged = done[max(before)]
-            if not isinstance(flagged, np.ndarray):
-                flagged = self._flags[max(before)] = exclusions(flagged)
-        return np.union1d(self.exclude, flagged)
-
     def _select(self, epoch: int, model: nn.Module | None) -> None:
         t0 = time.perf_counter()
-        audit_now = self._audit_due(epoch)
+        audit_now = self.audits.due(epoch)
         if self.spec.columns and self.steps is not None and (self.steps.started
                                                              or self.spec.partial):
             # a round from the training steps since the last one: no forward pass
@@ -291,7 +246,8 @@ class AdaptiveSelector:
                 self.steps.start_from(self.scorer.last_table)
         t1 = time.perf_counter()
         sources = self._sources(epoch)
-        excluded = self._flagged(epoch, audit_now)
+        excluded = self.audits.excluded(epoch, audit_now, self._scoring_rounds(epoch),
+                                        len(self.rows))
         chosen = select(sources, self.method, self.fraction, epoch=epoch, epochs=self.epochs,
                         schedule=self.schedule, seed=self.seed, per_class=self.per_class,
                         min_per_class=self.min_per_class, options=self.options,
@@ -408,9 +364,8 @@ class AdaptiveSelector:
             state["index_metadata"] = json.dumps(table_metadata(self._index), sort_keys=True)
         if self.steps is not None:
             state["steps"] = self.steps.state_dict()
-        if self._flags:  # this sitting's audits (with out=, they are also on disk)
-            state["flags"] = {str(e): torch.from_numpy(ids.copy())
-                              for e, ids in self._flags.items()}
+        if self.audits.flags:
+            state["flags"] = self.audits.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -430,8 +385,7 @@ class AdaptiveSelector:
         self.totals = {k: float(v) for k, v in state["totals"].items()}
         if self.steps is not None and "steps" in state:
             self.steps.load_state_dict(state["steps"])
-        for e, ids in state.get("flags", {}).items():
-            self._flags.setdefault(int(e), ids.numpy().astype(np.int64))
+        self.audits.load_state_dict(state.get("flags", {}))
         if "index" not in state or (self.out is not None and self._index is not None):
             return  # an index on disk is at least as recent as the state
         cols = {c: t.numpy() for c, t in state["index"].items()}
@@ -441,11 +395,3 @@ class AdaptiveSelector:
             with index_lock(self.index_path):
                 write_table(self._index, self.index_path, overwrite=True)
 
-
-def _ids_only_table(rows) -> pa.Table:
-    n = len(rows)
-    table = pa.table({"sample_id": pa.array(rows.sample_ids, pa.int64()),
-                      "label": pa.array(rows.labels.numpy(), pa.int64()),
-                      "epoch": pa.array(np.zeros(n, np.int32), pa.int32())})
-    meta = task_of(rows).metadata  # what readers need (a label -1 that is a group)
-    return with_metadata(table, meta) if meta else table

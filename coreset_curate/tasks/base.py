@@ -55,6 +55,8 @@ class Task:
         min_label: the lowest label its score tables hold (-1: a group of their own).
         label_rule: what an error about a table's labels adds for this task.
         summary_columns: the columns of a score table ``describe_table`` reads.
+        audit_refusal: why the noise audit cannot read this task's score tables ("": it
+            can).
     """
 
     name = ""
@@ -67,6 +69,7 @@ class Task:
     min_label = 0
     label_rule = ""
     summary_columns: tuple = ("evs",)  # what describe_table reads
+    audit_refusal = ""
 
     def owns_model(self, arch: str) -> bool:
         """Whether ``arch`` names a registered model of this task."""

@@ -10,7 +10,8 @@ re-exported here.
 from ..common.checkpoint import load_checkpoint, load_state, save_atomic, sha256_of
 from ..common.distributed import rank_plan
 from ..tasks.classification.loop import evaluate, predict_logits, soft_cross_entropy, train_epoch
-from .config import FULL, TrainConfig, load_recipe, parse_assignments
+from .config import FULL, TrainConfig
+from .recipe import load_recipe, parse_assignments
 from .run import run_training
 
 __all__ = ["TrainConfig", "load_recipe", "parse_assignments", "run_training", "sha256_of",

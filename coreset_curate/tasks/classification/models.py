@@ -18,7 +18,7 @@ from torch import nn
 
 from ...common.checks import is_int, positive_int
 from ...common.registry import Registry
-from ...scoring.scores import last_linear  # noqa: F401  (the classifier layer; re-exported)
+from ...scoring.measures import last_linear  # noqa: F401  (the classifier layer; re-exported)
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "last_linear"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...data.coco import (BadAnnotation, DetectionData, LazyImages, from_hf_detection,
-                          read_coco, to_hf_detection)
+from ...data.coco import BadAnnotation, DetectionData, LazyImages, read_coco
+from ...data.coco_hf import from_hf_detection, to_hf_detection
 
 __all__ = ["DetectionData", "LazyImages", "read_coco", "from_hf_detection", "to_hf_detection",
            "batch_of", "calibration_batches", "hflip", "resize", "BadAnnotation"]

@@ -56,6 +56,18 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
+def _reference_columns(prob: torch.Tensor, rp: torch.Tensor, fg: torch.Tensor,
+                       fg_class: torch.Tensor | None) -> tuple[float, int, float]:
+    """(ds, ref_pred, ref_prob_label) of one image from the student's and the reference's
+    anchor probabilities; ``fg_class``: the classes of its foreground anchors (None: no
+    box)."""
+    conf = (prob.max(1).values >= CONFIDENT) | (rp.max(1).values >= CONFIDENT)
+    ds = float((prob[conf] - rp[conf]).norm(dim=1).mean()) if conf.any() else 0.0
+    ref_prob = (float(rp[fg].gather(1, fg_class[:, None]).mean()) if fg_class is not None
+                else float(1 - rp.max()))
+    return ds, int(rp.flatten().argmax()) % rp.shape[1], ref_prob
+
+
 def image_scores(model, cls, deltas, anchors, targets, ref_cls=None) -> dict[str, list]:
     """The columns (module doc) of the images of one batch."""
     from torchvision.ops import boxes as box_ops, sigmoid_focal_loss
@@ -98,18 +110,10 @@ def image_scores(model, cls, deltas, anchors, targets, ref_cls=None) -> dict[str
         flat = int(prob.flatten().argmax())
         cols["pred"].append(flat % prob.shape[1])
         cols["max_prob"].append(float(prob.max()))
-        if ref_cls is not None:
-            rp = ref_cls[i].float().sigmoid()
-            conf = (prob.max(1).values >= CONFIDENT) | (rp.max(1).values >= CONFIDENT)
-            cols["ds"].append(float((prob[conf] - rp[conf]).norm(dim=1).mean())
-                              if conf.any() else 0.0)
-            cols["ref_pred"].append(int(rp.flatten().argmax()) % rp.shape[1])
-            cols["ref_prob_label"].append(float(rp[fg].gather(1, fg_class[:, None]).mean())
-                                          if nfg else float(1 - rp.max()))
-        else:
-            cols["ds"].append(None)
-            cols["ref_pred"].append(None)
-            cols["ref_prob_label"].append(None)
+        ref = (None, None, None) if ref_cls is None else _reference_columns(
+            prob, ref_cls[i].float().sigmoid(), fg, fg_class if nfg else None)
+        for k, v in zip(("ds", "ref_pred", "ref_prob_label"), ref):
+            cols[k].append(v)
         cols["evs"].append(float(evs))
         cols["loss"].append(float(focal + box))
         cols["box_loss"].append(float(box))

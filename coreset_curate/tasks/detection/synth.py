@@ -67,15 +67,8 @@ def _png(chw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_coco(data, root: str | os.PathLike, split: str = "train", *, count: int = 1000,
-              seed: int = 0, canvas: tuple[int, int] = (96, 128),
-              objects: tuple[int, int] = (1, 4), object_size: tuple[int, int] = (24, 56),
-              max_cover: float = 0.25, class_noise: float = 0.0,
-              overwrite: bool = False) -> Path:
-    """Write ``count`` canvases of objects from ``data`` (an in-memory classification
-    split of this toolkit, RGB or grayscale) in the COCO layout under ``root`` (module
-    doc); returns the annotation file."""
-    count, seed = positive_int("count", count), non_negative_int("seed", seed)
+def _check_layout(data, split: str, canvas, objects, object_size, class_noise) -> None:
+    """Refuse what ``make_coco`` cannot lay out (a ``ValueError`` naming it)."""
     check_fraction("class_noise", class_noise, closed_low=True)
     if not hasattr(data, "images"):
         raise ValueError("make_coco pastes decoded images: give an in-memory split "
@@ -90,6 +83,19 @@ def make_coco(data, root: str | os.PathLike, split: str = "train", *, count: int
                          f"({lo} px); got {object_size}")
     if not split or "/" in split or ".." in split:
         raise ValueError(f"split name {split!r} may not hold '/' or '..'")
+
+
+def make_coco(data, root: str | os.PathLike, split: str = "train", *, count: int = 1000,
+              seed: int = 0, canvas: tuple[int, int] = (96, 128),
+              objects: tuple[int, int] = (1, 4), object_size: tuple[int, int] = (24, 56),
+              max_cover: float = 0.25, class_noise: float = 0.0,
+              overwrite: bool = False) -> Path:
+    """Write ``count`` canvases of objects from ``data`` (an in-memory classification
+    split of this toolkit, RGB or grayscale) in the COCO layout under ``root`` (module
+    doc); returns the annotation file."""
+    count, seed = positive_int("count", count), non_negative_int("seed", seed)
+    _check_layout(data, split, canvas, objects, object_size, class_noise)
+    lo, hi = canvas
     root = Path(root)
     ann_path = root / "annotations" / f"instances_{split}.json"
     if ann_path.exists() and not overwrite:

@@ -27,6 +27,9 @@ class DetectionTask(Task):
     scorer_batch_size = 16
     min_label = -1  # an image without boxes
     label_rule = " (or -1 in a detection table)"
+    audit_refusal = ("the noise audit reads a classifier's scores (one label a sample); these "
+                     "are a detection set's per-image scores, whose label is only the image's "
+                     "most frequent class: auditing boxes is not built yet")
 
     def owns_model(self, arch: str) -> bool:
         from .models import DETECTORS
