@@ -254,9 +254,10 @@ def audit(scores, *, data=None, class_names: Sequence[str] | None = None,
         raise ValueError(f"count must be one of {COUNTS}; got {count!r}")
     sr = load_rounds(scores, _COLUMNS)
     rounds, last = sr.rounds, sr.rounds[-1]
-    refusals = [table_task({"task": t}).audit_refusal for t in sr.tasks]
-    if any(refusals):
-        raise ValueError(next(r for r in refusals if r))
+    for name in sr.tasks:  # a task whose tables the audit cannot read says why
+        refusal = table_task({"task": name}).audit_refusal
+        if refusal:
+            raise ValueError(refusal)
     for c in ("prob_label", "pred", "margin", "evs"):
         if c not in last:
             raise ValueError(f"the score tables lack column {c!r}, which the audit needs")

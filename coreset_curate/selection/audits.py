@@ -57,12 +57,13 @@ class RunningAudits:
         """Whether the selection round of ``epoch`` audits first."""
         return bool(self.every) and (epoch // self.reselect_every) % self.every == 0
 
-    def excluded(self, epoch: int, audit_now: bool, rounds, samples: int) -> np.ndarray:
+    def excluded(self, epoch: int, rounds, samples: int) -> np.ndarray:
         """The ids no subset of ``epoch`` may hold; audits ``rounds`` (the scoring rounds
-        so far) first when ``audit_now``. ``samples``: the dataset's size, for the log."""
+        so far, given only when ``due``) first. ``samples``: the dataset's size, for the
+        log."""
         if not self.every:
             return self.exclude
-        if audit_now:
+        if rounds is not None:
             from ..labels.audit import audit
 
             result = audit(rounds)

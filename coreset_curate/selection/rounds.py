@@ -218,7 +218,8 @@ def load_rounds(scores, columns: Sequence[str] | None = None, *,
         task = table_task(meta)  # the lowest label a table holds is its task's
         lowest = task.min_label if lowest is None else max(lowest, task.min_label)
         rule = task.label_rule if rule in (None, task.label_rule) else ""
-        tasks += [task.name] if task.name not in tasks else []
+        if task.name not in tasks:
+            tasks.append(task.name)
         t_fp = meta.get("fingerprint")
         if t_fp is not None:
             if fp is None:

@@ -246,8 +246,9 @@ class AdaptiveSelector:
                 self.steps.start_from(self.scorer.last_table)
         t1 = time.perf_counter()
         sources = self._sources(epoch)
-        excluded = self.audits.excluded(epoch, audit_now, self._scoring_rounds(epoch),
-                                        len(self.rows))
+        # the folder's rounds are listed only for an audit that is due
+        excluded = self.audits.excluded(
+            epoch, self._scoring_rounds(epoch) if audit_now else None, len(self.rows))
         chosen = select(sources, self.method, self.fraction, epoch=epoch, epochs=self.epochs,
                         schedule=self.schedule, seed=self.seed, per_class=self.per_class,
                         min_per_class=self.min_per_class, options=self.options,
