@@ -99,13 +99,81 @@ def test_generic_layers_hold_no_task_branch(layer):
     assert named == []
 
 
-def test_only_the_tasks_sources_demos_and_cli_name_detection():
-    """Outside the tasks and the data sources, detection is named only where users name
-    it: the demo's ``--task`` and ``make-detection`` (demos/, cli/)."""
+def test_only_the_tasks_sources_and_demos_name_detection():
+    """Outside the tasks and the data sources detection is named only by its demo (demos/);
+    the CLI gets ``make-detection`` and ``demo --task detection`` from the task's own
+    ``cli`` module."""
     named = sorted({str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
-                    if p.relative_to(PKG).parts[0] not in ("tasks", "data", "demos", "cli")
+                    if p.relative_to(PKG).parts[0] not in ("tasks", "data", "demos")
                     and re.search(r"detect", p.read_text(), re.I)})
     assert len(list(PKG.rglob("*.py"))) > 50 and named == []
+
+
+def test_the_parser_reads_the_tasks_commands_without_torch():
+    """``coreset-curate --help`` builds every command, the tasks' own among them, and
+    imports neither torch nor numpy (the tasks are registered by module name)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from coreset_curate.cli.parser import build_parser\n"
+            "text = build_parser().format_help()\n"
+            "print('make-detection' in text, 'torch' in sys.modules, 'numpy' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False", "False"]
+
+
+def test_a_third_task_adds_its_command_and_demo(tmp_path, monkeypatch, capsys):
+    """A task whose ``cli`` names a module with ``add_commands`` and ``run_demo`` gets its
+    command and ``demo --task NAME`` without an edit of the CLI."""
+    from coreset_curate.cli import main
+    from coreset_curate.tasks import TASKS, Task, get_task
+
+    (tmp_path / "layout_test_task_cli.py").write_text(
+        "DEMO_HELP = 'a test task'\nDEMO_FP_EPOCHS = 1\n"
+        "def add_commands(sub, options):\n"
+        "    p = sub.add_parser('layout-hello')\n"
+        "    p.add_argument('--count', type=options.positive_int, required=True)\n"
+        "    p.set_defaults(func=lambda args: print('hello', args.count) or 0)\n"
+        "def run_demo(out, chosen, overwrite):\n"
+        "    return f'demo in {out}: {chosen[\"epochs\"]} epochs'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Third(Task):
+        name = "layout-third"
+        cli = "layout_test_task_cli"
+
+    TASKS.add("layout-third", Third())
+    try:
+        assert get_task("layout-third").cli == "layout_test_task_cli"
+        assert main(["layout-hello", "--count", "3"]) == 0
+        assert capsys.readouterr().out == "hello 3\n"
+        assert main(["demo", "--task", "layout-third", "--out", "x", "--epochs", "2"]) == 0
+        assert capsys.readouterr().out == "demo in x: 2 epochs\n"
+        with pytest.raises(SystemExit) as err:  # the shared option's check holds
+            main(["layout-hello", "--count", "0"])
+        assert err.value.code == 2
+    finally:
+        del TASKS["layout-third"]
+
+
+def test_the_built_in_tasks_load_on_first_use_and_name_their_cli():
+    """A task declared as ``module:Class`` becomes its instance on first use, and the
+    ``cli`` module the CLI derives from the declaration is the one the class names."""
+    from coreset_curate.cli.tasks import _cli_module
+    from coreset_curate.tasks import TASKS, DetectionTask, get_task
+
+    declared = {"classification": "coreset_curate.tasks.classification.task:ClassificationTask",
+                "detection": "coreset_curate.tasks.detection.task:DetectionTask"}
+    for name, entry in declared.items():
+        task = get_task(name)
+        assert TASKS[name] is task and task.name == name
+        assert _cli_module(entry) == task.cli == _cli_module(task)
+    assert isinstance(get_task("detection"), DetectionTask)
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get_task("nope")
 
 
 def _body_lines(node: ast.AST) -> int:

@@ -61,20 +61,6 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_make_detection(args: argparse.Namespace) -> int:
-    from ..data import load_data
-    from ..tasks.detection import make_coco, read_coco
-
-    data = load_data(args.data, args.split)
-    split = args.out_split or args.split
-    path = make_coco(data, args.out, split, count=args.count, seed=args.seed,
-                     class_noise=args.class_noise, overwrite=args.overwrite)
-    det = read_coco(args.out, split)  # read back: the layout is what the reader expects
-    boxes = sum(len(b) for b in det.boxes)
-    print(f"wrote {path}: {len(det)} images, {boxes} boxes of {det.num_classes} classes")
-    return 0
-
-
 def _cmd_noise(args: argparse.Namespace) -> int:
     from ..data import load_data
     from ..labels.noise import inject_noise
@@ -220,8 +206,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demos.classification import DemoConfig, format_summary, run_demo
     from ..selection import METHODS, SCHEDULES
+    from .tasks import demo_tasks
 
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; registered methods: {sorted(METHODS)}")
@@ -232,14 +218,5 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   w_bits=args.w_bits, a_bits=args.a_bits, seed=args.seed)
     if args.fp_epochs is not None:
         chosen["fp_epochs"] = args.fp_epochs
-    if args.task == "detection":
-        from ..demos.detection import (DetectionDemoConfig, format_detection_summary,
-                                      run_detection_demo)
-
-        summary = run_detection_demo(args.out, DetectionDemoConfig(**chosen),
-                                     overwrite=args.overwrite)
-        print(format_detection_summary(summary))
-        return 0
-    summary = run_demo(args.out, DemoConfig(**chosen), overwrite=args.overwrite)
-    print(format_summary(summary))
+    print(demo_tasks()[args.task].run_demo(args.out, chosen, args.overwrite))
     return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 from .. import __version__
 from .commands import (_cmd_audit, _cmd_clean, _cmd_curate, _cmd_demo, _cmd_export,
-                       _cmd_make_detection, _cmd_noise, _cmd_score, _cmd_select, _cmd_train)
+                       _cmd_noise, _cmd_score, _cmd_select, _cmd_train)
+from .tasks import demo_tasks, task_clis
 
 
 def _positive_int(text: str) -> int:
@@ -64,6 +66,12 @@ def _set(p, help: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+# what a task's ``cli.add_commands`` builds its commands from (``coreset_curate.cli.tasks``)
+OPTIONS = SimpleNamespace(positive_int=_positive_int, fraction=_fraction, bits=_bits,
+                          split=_split, id_column=_id_column, seed=_seed,
+                          overwrite=_overwrite, labels=_labels, set=_set)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (``PROG: error: ...``), exit 2."""
 
@@ -72,18 +80,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_demo(sub) -> None:
+    demos = demo_tasks()
     demo = sub.add_parser(
         "demo", help="run the whole pipeline on scikit-learn's digits (no download)",
         description="Train a small float CNN on scikit-learn's digits, quantize it with LSQ, "
                     "score every sample, select ACS subsets for a few QAT epochs, and write "
                     "scores.parquet, index.parquet, checkpoints and summary.json to --out. "
-                    "With --task detection, the same for a RetinaNet on canvases of pasted "
-                    "digits (a COCO-layout set written to OUT/data), scored by COCO AP.")
+                    "--task picks another task's demo of the same pipeline.")
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--task", choices=("classification", "detection"),
-                      default="classification",
-                      help="classification (a CNN on the digits) or detection (RetinaNet on "
-                           "digit canvases)")
+    demo.add_argument("--task", choices=tuple(demos), default="classification",
+                      help="; ".join(f"{name}: {m.DEMO_HELP}" for name, m in demos.items()))
     demo.add_argument("--epochs", type=_positive_int, default=12, help="QAT epochs (12)")
     demo.add_argument("--reselect-every", type=_positive_int, default=3,
                       help="re-score and re-select every R epochs (3)")
@@ -92,8 +98,9 @@ def _add_demo(sub) -> None:
     demo.add_argument("--schedule", default="cos", help="ACS schedule (cos)")
     demo.add_argument("--w-bits", type=_bits, default=4, help="weight bits (4)")
     demo.add_argument("--a-bits", type=_bits, default=4, help="activation bits (4)")
+    fp = "; ".join(f"{name} {m.DEMO_FP_EPOCHS}" for name, m in demos.items())
     demo.add_argument("--fp-epochs", type=_positive_int, default=None,
-                      help="epochs of full-precision training (30; detection 24)")
+                      help=f"epochs of full-precision training ({fp})")
     _seed(demo)
     _overwrite(demo, "replace earlier outputs")
     demo.set_defaults(func=_cmd_demo)
@@ -242,28 +249,6 @@ def _add_clean(sub) -> None:
     cl.set_defaults(func=_cmd_clean)
 
 
-def _add_make_detection(sub) -> None:
-    md = sub.add_parser(
-        "make-detection", help="write a COCO-layout detection set made from a classification "
-                               "split (objects pasted onto canvases)",
-        description="Paste images of a classification split (1-4 a canvas, 24-56 px) onto "
-                    "96-128 px canvases with exact boxes and write ROOT/SPLIT/*.png and "
-                    "ROOT/annotations/instances_SPLIT.json, deterministically by seed; "
-                    "load_data('coco:ROOT', SPLIT) reads it back.")
-    md.add_argument("--data", required=True, help="classification dataset (Parquet folder, "
-                    "digits, ...)")
-    _split(md, "split to take the objects from")
-    md.add_argument("--count", type=_positive_int, required=True, help="canvases to write")
-    _seed(md)
-    md.add_argument("--class-noise", type=float, default=0.0,
-                    help="share of boxes given another class (truth kept in "
-                         "true_category_id), for experiments (0)")
-    md.add_argument("--out-split", default=None, help="split name written (default --split)")
-    md.add_argument("--out", required=True, help="dataset root folder")
-    _overwrite(md)
-    md.set_defaults(func=_cmd_make_detection)
-
-
 def _add_train(sub) -> None:
     tr = sub.add_parser(
         "train", help="full-precision training or QAT with per-epoch coreset selection",
@@ -307,14 +292,14 @@ def _add_score(sub) -> None:
                     "started again with the same arguments resumes; under torchrun the "
                     "shards are split across ranks and rank 0 writes one table.")
     sc.add_argument("--data", required=True, help="Parquet folder/file/glob, digits, "
-                    "torchvision:NAME, or coco:ROOT (detection)")
+                    "torchvision:NAME, coco:ROOT, or another registered data source")
     _split(sc)
     _id_column(sc)
     _labels(sc, LABELS_HELP)
-    sc.add_argument("--model", required=True, help="architecture name (see models), or a "
-                    "detector (retinanet_resnet18_fpn, ...) for coco:ROOT data")
+    sc.add_argument("--model", required=True, help="a registered model of the data's task "
+                    "(resnet20, retinanet_resnet18_fpn for coco:ROOT data, ...)")
     sc.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="a detector's options, as in a recipe's model_kwargs (e.g. "
+                    help="the model's options, as in a recipe's model_kwargs (e.g. "
                          "fpn_channels=64)")
     sc.add_argument("--checkpoint", required=True, help="student state dict (weights-only)")
     sc.add_argument("--reference", default=None, help="full-precision state dict for DS")
@@ -365,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_demo, _add_select, _add_export, _add_audit, _add_clean, _add_noise,
-                _add_train, _add_curate, _add_score, _add_make_detection):
+                _add_train, _add_curate, _add_score):
         add(sub)
+    for module in task_clis().values():  # the tasks' own commands, after the toolkit's
+        if hasattr(module, "add_commands"):
+            module.add_commands(sub, OPTIONS)
     return parser

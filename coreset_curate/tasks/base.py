@@ -4,20 +4,46 @@ The trainer, the selector and the scorer hold no branch on the task: they ask th
 their data (``task_of``) or of their model (``task_for_model``) for the model, the
 transforms, the calibration batches, the loss, one epoch of training, the metric and the
 scores of a round. A third task is a module with a ``Task`` subclass and one
-``TASKS.register`` line.
+``TASKS.add`` line; a task may also add commands and a demo to the CLI (``cli``).
+
+``TASKS`` may hold a task as ``"module:Class"``, imported (and the class instantiated) on
+first use: the built-in tasks are declared so (``coreset_curate.tasks``), which keeps the
+package, and the CLI's parser that reads the tasks' commands, free of torch until a task
+is used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 from ..common.registry import Registry
 
 __all__ = ["Task", "EpochInputs", "TASKS", "task_of", "task_for_model", "table_task",
-           "list_tasks", "score_checkpoint"]
+           "list_tasks", "get_task", "score_checkpoint"]
 
 TASKS: Registry = Registry("task")
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``, imported first where it is declared as
+    ``"module:Class"``.
+
+    Args:
+        name: a task's name (``list_tasks``).
+
+    Returns:
+        The ``Task``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists what is).
+    """
+    entry = TASKS.lookup(name)
+    if isinstance(entry, str):
+        module, _, cls = entry.partition(":")
+        entry = TASKS[name] = getattr(import_module(module), cls)()
+    return entry
 
 
 @dataclass
@@ -57,6 +83,8 @@ class Task:
         summary_columns: the columns of a score table ``describe_table`` reads.
         audit_refusal: why the noise audit cannot read this task's score tables ("": it
             can).
+        cli: the module that adds the task's commands and demo to ``coreset-curate``
+            (``coreset_curate.cli.tasks``; "": none).
     """
 
     name = ""
@@ -70,6 +98,7 @@ class Task:
     label_rule = ""
     summary_columns: tuple = ("evs",)  # what describe_table reads
     audit_refusal = ""
+    cli = ""
 
     def owns_model(self, arch: str) -> bool:
         """Whether ``arch`` names a registered model of this task."""
@@ -174,13 +203,14 @@ def task_of(data) -> Task:
     Raises:
         ValueError: the dataset names an unregistered task.
     """
-    return TASKS.lookup(getattr(data, "task", None) or "classification")
+    return get_task(getattr(data, "task", None) or "classification")
 
 
 def table_task(metadata: dict) -> Task:
     """The task of a score table, from its metadata's ``task`` (classification where it
     names none, or none registered here)."""
-    return TASKS.get(metadata.get("task") or "classification") or TASKS["classification"]
+    name = metadata.get("task") or "classification"
+    return get_task(name if name in TASKS else "classification")
 
 
 def task_for_model(arch: str) -> Task:
@@ -194,6 +224,6 @@ def task_for_model(arch: str) -> Task:
         The registered ``Task``.
     """
     for name in TASKS.names():
-        if TASKS[name].owns_model(arch):
-            return TASKS[name]
-    return TASKS["classification"]
+        if get_task(name).owns_model(arch):
+            return get_task(name)
+    return get_task("classification")

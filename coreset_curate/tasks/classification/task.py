@@ -1,10 +1,10 @@
 """The classification task: registered classifiers, batched transforms, (distilled)
-cross-entropy, top-1, and the score tables of ``scoring.score_dataset``."""
+cross-entropy, top-1, and the score tables of ``scoring.scores.score_table``."""
 
 from __future__ import annotations
 
 from ...data import default_transforms, inference_batch_size, iter_batches, spread_positions
-from ...scoring.scores import score_dataset
+from ...scoring.scores import score_table
 from ..base import EpochInputs, Task
 from .loop import evaluate, train_epoch
 from .models import MODELS, create_model
@@ -16,6 +16,7 @@ class ClassificationTask(Task):
     """Image classification (every dataset that names no task of its own)."""
 
     name = "classification"
+    cli = "coreset_curate.tasks.classification.cli"
     metric = "top1"
     model_noun = "classifier"
     trains_on = "a classifier trains on labelled images"
@@ -72,6 +73,6 @@ class ClassificationTask(Task):
                 f"mean EVS {float(table.column('evs').to_numpy().mean()):.4f}")
 
     def score(self, scorer, model, epoch: int, device, metadata: dict):
-        return score_dataset(model, scorer.rows, scorer.reference_outputs(device),
+        return score_table(model, scorer.rows, scorer.reference_outputs(device),
                              transform=scorer.transform, epoch=epoch, probs=scorer.probs,
                              batch_size=scorer.batch_size, device=device, metadata=metadata)

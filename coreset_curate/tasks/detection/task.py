@@ -18,6 +18,7 @@ class DetectionTask(Task):
     """Object detection (``DetectionData``, whose ``task`` is ``"detection"``)."""
 
     name = "detection"
+    cli = "coreset_curate.tasks.detection.cli"
     metric = "ap"
     model_noun = "detector"
     trains_on = "a detector trains on coco:ROOT data"
