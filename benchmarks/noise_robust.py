@@ -132,7 +132,7 @@ def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
     from coreset_curate.labels.cleaning import apply_labels, exclusions, read_labels_table
     from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import calibrate_, quantize_model
-    from coreset_curate.scoring.scores import score_dataset
+    from coreset_curate.scoring.scores import score_table
     from coreset_curate.common.tables import write_table
     from coreset_curate.training import load_checkpoint, load_recipe
 
@@ -155,7 +155,7 @@ def _audit(args, noise_type, rate, fp_dir: Path, name: str) -> dict:
                max_batches=qat.calibration_batches)
     rounds = []
     for epoch, (model, ref) in enumerate(((fp, None), (student, fp))):
-        table = score_dataset(model, train_set, ref, transform=eval_tf, epoch=epoch,
+        table = score_table(model, train_set, ref, transform=eval_tf, epoch=epoch,
                               probs=True, batch_size=256)
         rounds.append(write_table(table, folder / "rounds" / f"epoch_{epoch:04d}.parquet",
                                   overwrite=True))

@@ -2,7 +2,7 @@
 student through the same data path, side by side in one run.
 
 * bare: ``iter_batches`` -> eval transform -> ``student(x)`` under ``torch.inference_mode``;
-* score: ``score_dataset(student, data, cached_reference_outputs, ...)`` (every score of
+* score: ``score_table(student, data, cached_reference_outputs, ...)`` (every score of
   the table, with the reference's outputs read from the cache as in every scoring round
   after the first).
 
@@ -39,7 +39,7 @@ def main() -> None:
     from coreset_curate.tasks.classification.models import create_model
     from coreset_curate.quant import quantize_model
     from coreset_curate.scoring.refcache import cached_reference
-    from coreset_curate.scoring.scores import score_dataset
+    from coreset_curate.scoring.scores import score_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
@@ -98,7 +98,7 @@ def main() -> None:
     def score() -> float:
         sync()
         t0 = time.perf_counter()
-        score_dataset(student, data, ref, transform=eval_tf, batch_size=batch, device=device,
+        score_table(student, data, ref, transform=eval_tf, batch_size=batch, device=device,
                       bf16=args.bf16)
         sync()
         return time.perf_counter() - t0

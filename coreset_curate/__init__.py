@@ -16,13 +16,12 @@ _EXPORTS = {
     "list_models": "tasks.classification.models",
     "register_model": "tasks.classification.models",
     "quantize_model": "quant", "calibrate_": "quant", "QuantConfig": "quant",
-    "score_dataset": "scoring.scores", "register_score": "scoring.measures",
+    "score_dataset": "scoring.entry", "register_score": "scoring.measures",
     "list_scores": "scoring.measures",
     "select": "selection", "register_method": "selection", "list_methods": "selection",
     "list_schedules": "selection", "index_table": "common.index", "read_index": "common.index",
     "add_to_index": "common.index",
     "read_table": "common.tables", "write_table": "common.tables",
-    "extract_scores": "scoring.extract",
     "load_subset": "data.subsets", "export_subset": "data.subsets",
     "SubsetSampler": "selection.sampler", "DistributedSubsetSampler": "selection.sampler",
     "TrainConfig": "training", "load_recipe": "training", "run_training": "training",
@@ -36,10 +35,14 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# names that left __all__ and still answer from the top (score_dataset(out=) writes a file)
+_FORMER = {"extract_scores": "scoring.extract"}
+
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _EXPORTS or name in _FORMER:
+        value = getattr(import_module(f".{_EXPORTS.get(name) or _FORMER[name]}", __name__),
+                        name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'coreset_curate' has no attribute {name!r}")

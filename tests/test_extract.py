@@ -47,6 +47,31 @@ def test_shard_size_does_not_change_the_table(checkpoints, tmp_path):
         extract_scores(student, data, a, transform=eval_tf)
 
 
+def test_score_dataset_returns_the_table_or_writes_it(checkpoints, tmp_path):
+    """The one entry point: without out= the table, with out= the same rows written in
+    shards (extra scores included), and a file-only option without out= is refused."""
+    from torch.utils.data import TensorDataset
+
+    from coreset_curate import score_dataset
+
+    _, data, eval_tf, student, fp = checkpoints
+    table = score_dataset(student, data, fp, transform=eval_tf, scores=["entropy"])
+    path = score_dataset(student, data, fp, out=tmp_path / "s.parquet", transform=eval_tf,
+                         scores=["entropy"], shard_rows=300)
+    written = pq.read_table(path)
+    assert "entropy" in table.column_names and written.num_rows == len(data)
+    assert written.select(table.column_names).replace_schema_metadata(None).equals(
+        table.replace_schema_metadata(None))
+    with pytest.raises(ValueError, match="shard_rows, world_size apply to a written table"):
+        score_dataset(student, data, fp, transform=eval_tf, shard_rows=100, world_size=2)
+    with pytest.raises(TypeError, match="not a TensorDataset"):
+        score_dataset(student, TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4).long()),
+                      out=tmp_path / "t.parquet")
+    with pytest.raises(TypeError, match="needs transform="):
+        score_dataset(student, data, out=tmp_path / "u.parquet")
+    assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "u.parquet").exists()
+
+
 def _cli_args(d, out, shard_rows=200):
     return ["score", "--data", "digits", "--model", "small_cnn", "--checkpoint",
             str(d / "student.pt"), "--w-bits", "4", "--a-bits", "4", "--reference",
@@ -57,13 +82,13 @@ def _cli_args(d, out, shard_rows=200):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import coreset_curate.scoring.extract as ex
-    real, calls = ex.score_dataset, []
+    real, calls = ex.score_table, []
     def dying(*a, **k):
         calls.append(1)
         if len(calls) == 4:
             os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the 4th shard
         return real(*a, **k)
-    ex.score_dataset = dying
+    ex.score_table = dying
     from coreset_curate.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import coreset_curate as cc
 from coreset_curate.common.index import epoch_rows
-from coreset_curate.scoring.scores import score_dataset
+from coreset_curate import score_dataset
 from coreset_curate.selection import METHODS, select
 from coreset_curate.selection.core import SelectionContext
 from coreset_curate.scoring.stepscores import StepScores

@@ -8,7 +8,7 @@ import torch
 from coreset_curate.data import default_transforms, load_data
 from coreset_curate.tasks.classification.models import create_model
 from coreset_curate.quant import quantize_model
-from coreset_curate.scoring.scores import score_dataset
+from coreset_curate import score_dataset
 from coreset_curate.common.tables import SCORE_SCHEMA, table_metadata, validate_scores
 
 

@@ -109,7 +109,7 @@ def _audit_stage(teacher_cfg, student_cfg, teacher_dir: Path, out: Path) -> dict
     from ..tasks.classification.models import create_model
     from ..labels.audit import audit
     from ..quant import calibrate_, quantize_model
-    from ..scoring.scores import score_dataset
+    from ..scoring.scores import score_table
     from ..common.tables import write_table
     from ..training import load_checkpoint
     from ..training.setup import load_splits
@@ -130,7 +130,7 @@ def _audit_stage(teacher_cfg, student_cfg, teacher_dir: Path, out: Path) -> dict
                max_batches=student_cfg.calibration_batches)
     rounds = []
     for epoch, (model, ref) in enumerate(((fp, None), (student, fp))):
-        table = score_dataset(model, train, ref, transform=eval_tf, epoch=epoch, probs=True,
+        table = score_table(model, train, ref, transform=eval_tf, epoch=epoch, probs=True,
                               batch_size=256, device=teacher_cfg.device)
         rounds.append(write_table(table, out / "rounds" / f"epoch_{epoch:04d}.parquet",
                                   overwrite=True))

@@ -1,6 +1,7 @@
 """Score extraction to Parquet in shards: resumable, and split across torchrun ranks.
 
-``extract_scores(student, data, "scores.parquet", reference=..., transform=...)`` scores
+``extract_scores(student, data, "scores.parquet", reference=..., transform=...)`` (what
+``score_dataset(..., out="scores.parquet")`` runs) scores
 the dataset in shards of ``shard_rows`` rows, each written atomically to a folder beside
 the output (``.scores.parquet.parts/``) as soon as it is done. A run killed at any point
 and started again with the same arguments rescoring nothing already finished, and ends
@@ -29,7 +30,7 @@ from ..common.atomic import write_text
 from ..common.distributed import barrier, distributed_context
 from ..data import EvalTransform, ImageData
 from .refcache import ReferenceOutputs
-from .scores import score_dataset
+from .scores import score_table
 from ..common.tables import TableError, table_metadata, with_metadata, write_table
 from ..common.checks import positive_int, resolve_device
 
@@ -108,6 +109,7 @@ def extract_scores(
     batch_size: int = 512,
     device=None,
     shard_rows: int = 8192,
+    scores: list[str] | None = None,
     embeddings: bool = False,
     probs: bool = False,
     metadata: dict | None = None,
@@ -129,6 +131,7 @@ def extract_scores(
         batch_size: samples per forward pass.
         device: where the models run.
         shard_rows: rows per shard (the unit of resuming and of splitting across ranks).
+        scores: as for ``score_dataset``.
         embeddings: as for ``score_dataset``.
         probs: as for ``score_dataset``.
         metadata: as for ``score_dataset``.
@@ -157,6 +160,8 @@ def extract_scores(
     run_key = {"fingerprint": data.fingerprint, "student": state_sha256(student),
                "reference": ref_id, "transform": transform.to_dict(), "epoch": epoch,
                "shard_rows": shard_rows, "embeddings": embeddings, "probs": probs, "bf16": bf16}
+    if scores:
+        run_key["scores"] = list(scores)
     if hasattr(data, "view_key"):  # a streamed dataset: its crop decides the pixels too
         run_key["view"] = data.view_key()
     if rank == 0:
@@ -175,10 +180,10 @@ def extract_scores(
             continue
         rows = np.arange(k * shard_rows, min((k + 1) * shard_rows, n))
         ref = reference.subset(rows) if isinstance(reference, ReferenceOutputs) else reference
-        table = score_dataset(student, data.subset(rows), ref, transform=transform, epoch=epoch,
-                              batch_size=batch_size, device=device, embeddings=embeddings,
-                              probs=probs, metadata=metadata, bf16=bf16,
-                              channels_last=channels_last)
+        table = score_table(student, data.subset(rows), ref, transform=transform, epoch=epoch,
+                            batch_size=batch_size, device=device, scores=scores,
+                            embeddings=embeddings, probs=probs, metadata=metadata, bf16=bf16,
+                            channels_last=channels_last)
         write_table(table, path, overwrite=True)
         done += 1
     seconds = time.perf_counter() - start

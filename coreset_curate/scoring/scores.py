@@ -1,9 +1,10 @@
 """Per-sample scores from the logits of a (quantized) student and an optional reference.
 
-``score_dataset(student, data, reference=fp_model, epoch=t)`` runs one forward pass per
+``score_table(student, data, reference=fp_model, epoch=t)`` runs one forward pass per
 model per batch under ``torch.inference_mode()`` with the eval transform and returns a
 ``pyarrow.Table`` that follows the score-table contract (``tables.SCORE_SCHEMA``). The
 scores it computes are those of the registry (``measures``; ``register_score`` adds one).
+Users reach it as ``score_dataset`` (``scoring.entry``), which also writes to a file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .measures import (DEFAULT_SCORES, SCORES, BatchOutputs, compute_scores, las
 from .refcache import ReferenceOutputs
 from ..common.tables import SCORE_SCHEMA, make_metadata, with_metadata
 
-__all__ = ["BatchOutputs", "SCORES", "register_score", "list_scores", "score_dataset",
+__all__ = ["BatchOutputs", "SCORES", "register_score", "list_scores", "score_table",
            "compute_scores", "scoring_transform"]
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _table(rows, names: list[str], epoch: int, got: _Collected, embeddings: bool
     return pa.table(arrays, schema=schema)
 
 
-def score_dataset(
+def score_table(
     student: nn.Module,
     data,
     reference: nn.Module | ReferenceOutputs | None = None,
