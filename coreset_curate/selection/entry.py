@@ -14,6 +14,7 @@ from ..common.tables import TableError
 from .core import METHODS, Selection, SelectionContext, check_request, unknown_exclusions
 from .rounds import ScoreRounds, load_rounds
 from .schedules import SCHEDULES, check_epochs
+from .sampled import SAMPLED, select_sampled
 from .streamed import STREAMABLE, default_memory_budget, in_memory_bytes, select_streamed
 
 __all__ = ["select"]
@@ -58,8 +59,9 @@ def select(
             audit table or folder: its flagged mislabeled samples).
         memory_budget: bytes the selection may hold (default: a quarter of the machine's
             memory). One Parquet table whose columns would take more is read by row
-            groups (``streamed.select_streamed``: the same ids, memory about one batch
-            plus the kept rows) where the method allows it (``streamed.STREAMABLE``).
+            groups (``streamed.select_streamed``, or ``sampled.select_sampled`` for soft
+            selection: the same ids, memory about one batch plus the kept rows) where
+            the method allows it (``streamed.STREAMABLE``, ``sampled.SAMPLED``).
 
     Returns:
         The ``Selection`` of the epoch.
@@ -79,12 +81,13 @@ def select(
     spec = METHODS[method]
     if memory_budget is not None:
         non_negative_int("memory_budget", memory_budget)
-    if isinstance(scores, (str, os.PathLike)) and method in STREAMABLE:
+    if isinstance(scores, (str, os.PathLike)) and method in STREAMABLE | SAMPLED:
         budget = default_memory_budget() if memory_budget is None else memory_budget
         if os.path.isfile(scores) and in_memory_bytes(scores, spec.columns) > budget:
             log.info("%s: the table's columns exceed the memory budget (%d bytes); reading "
                      "it by row groups", os.fspath(scores), budget)
-            return select_streamed(
+            run = select_sampled if method in SAMPLED else select_streamed
+            return run(
                 scores, method, fraction, epoch=int(epoch), epochs=epochs, schedule=schedule,
                 seed=int(seed), per_class=bool(per_class), min_per_class=int(min_per_class),
                 options=opts, exclude=exclude)

@@ -148,15 +148,116 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
             one after ``epoch``, or is not sorted by sample_id.
         UnknownIds: ``exclude`` names ids the table lacks.
     """
-    from ..labels.cleaning import exclusions
-
     if method not in STREAMABLE:
         raise ValueError(f"method {method!r} does not select out of core; streamed methods: "
                          f"{sorted(STREAMABLE)}")
+    table = open_streamed(path, method, fraction, epoch=epoch, per_class=per_class,
+                          min_per_class=min_per_class, exclude=exclude, batch_rows=batch_rows)
+    # pass 2: the method's score batch by batch; the k best of every class are kept
+    best = TopK(table.budget, batch_rows)
+    for ids, group, ctx in table.scored(_Recorder, epoch=epoch, epochs=epochs,
+                                        schedule=schedule, seed=seed, options=options):
+        best.add(ids, group, ctx.recorded)
+    return Selection(best.result()[0])
+
+
+class TopK:
+    """The ``budget[g]`` best rows of every group among those added so far (highest score,
+    then the smaller id; rows must come in id order), in memory about twice the budgets or
+    a few batches: a row that cannot beat its group's current k-th best is dropped at
+    once, the rest are pruned back to k a group whenever they outgrow the limit."""
+
+    def __init__(self, budget: np.ndarray, batch_rows: int) -> None:
+        self.budget = budget
+        self.thr = np.where(budget > 0, -np.inf, np.inf)  # a row must beat this to enter
+        self.limit = max(2 * int(budget.sum()), 4 * batch_rows)
+        self.parts: list = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)]
+        self.rows = 0
+
+    def add(self, ids: np.ndarray, group: np.ndarray, score: np.ndarray, *extra) -> None:
+        """Offer rows (``extra``: arrays kept alongside, one value a row)."""
+        enter = score > self.thr[group]
+        if len(self.parts) < 3 + len(extra):
+            self.parts += [np.zeros(0, e.dtype) for e in extra]
+        new = [ids, group, score, *extra]
+        self.parts = [np.concatenate([a, b[enter]]) for a, b in zip(self.parts, new)]
+        self.rows = len(self.parts[0])
+        if self.rows > self.limit:
+            self._prune()
+
+    def _prune(self) -> None:
+        ids, lab, sc, self.thr, *extra = prune(*self.parts[:3], self.budget, *self.parts[3:])
+        self.parts = [ids, lab, sc, *extra]
+        self.rows = len(ids)
+
+    def result(self) -> list[np.ndarray]:
+        """``[ids, groups, scores, *extra]`` of the rows kept, in id order."""
+        self._prune()
+        return self.parts
+
+
+@dataclass
+class StreamedTable:
+    """A score table opened for out-of-core selection: its first pass done (the checks,
+    the class budgets by group: the label, one up where a task's label -1 is a group of
+    its own; one group overall without per-class budgets) and its batches to score."""
+
+    pf: pq.ParquetFile
+    path: str
+    method: str
+    fraction: float
+    per_class: bool
+    min_per_class: int
+    excluded: np.ndarray | None
+    shift: int
+    budget: np.ndarray
+    kept_counts: np.ndarray
+    batch_rows: int
+
+    def scored(self, recorder, *, epoch: int, epochs, schedule: str, seed: int,
+               options: dict):
+        """Batch by batch: ``(sample ids, group of each row, the recorder context the
+        method ran on)``; the excluded rows left out, each batch checked as in memory."""
+        spec = METHODS[self.method]
+        have = self.pf.schema_arrow.names
+        want = list(dict.fromkeys([*BASE_COLUMNS, *[c for c in spec.columns if c in have]]))
+        known = _contract(want, spec.partial)
+        generators: dict = {}
+        for cols in _batches(self.pf, self.path, want, known, self.batch_rows):
+            if not len(cols["sample_id"]):
+                continue
+            check_finite(cols, spec.partial, " in one row group (there may be more)")
+            cols.pop("epoch")
+            cols["label"] = small_ints(cols["label"].astype(np.int64) + self.shift)
+            if self.excluded is not None:
+                keep = ~np.isin(cols["sample_id"], self.excluded)
+                cols = {k: v[keep] for k, v in cols.items()}
+                if not len(cols["sample_id"]):
+                    continue
+            ctx = recorder(cols, [cols], float(self.fraction), int(epoch), epochs, schedule,
+                           int(seed), bool(self.per_class), int(self.min_per_class), options,
+                           None)
+            ctx.generators = generators
+            spec.fn(ctx)
+            n = len(cols["sample_id"])
+            group = (cols["label"].astype(np.int64) if self.per_class
+                     else np.zeros(n, np.int64))
+            yield cols["sample_id"], group, ctx
+
+
+def open_streamed(path, method: str, fraction: float, *, epoch: int, per_class: bool,
+                  min_per_class: int, exclude, batch_rows: int) -> StreamedTable:
+    """Open ``path`` for out-of-core selection: pass 1 (rows per class, the checks that
+    need the whole table) and the budgets; ``select_streamed`` documents the arguments.
+
+    Raises:
+        TableError, UnknownIds, ValueError: as ``select_streamed``.
+    """
+    from ..labels.cleaning import exclusions
+
     spec = METHODS[method]
     path = os.fspath(path)
     pf = _open(path)
-    have = pf.schema_arrow.names
     excluded = None if exclude is None else exclusions(exclude)
     first = _first_pass(pf, path, excluded, batch_rows)
     if spec.columns and first.round_epoch > epoch:
@@ -172,41 +273,11 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
     if not shift:
         counts, kept_counts = counts[1:], kept_counts[1:]
     budget = _budgets(counts, kept_counts, fraction, per_class, min_per_class)
-
-    # pass 2: the method's score batch by batch; the k best of every class are kept
-    want = list(dict.fromkeys([*BASE_COLUMNS, *[c for c in spec.columns if c in have]]))
-    known = _contract(want, spec.partial)
-    thr = np.where(budget > 0, -np.inf, np.inf)  # a row must beat this to enter
-    buf_ids = np.zeros(0, dtype=np.int64)
-    buf_lab = np.zeros(0, dtype=np.int64)
-    buf_sc = np.zeros(0, dtype=np.float64)
-    generators: dict = {}
-    limit = max(2 * int(budget.sum()), 4 * batch_rows)
-    for cols in _batches(pf, path, want, known, batch_rows):
-        if not len(cols["sample_id"]):
-            continue
-        check_finite(cols, spec.partial, " in one row group (there may be more)")
-        cols.pop("epoch")
-        cols["label"] = small_ints(cols["label"].astype(np.int64) + shift)
-        if excluded is not None:
-            keep = ~np.isin(cols["sample_id"], excluded)
-            cols = {k: v[keep] for k, v in cols.items()}
-            if not len(cols["sample_id"]):
-                continue
-        ctx = _Recorder(cols, [cols], float(fraction), int(epoch), epochs, schedule,
-                        int(seed), bool(per_class), int(min_per_class), options, None)
-        ctx.generators = generators
-        spec.fn(ctx)
-        score = ctx.recorded
-        group = cols["label"].astype(np.int64) if per_class else np.zeros(len(score), np.int64)
-        enter = score > thr[group]
-        buf_ids = np.concatenate([buf_ids, cols["sample_id"][enter]])
-        buf_lab = np.concatenate([buf_lab, group[enter]])
-        buf_sc = np.concatenate([buf_sc, score[enter]])
-        if len(buf_ids) > limit:
-            buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
-    buf_ids, buf_lab, buf_sc, thr = _prune(buf_ids, buf_lab, buf_sc, budget)
-    return Selection(buf_ids)
+    if not per_class:
+        kept_counts = np.array([int(kept_counts.sum())])
+    return StreamedTable(pf, path, method, float(fraction), bool(per_class),
+                         int(min_per_class), excluded, shift, budget, kept_counts,
+                         int(batch_rows))
 
 
 def _open(path: str) -> pq.ParquetFile:
@@ -301,9 +372,10 @@ def _add(total: np.ndarray, part: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prune(ids, lab, sc, budget):
+def prune(ids, lab, sc, budget, *extra):
     """The ``budget[c]`` best rows of every class (highest score, then smaller id), in id
-    order, and each class's entry threshold (its k-th best score once it has k rows)."""
+    order, and each class's entry threshold (its k-th best score once it has k rows);
+    ``extra`` arrays (one value a row) are kept alongside, after the threshold."""
     # rows are in id order: stable sorts by score (descending) then by class keep ids
     # ascending among equal scores
     order = np.argsort(-sc, kind="stable")
@@ -318,4 +390,4 @@ def _prune(ids, lab, sc, budget):
     sc_s = sc[order]
     thr[full] = sc_s[starts[full] + budget[full] - 1]
     chosen = np.sort(order[keep])
-    return ids[chosen], lab[chosen], sc[chosen], thr
+    return (ids[chosen], lab[chosen], sc[chosen], thr, *(e[chosen] for e in extra))
