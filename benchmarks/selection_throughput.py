@@ -1,18 +1,26 @@
 """Throughput of class-balanced ACS selection on large synthetic score tables.
 
 For each size, a synthetic score table (contract columns, 1,000 classes) is written to
-Parquet once; then, each in a fresh process so that peak memory is its own, one first
-(cold) run and then timed runs whose median is reported as ``seconds``:
+Parquet once; then, each engine in a fresh process so that peak memory (RSS) is its own,
+one first (cold) run and then timed runs whose median is reported as ``seconds``, the
+same query everywhere (per class the floor(0.1 n + 0.5) highest ACS scores
+``b * evs + (1 - b) * ds`` in float64, ties to the smaller sample_id):
 
-* ours: ``coreset_curate.select(path, "acs", 0.1, epoch=30, epochs=120)`` (reads the
-  Parquet file and selects);
-* pandas: the straightforward way: ``pd.read_parquet`` of the same columns, the ACS
-  score, then ``groupby("label")`` + ``nlargest`` per class.
+* ``ours``: ``coreset_curate.select(path, "acs", 0.1, epoch=30, epochs=120)`` in memory;
+* ``ours_streamed``: the same call with ``memory_budget=0``: the table read by row groups
+  (``selection.streamed``);
+* ``pandas``: ``pd.read_parquet`` of the columns, the score, ``groupby`` + ``nlargest``;
+* ``duckdb``: one SQL query over ``read_parquet`` (``row_number()`` over the class,
+  ordered by score and id);
+* ``polars``: a lazy scan, the same ranking by a sort and ``int_range().over("label")``.
 
-Both selections are checked to be the same ids. Writes
-``benchmarks/results/selection_throughput.json``.
+Every engine's ids are checked equal to the first engine's. The default engines are ours,
+ours_streamed and pandas; duckdb and polars are optional benchmark extras (``pip install
+duckdb polars``, the ``bench`` extra). Writes ``benchmarks/results/selection_throughput.json``
+(rows before the engines were added keep their older form).
 
     python benchmarks/selection_throughput.py [--rows 1281167 50000000] [--repeats 3]
+        [--engines ours ours_streamed duckdb polars]
 """
 
 from __future__ import annotations
@@ -107,6 +115,63 @@ def run_ours(path: str, repeats: int, queue) -> None:
                                     epochs=EPOCHS).sample_ids, repeats))
 
 
+def run_ours_streamed(path: str, repeats: int, queue) -> None:
+    from coreset_curate.selection import select
+
+    _import_readers()
+    queue.put(_timed(lambda: select(path, "acs", FRACTION, epoch=EPOCH, epochs=EPOCHS,
+                                    memory_budget=0).sample_ids, repeats))
+
+
+def _weights() -> tuple[float, float]:
+    from coreset_curate.selection import beta
+
+    b = beta("cos", EPOCH, EPOCHS)
+    return b, 1 - b
+
+
+def duckdb_select(path: str) -> np.ndarray:
+    import duckdb
+
+    b, rest = _weights()
+    query = f"""
+        WITH s AS (
+            SELECT sample_id, label,
+                   {b!r} * CAST(evs AS DOUBLE) + {rest!r} * CAST(ds AS DOUBLE) AS score,
+                   count(*) OVER (PARTITION BY label) AS n,
+                   row_number() OVER (PARTITION BY label ORDER BY
+                       {b!r} * CAST(evs AS DOUBLE) + {rest!r} * CAST(ds AS DOUBLE) DESC,
+                       sample_id) AS rn
+            FROM read_parquet('{path}'))
+        SELECT sample_id FROM s WHERE rn <= floor({FRACTION!r} * n + 0.5) ORDER BY sample_id"""
+    return duckdb.sql(query).fetchnumpy()["sample_id"]
+
+
+def polars_select(path: str) -> np.ndarray:
+    import polars as pl
+
+    b, rest = _weights()
+    score = (pl.col("evs").cast(pl.Float64) * b + pl.col("ds").cast(pl.Float64) * rest)
+    kept = (pl.scan_parquet(path).select("sample_id", "label", score.alias("score"))
+            .sort(["label", "score", "sample_id"], descending=[False, True, False])
+            .filter(pl.int_range(pl.len()).over("label")
+                    < (pl.len().over("label") * FRACTION + 0.5).floor())
+            .select("sample_id").sort("sample_id").collect())
+    return kept["sample_id"].to_numpy()
+
+
+def run_duckdb(path: str, repeats: int, queue) -> None:
+    import duckdb  # noqa: F401
+
+    queue.put(_timed(lambda: duckdb_select(path), repeats))
+
+
+def run_polars(path: str, repeats: int, queue) -> None:
+    import polars  # noqa: F401
+
+    queue.put(_timed(lambda: polars_select(path), repeats))
+
+
 def pandas_select(path: str) -> np.ndarray:
     import pandas as pd
 
@@ -142,17 +207,35 @@ def in_fresh_process(target, path: str, repeats: int) -> dict:
     return result
 
 
+ENGINES = {"ours": run_ours, "ours_streamed": run_ours_streamed, "pandas": run_pandas,
+           "duckdb": run_duckdb, "polars": run_polars}
+
+
+def _versions(engines) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("pandas", "duckdb", "polars"):
+        if name in engines:
+            try:
+                out[name] = version(name)
+            except PackageNotFoundError:
+                raise SystemExit(f"engine {name} is not installed: pip install {name}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_281_167, 50_000_000])
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs per size after one untimed first run (median kept)")
-    parser.add_argument("--pandas-repeats", type=int, default=3)
+    parser.add_argument("--engines", nargs="+", choices=sorted(ENGINES),
+                        default=["ours", "ours_streamed", "pandas"])
     parser.add_argument("--workdir", default=None, help="where the synthetic tables go")
     args = parser.parse_args()
 
-    runs = []
-    info = machine()
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    info = {**machine(), **_versions(args.engines)}
     print(f"machine: {info}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for rows in args.rows:
@@ -161,31 +244,20 @@ def main() -> None:
             write_table(path, rows)
             print(f"{rows:,} rows: wrote synthetic table ({path.stat().st_size / 1e6:.0f} MB) "
                   f"in {time.perf_counter() - t0:.1f} s")
-            ours = in_fresh_process(run_ours, str(path), args.repeats)
-            theirs = in_fresh_process(run_pandas, str(path), args.pandas_repeats)
-            seconds = float(np.median(ours["warm_seconds"]))
-            pd_seconds = float(np.median(theirs["warm_seconds"]))
-            same = bool(np.array_equal(ours["ids"], theirs["ids"]))
-            run = {
-                "rows": rows,
-                "classes": CLASSES,
-                "method": "acs",
-                "fraction": FRACTION,
-                "selected": int(len(ours["ids"])),
-                "seconds": round(seconds, 4),
-                "warm_seconds": [round(x, 4) for x in ours["warm_seconds"]],
-                "cold_seconds": round(ours["cold_seconds"], 4),
-                "rows_per_s": round(rows / seconds),
-                "pandas_seconds": round(pd_seconds, 4),
-                "pandas_cold_seconds": round(theirs["cold_seconds"], 4),
-                "speedup_vs_pandas": round(pd_seconds / seconds, 2),
-                "peak_mb": round(ours["peak_mb"], 1),
-                "pandas_peak_mb": round(theirs["peak_mb"], 1),
-                "same_selection_as_pandas": same,
-                "machine": info,
-                "date": time.strftime("%Y-%m-%d"),
-            }
-            print(json.dumps({k: v for k, v in run.items() if k != "machine"}))
+            engines, first = {}, None
+            for name in args.engines:
+                got = in_fresh_process(ENGINES[name], str(path), args.repeats)
+                first = got["ids"] if first is None else first
+                engines[name] = {
+                    "seconds": round(float(np.median(got["warm_seconds"])), 4),
+                    "warm_seconds": [round(x, 4) for x in got["warm_seconds"]],
+                    "cold_seconds": round(got["cold_seconds"], 4),
+                    "peak_mb": round(got["peak_mb"], 1),
+                    "same_ids": bool(np.array_equal(got["ids"], first)),
+                    "selected": int(len(got["ids"]))}
+                print(f"  {name}: {json.dumps(engines[name])}")
+            run = {"rows": rows, "classes": CLASSES, "method": "acs", "fraction": FRACTION,
+                   "engines": engines, "machine": info, "date": time.strftime("%Y-%m-%d")}
             runs.append(run)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             write_text(RESULTS, json.dumps(runs, indent=2))
