@@ -9,7 +9,7 @@ import pytest
 
 import coreset_curate
 from coreset_curate.cli import main
-from coreset_curate.demos.classification import DemoConfig, run_demo
+from coreset_curate.tasks.classification.demo import DemoConfig, run_demo
 from coreset_curate.common.tables import (INDEX_SCHEMA, SCORE_SCHEMA, table_metadata, validate_index,
                                    validate_scores)
 

@@ -13,7 +13,7 @@ import yaml
 
 from coreset_curate.cli import main
 from coreset_curate.tasks.detection import read_coco
-from coreset_curate.demos.detection import (DetectionDemoConfig, format_detection_summary,
+from coreset_curate.tasks.detection.demo import (DetectionDemoConfig, format_detection_summary,
                                            run_detection_demo)
 from coreset_curate.common.tables import table_metadata, validate_index
 
@@ -101,7 +101,7 @@ def test_detection_demo_config_names_a_bad_value():
 
 
 def test_cli_demo_task_detection_passes_its_options(monkeypatch, tmp_path, capsys):
-    import coreset_curate.demos.detection as demo
+    import coreset_curate.tasks.detection.demo as demo
 
     seen = {}
 

@@ -103,7 +103,7 @@ def test_distributed_shares_are_disjoint_and_cover_the_subset(digits, world):
 
 
 def test_cli_select_writes_then_extends_an_index(digits, tmp_path, capsys):
-    from coreset_curate.demos.classification import DemoConfig, run_demo
+    from coreset_curate.tasks.classification.demo import DemoConfig, run_demo
 
     run_demo(tmp_path / "demo", DemoConfig(fp_epochs=2, epochs=2, reselect_every=1,
                                            train_limit=300))

@@ -99,12 +99,12 @@ def test_generic_layers_hold_no_task_branch(layer):
     assert named == []
 
 
-def test_only_the_tasks_sources_and_demos_name_detection():
-    """Outside the tasks and the data sources detection is named only by its demo (demos/);
-    the CLI gets ``make-detection`` and ``demo --task detection`` from the task's own
-    ``cli`` module."""
+def test_only_the_tasks_and_the_data_sources_name_detection():
+    """Outside the tasks and the data sources nothing names detection: the CLI gets
+    ``make-detection`` and ``demo --task detection`` from the task's own ``cli`` module, and
+    the demo is the task's (``tasks/detection/demo.py``)."""
     named = sorted({str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
-                    if p.relative_to(PKG).parts[0] not in ("tasks", "data", "demos")
+                    if p.relative_to(PKG).parts[0] not in ("tasks", "data")
                     and re.search(r"detect", p.read_text(), re.I)})
     assert len(list(PKG.rglob("*.py"))) > 50 and named == []
 

@@ -10,7 +10,7 @@ DEMO_FP_EPOCHS = 30
 def run_demo(out: str, chosen: dict, overwrite: bool) -> str:
     """``coreset-curate demo``: the demo into ``out`` with the options ``chosen`` on the
     command line; returns the summary it prints."""
-    from ...demos.classification import DemoConfig, format_summary, run_demo as demo
+    from .demo import DemoConfig, format_summary, run_demo as demo
 
     summary = demo(out, DemoConfig(**chosen), overwrite=overwrite)
     return format_summary(summary)

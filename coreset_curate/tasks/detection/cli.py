@@ -60,7 +60,7 @@ def make_detection(args: argparse.Namespace) -> int:
 def run_demo(out: str, chosen: dict, overwrite: bool) -> str:
     """``coreset-curate demo --task detection``: the detection demo into ``out`` with the
     options ``chosen`` on the command line; returns the summary it prints."""
-    from ...demos.detection import (DetectionDemoConfig, format_detection_summary,
+    from .demo import (DetectionDemoConfig, format_detection_summary,
                                     run_detection_demo)
 
     summary = run_detection_demo(out, DetectionDemoConfig(**chosen), overwrite=overwrite)

@@ -30,13 +30,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..common.atomic import atomic_path, write_text
-from ..data.labels import apply_labels
-from ..labels.audit import audit
-from ..data import load_data
-from ..common.tables import write_table
-from ..training import TrainConfig, run_training
-from ..common.checks import positive_int
+from ...common.atomic import atomic_path, write_text
+from ...data.labels import apply_labels
+from ...labels.audit import audit
+from ...data import load_data
+from ...common.tables import write_table
+from ...training import TrainConfig, run_training
+from ...common.checks import positive_int
 
 __all__ = ["DemoConfig", "run_demo", "format_summary"]
 

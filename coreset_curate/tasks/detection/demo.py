@@ -32,8 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..common.atomic import atomic_path, write_text
-from ..common.checks import fraction, non_negative_int, positive_int
+from ...common.atomic import atomic_path, write_text
+from ...common.checks import fraction, non_negative_int, positive_int
 
 __all__ = ["DetectionDemoConfig", "run_detection_demo", "format_detection_summary"]
 
@@ -77,9 +77,9 @@ def _make_data(root: Path, config: DetectionDemoConfig) -> None:
     import torch
     import torch.nn.functional as F
 
-    from ..data import load_data, to_hf_dataset
-    from ..data.memory import ImageData
-    from ..tasks.detection.synth import make_coco
+    from ...data import load_data, to_hf_dataset
+    from ...data.memory import ImageData
+    from .synth import make_coco
 
     shape = dict(canvas=(48, 64), objects=(1, 3), object_size=(16, 28), overwrite=True)
     for split, count, seed in (("train", config.train_images, config.seed),
@@ -106,7 +106,7 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
                        *, overwrite: bool = False) -> dict:
     """Run the detection demo into folder ``out`` (module doc); returns its summary (also
     in ``summary.json``)."""
-    from ..training import TrainConfig, run_training
+    from ...training import TrainConfig, run_training
 
     try:  # before minutes of training: every epoch ends with COCO AP
         import pycocotools.cocoeval  # noqa: F401
@@ -149,8 +149,8 @@ def run_detection_demo(out: str | Path, config: DetectionDemoConfig = DetectionD
 def _summary(out: Path, config: DetectionDemoConfig, backbone: dict, fp: dict, qat: dict,
              t_data: float, t_all: float) -> dict:
     """What ``summary.json`` holds: the runs' AP, the subsets, the time of every stage."""
-    from .classification import collect_outputs
-    from ..tasks.detection.data import read_coco
+    from ..classification.demo import collect_outputs
+    from .data import read_coco
 
     _, scores, index = collect_outputs(out)
     train = read_coco(out / "data", "train")
