@@ -14,7 +14,7 @@ from ..common.checks import InputTypeError
 from ..data import EvalTransform, ImageData
 from .extract import extract_scores
 from .refcache import ReferenceOutputs
-from .scores import score_table
+from .scores import score_table, scoring_transform
 
 __all__ = ["score_dataset"]
 
@@ -116,7 +116,5 @@ def score_dataset(
         raise InputTypeError("out= writes resumable shards of a dataset of this toolkit "
                              f"(load_data), not a {type(data).__name__}: leave out unset to "
                              "get the table, then write_table(table, path)")
-    if transform is None:
-        raise InputTypeError("scoring a dataset of this toolkit needs transform=, its "
-                             "deterministic EvalTransform (default_transforms(train)[1])")
+    scoring_transform(data, transform)  # a missing or augmenting one fails before any write
     return extract_scores(student, data, out, reference=reference, **common, **file_only)

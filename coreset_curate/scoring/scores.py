@@ -203,49 +203,9 @@ def score_table(
     bf16: bool = False,
     channels_last: bool = False,
 ) -> pa.Table:
-    """Score every sample of ``data`` with ``student`` (and ``reference`` for DS).
-
-    Models run in eval mode (their mode is restored after). On CUDA, batches are copied
-    from pinned memory without blocking.
-
-    Args:
-        student: the (quantized) model being trained; any ``nn.Module`` returning logits.
-        data: a dataset of this toolkit (``load_data``; then ``transform`` is its
-            deterministic ``EvalTransform``), or any map-style torch ``Dataset`` or
-            ``DataLoader`` whose items are ``(x, y)`` or ``(sample_id, x, y)``, taken
-            through its own transforms (see ``data.adapter``).
-        reference: the full-precision model, or its outputs computed once
-            (``refcache.cached_reference``: the same scores without its forward pass);
-            None leaves ``ds`` and the ``ref_*`` columns null.
-        transform: the ``EvalTransform`` for the toolkit's own datasets; unset for a
-            torch Dataset.
-        epoch: the scoring round's epoch, written to the ``epoch`` column.
-        batch_size: samples per forward pass.
-        device: where the models run (default: CUDA when available, else CPU).
-        scores: extra registered scores to add (``list_scores``).
-        embeddings: add ``embedding``, the student's penultimate features (the input of
-            its last linear layer) as a fixed-size list of float16, for the
-            diversity-based selection methods.
-        probs: add ``probs``, the student's whole softmax as a fixed-size list of float32
-            (what the noise audit's ``channel`` suspicion reads).
-        metadata: merged into the table's metadata (for example the architecture name).
-        bf16: run the forward passes under bfloat16 autocast (CUDA; the scores are
-            computed in float32 from the logits).
-        channels_last: feed channels-last batches.
-
-    Returns:
-        The score table: one row per sample, sorted by position in ``data``, with the
-        contract's columns, ``max_prob`` and ``grand_last`` (null for a model without an
-        ``nn.Linear`` classifier) and the extra columns asked for.
-
-    Raises:
-        TypeError: a model is not an ``nn.Module`` or does not return ``(batch,
-            classes)`` logits, or the transform does not fit the data (see
-            ``scoring_transform``).
-        ValueError: an unknown score name, a negative epoch, labels beyond the model's
-            classes, ``embeddings=True`` for a model without a linear classifier, or
-            cached reference outputs that belong to other data.
-    """
+    """The score table of every sample of ``data`` scored by ``student`` (and
+    ``reference`` for DS): what ``score_dataset`` returns without ``out``; its docstring
+    (``scoring.entry``) documents the arguments, the table and the errors."""
     _check_model(student, "student")
     rows = as_rows(data)
     cached = reference if isinstance(reference, ReferenceOutputs) else None

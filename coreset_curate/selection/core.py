@@ -265,8 +265,7 @@ class SelectionContext:
         Raises:
             ValueError: ``unseen`` is neither ``"mean"`` nor ``"first"``.
         """
-        if unseen not in ("mean", "first"):
-            raise ValueError(f"unseen must be 'mean' or 'first'; got {unseen!r}")
+        check_unseen(unseen)
         rng = self.rng(per_epoch=True)
         score = np.asarray(score, dtype=np.float64)
         picked, weights = [], []
@@ -315,6 +314,12 @@ class SelectionContext:
         ends = np.append(bounds[1:], len(order))
         for start, end, k in zip(bounds, ends, budget):
             yield order[start:end], int(k)
+
+
+def check_unseen(unseen) -> None:
+    """Refuse an ``unseen`` setting of ``SelectionContext.sample`` other than mean or first."""
+    if unseen not in ("mean", "first"):
+        raise ValueError(f"unseen must be 'mean' or 'first'; got {unseen!r}")
 
 
 # ------------------------------------------------------------------ entry points

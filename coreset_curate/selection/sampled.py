@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import Selection, SelectionContext
+from .core import Selection, SelectionContext, check_unseen
 from .streamed import BATCH_ROWS, TopK, _Recorder, open_streamed
 
 __all__ = ["SAMPLED", "select_sampled"]
@@ -40,8 +40,7 @@ class _SampleRecorder(_Recorder):
     """A batch context whose ``sample`` hands back the score and the draw's settings."""
 
     def sample(self, score, temperature, uniform=0.0, reweight=False, unseen="mean"):  # noqa: D102
-        if unseen not in ("mean", "first"):
-            raise ValueError(f"unseen must be 'mean' or 'first'; got {unseen!r}")
+        check_unseen(unseen)
         self.recorded = np.asarray(score, dtype=np.float64)
         self.params = (float(temperature), float(uniform), bool(reweight), str(unseen))
         return Selection(self.ids[:0])

@@ -172,7 +172,6 @@ class TopK:
         self.thr = np.where(budget > 0, -np.inf, np.inf)  # a row must beat this to enter
         self.limit = max(2 * int(budget.sum()), 4 * batch_rows)
         self.parts: list = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)]
-        self.rows = 0
 
     def add(self, ids: np.ndarray, group: np.ndarray, score: np.ndarray, *extra) -> None:
         """Offer rows (``extra``: arrays kept alongside, one value a row)."""
@@ -181,14 +180,12 @@ class TopK:
             self.parts += [np.zeros(0, e.dtype) for e in extra]
         new = [ids, group, score, *extra]
         self.parts = [np.concatenate([a, b[enter]]) for a, b in zip(self.parts, new)]
-        self.rows = len(self.parts[0])
-        if self.rows > self.limit:
+        if len(self.parts[0]) > self.limit:
             self._prune()
 
     def _prune(self) -> None:
         ids, lab, sc, self.thr, *extra = prune(*self.parts[:3], self.budget, *self.parts[3:])
         self.parts = [ids, lab, sc, *extra]
-        self.rows = len(ids)
 
     def result(self) -> list[np.ndarray]:
         """``[ids, groups, scores, *extra]`` of the rows kept, in id order."""
