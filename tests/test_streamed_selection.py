@@ -144,3 +144,85 @@ def test_cli_select_with_a_memory_budget_writes_the_same_index(tmp_path, capsys)
         main([*common, "--memory-budget", "plenty", "--out", str(tmp_path / "c.parquet")])
     assert err.value.code == 2
     assert "memory budget must be a positive size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_keeps_the_best_of_each_group_with_ties_to_the_smaller_id(seed):
+    """Many small batches (so the pending rows are merged many times), scores with heavy
+    ties and -inf, groups whose budget is 0, 1, their whole size or in between; the result
+    is checked against a full sort by (group, -score, id)."""
+    from coreset_curate.selection.streamed import TopK
+
+    rng = np.random.default_rng(seed)
+    n, groups = 5000, 9
+    ids = np.sort(rng.choice(50 * n, size=n, replace=False)).astype(np.int64)
+    group = rng.integers(0, groups, n)
+    score = np.round(rng.random(n) * 4) / 4  # five values: ties everywhere
+    score[rng.random(n) < 0.05] = -np.inf
+    extra = rng.random(n)
+    sizes = np.bincount(group, minlength=groups)
+    budget = np.array([0, 1, sizes[2], 3, 40, 100, 250, 7, sizes[8] - 1], dtype=np.int64)
+    best = TopK(budget, batch_rows=16)  # pending merged every 64 rows
+    for lo in range(0, n, 37):
+        sl = slice(lo, lo + 37)
+        best.add(ids[sl], group[sl], score[sl], extra[sl])
+    got_ids, got_group, got_score, got_extra = best.result()
+    order = np.lexsort((ids, -score, group))
+    rank = np.arange(n) - np.searchsorted(group[order], group[order])
+    want = np.sort(order[rank < budget[group[order]]])
+    np.testing.assert_array_equal(got_ids, ids[want])
+    np.testing.assert_array_equal(got_group, group[want])
+    np.testing.assert_array_equal(got_score, score[want])
+    np.testing.assert_array_equal(got_extra, extra[want])
+
+
+def test_streamed_selection_loads_no_torch(tmp_path):
+    """Out of core, selection reads Parquet with pyarrow and scores with numpy: torch (half
+    a gigabyte of memory) is not imported, for top-k, sampled and exclusions alike."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.parquet"
+    ref = np.random.default_rng(3).random(3000).astype(np.float32)
+    ids = _table(path, ref_prob_label=ref)
+    code = (
+        "import sys\n"
+        "from coreset_curate.selection import select\n"
+        f"p = {str(path)!r}\n"
+        "a = select(p, 'acs', 0.1, epoch=5, epochs=20, memory_budget=0)\n"
+        "b = select(p, 'rho', 0.1, epoch=5, memory_budget=0)\n"
+        f"c = select(p, 'loss', 0.1, epoch=5, memory_budget=0, exclude={ids[:50].tolist()})\n"
+        "assert len(a) and len(b) and len(c)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_scoring_round_from_statistics_or_the_column(tmp_path, statistics):
+    """Pass 1 takes the round's epoch from the row groups' statistics; a file written
+    without them has its epoch column read: the same checks and the same ids either way."""
+    n = 1000
+    rng = np.random.default_rng(5)
+    cols = {"sample_id": np.arange(n, dtype=np.int64), "label": rng.integers(0, 4, n),
+            "epoch": np.full(n, 3, dtype=np.int32),
+            "loss": np.round(rng.random(n), 2).astype(np.float32)}
+    path = tmp_path / "s.parquet"
+
+    def write(**change):
+        pq.write_table(pa.table({**cols, **change}), path, row_group_size=300,
+                       write_statistics=statistics)
+
+    write()
+    streamed = select(str(path), "loss", 0.1, memory_budget=0, epoch=5)
+    np.testing.assert_array_equal(streamed.sample_ids,
+                                  select(str(path), "loss", 0.1, epoch=5).sample_ids)
+    with pytest.raises(TableError, match="no scoring round at or before epoch 2"):
+        select(str(path), "loss", 0.1, memory_budget=0, epoch=2)
+    two = np.full(n, 3, dtype=np.int32)
+    two[700] = 4  # inside the third row group
+    write(epoch=two)
+    with pytest.raises(TableError, match="more than one scoring round"):
+        select(str(path), "loss", 0.1, memory_budget=0, epoch=5)

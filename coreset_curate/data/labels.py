@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ..common.checks import InputTypeError, UnknownIds, align
 from ..common.tables import make_metadata, read_table, table_metadata, with_metadata, write_table
-from .memory import FingerprintMismatch
+from ..common.fingerprint import FingerprintMismatch
 
 __all__ = ["Labels", "read_labels_table", "apply_labels", "label_rows", "LABELS_FIELDS"]
 

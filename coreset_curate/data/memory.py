@@ -6,7 +6,6 @@ Every image is decoded once into an ``(N, C, H, W)`` uint8 tensor (CIFAR-10 trai
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,43 +13,10 @@ import numpy as np
 import torch
 
 from ..common.checks import UnknownIds, align, positive_int
+from ..common.fingerprint import FingerprintMismatch, check_fingerprint, fingerprint
 
 __all__ = ["ImageData", "LabelledRows", "fingerprint", "check_fingerprint", "FingerprintMismatch",
            "iter_batches", "load_batches", "inference_batch_size", "spread_positions"]
-
-
-class FingerprintMismatch(ValueError):
-    """A table was made from another dataset than the one it is joined to."""
-
-
-def fingerprint(labels: np.ndarray, split: str, sample_ids: np.ndarray | None = None) -> dict:
-    """Split name, length and sha256 of the labels (int64, in row order) and of the ids."""
-    labels = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
-    fp = {
-        "split": str(split),
-        "length": int(labels.shape[0]),
-        "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
-    }
-    if sample_ids is not None:
-        ids = np.ascontiguousarray(np.asarray(sample_ids, dtype=np.int64))
-        fp["ids_sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
-    return fp
-
-
-def check_fingerprint(expected: dict, actual: dict, what: str = "table") -> None:
-    """Raise ``FingerprintMismatch`` unless two fingerprints describe the same samples.
-
-    Length, labels and (when both carry them) ids and a detection set's annotations must
-    agree; the split name is only informative, since one dataset may be loaded under
-    several names.
-    """
-    for key in ("length", "labels_sha256", "ids_sha256", "annotations_sha256"):
-        if key in expected and key in actual and expected[key] != actual[key]:
-            raise FingerprintMismatch(
-                f"{what} was made from another dataset: its {key} is {expected[key]!r} but the "
-                f"dataset's is {actual[key]!r} (table split {expected.get('split')!r}, "
-                f"dataset split {actual.get('split')!r})"
-            )
 
 
 class LabelledRows:

@@ -15,14 +15,15 @@ def _acs(ctx: SelectionContext) -> Selection:
     """Adaptive coreset selection: beta(t) * EVS + (1 - beta(t)) * DS, highest first."""
     if ctx.epochs is None:
         raise ValueError("acs needs epochs= (the run's length) to compute its schedule")
-    import torch  # multi-threaded elementwise work on zero-copy views
-
     b = beta(ctx.schedule, ctx.epoch, ctx.epochs)
     # astype copies: the in-place ops below never touch the (read-only) table's buffers
-    score = torch.from_numpy(ctx.column("evs").astype(np.float64)).mul_(b)
+    score = ctx.column("evs").astype(np.float64)
+    score *= b
     if b < 1.0:  # separate multiply and add: the same rounding as the formula written out
-        score.add_(torch.from_numpy(ctx.column("ds").astype(np.float64)).mul_(1.0 - b))
-    return ctx.top(score.numpy())
+        rest = ctx.column("ds").astype(np.float64)
+        rest *= 1.0 - b
+        score += rest
+    return ctx.top(score)
 
 
 @register_method("evs", columns=("evs",))

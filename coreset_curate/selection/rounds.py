@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..common.checks import InputTypeError, align
-from ..data.memory import check_fingerprint
+from ..common.fingerprint import check_fingerprint
 from ..tasks import table_task
 from ..common.tables import SCORE_SCHEMA, TableError, conform, table_metadata
 

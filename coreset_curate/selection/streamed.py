@@ -11,12 +11,13 @@ class seen so far, so two passes over the file suffice:
    non-negative, exclusion ids all present);
 2. batch by batch, the method computes its score (through its own registered function, so
    its checks and its arithmetic are the same), rows that cannot beat the current k-th
-   best of their class are dropped at once, the rest join a buffer that is pruned back to
-   k rows a class whenever it outgrows a few batches.
+   best of their class are dropped at once, the rest are merged into their class's kept
+   rows now and then and cut back to k by a linear-time partition (``TopK``).
 
 Ties go to the smaller sample id, as in memory, so both paths return the same ids. Peak
-memory is one batch plus the buffer (about ``fraction`` of the rows: 12 bytes a kept
-row), whatever the table's size. The table must be sorted by sample_id (as the extractors
+memory is one batch, the kept rows (``fraction`` of the rows, 16 bytes each) and the rows
+waiting to be merged (at most half as many, or four batches), whatever the table's size;
+nothing here imports torch. The table must be sorted by sample_id (as the extractors
 and ``write_scores`` write it); an unsorted one gets an error that says so.
 """
 
@@ -110,9 +111,13 @@ class _Recorder(SelectionContext):
 def _batches(pf: pq.ParquetFile, path: str, names: list[str], known: pa.Schema,
              batch_rows: int):
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
-            table = conform(pa.Table.from_batches([batch]), known, path)
-            yield {c: _column_numpy(table.column(c)) for c in names}
+        # one row group at a time: over the whole file, pyarrow's reader buffers several
+        # row groups ahead (about 4x the memory on 1M-row groups)
+        for group in range(pf.metadata.num_row_groups):
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group],
+                                         columns=names):
+                table = conform(pa.Table.from_batches([batch]), known, path)
+                yield {c: _column_numpy(table.column(c)) for c in names}
     except (pa.ArrowInvalid, OSError) as err:
         raise TableError(f"{path} could not be read: {err}") from err
 
@@ -158,39 +163,102 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
     for ids, group, ctx in table.scored(_Recorder, epoch=epoch, epochs=epochs,
                                         schedule=schedule, seed=seed, options=options):
         best.add(ids, group, ctx.recorded)
-    return Selection(best.result()[0])
+    return Selection(best.result_ids())
 
 
 class TopK:
-    """The ``budget[g]`` best rows of every group among those added so far (highest score,
-    then the smaller id; rows must come in id order), in memory about twice the budgets or
-    a few batches: a row that cannot beat its group's current k-th best is dropped at
-    once, the rest are pruned back to k a group whenever they outgrow the limit."""
+    """The ``budget[g]`` best rows of every group among those added so far: highest score,
+    then the smaller id (rows must come in id order).
+
+    A row that cannot beat its group's current k-th best is dropped at once; the rest wait
+    in a pending list, which is flushed into each group's kept rows whenever it passes
+    ``max(4 batches, half the total budget)`` rows: a group's rows are merged and cut back
+    to k by a linear-time partition (no sort of the whole buffer). Memory is the kept rows
+    (16 bytes each, plus the extras), the pending ones and one group's merge at a time.
+    """
 
     def __init__(self, budget: np.ndarray, batch_rows: int) -> None:
-        self.budget = budget
-        self.thr = np.where(budget > 0, -np.inf, np.inf)  # a row must beat this to enter
-        self.limit = max(2 * int(budget.sum()), 4 * batch_rows)
-        self.parts: list = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)]
+        self.budget = np.asarray(budget, dtype=np.int64)
+        # a row enters while its group has fewer than k rows, then only if it beats the k-th
+        self.open = self.budget > 0
+        self.thr = np.full(len(self.budget), np.inf)
+        self.flush_rows = max(4 * int(batch_rows), int(self.budget.sum()) // 2)
+        self.pending: list[list[np.ndarray]] = []
+        self.pending_rows = 0
+        self.kept: dict[int, list[np.ndarray]] = {}  # group -> [ids, scores, *extra]
+        # int16 where it fits: numpy's stable sort of 16-bit integers is a radix sort
+        self.group_type = np.int16 if len(self.budget) <= 2**15 else np.int64
+        self.extras = 0
 
     def add(self, ids: np.ndarray, group: np.ndarray, score: np.ndarray, *extra) -> None:
         """Offer rows (``extra``: arrays kept alongside, one value a row)."""
-        enter = score > self.thr[group]
-        if len(self.parts) < 3 + len(extra):
-            self.parts += [np.zeros(0, e.dtype) for e in extra]
-        new = [ids, group, score, *extra]
-        self.parts = [np.concatenate([a, b[enter]]) for a, b in zip(self.parts, new)]
-        if len(self.parts[0]) > self.limit:
-            self._prune()
+        self.extras = len(extra)
+        enter = self.open[group] | (score > self.thr[group])
+        count = int(np.count_nonzero(enter))
+        if not count:
+            return
+        self.pending.append([ids[enter], group[enter].astype(self.group_type), score[enter],
+                             *(e[enter] for e in extra)])
+        self.pending_rows += count
+        if self.pending_rows > self.flush_rows:
+            self._flush()
 
-    def _prune(self) -> None:
-        ids, lab, sc, self.thr, *extra = prune(*self.parts[:3], self.budget, *self.parts[3:])
-        self.parts = [ids, lab, sc, *extra]
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        parts = [np.concatenate(cols) for cols in zip(*self.pending)]
+        self.pending, self.pending_rows = [], 0
+        group = parts.pop(1)
+        order = np.argsort(group, kind="stable")  # by group, id order kept within one
+        per = np.bincount(group, minlength=len(self.budget))
+        del group
+        stops = np.cumsum(per)
+        for g in np.flatnonzero(per):
+            rows = order[stops[g] - per[g]: stops[g]]
+            new = [a[rows] for a in parts]
+            old = self.kept.get(int(g))
+            merged = new if old is None else [np.concatenate(pair) for pair in zip(old, new)]
+            self.kept[int(g)] = self._cut(int(g), merged)
+
+    def _cut(self, g: int, cols: list[np.ndarray]) -> list[np.ndarray]:
+        """Group ``g``'s best ``budget[g]`` of ``cols`` (in id order), its threshold set once
+        it has that many."""
+        k, score = int(self.budget[g]), cols[1]
+        n = len(score)
+        if n < k:
+            return cols
+        kth = np.partition(score, n - k)[n - k]  # the k-th largest score
+        self.thr[g], self.open[g] = kth, False
+        if n == k:
+            return cols
+        keep = score > kth
+        ties = np.flatnonzero(score == kth)[: k - int(np.count_nonzero(keep))]
+        keep[ties] = True  # the first rows equal to it: the smaller ids
+        return [a[keep] for a in cols]
 
     def result(self) -> list[np.ndarray]:
         """``[ids, groups, scores, *extra]`` of the rows kept, in id order."""
-        self._prune()
-        return self.parts
+        self._flush()
+        groups = sorted(self.kept)
+        if not groups:
+            return [np.zeros(0, np.int64), np.zeros(0, np.int64),
+                    *(np.zeros(0) for _ in range(1 + self.extras))]
+        cols = [np.concatenate(c) for c in zip(*(self.kept[g] for g in groups))]
+        sizes = [len(self.kept[g][0]) for g in groups]
+        self.kept = {}
+        group = np.repeat(np.asarray(groups, dtype=np.int64), sizes)
+        order = np.argsort(cols[0], kind="stable")
+        ids, score, *extra = (a[order] for a in cols)
+        return [ids, group[order], score, *extra]
+
+    def result_ids(self) -> np.ndarray:
+        """The ids of the rows kept, in order (``result()[0]`` without the other columns)."""
+        self._flush()
+        ids = np.concatenate([self.kept[g][0] for g in sorted(self.kept)] or
+                             [np.zeros(0, np.int64)])
+        self.kept = {}
+        ids.sort()
+        return ids
 
 
 @dataclass
@@ -217,14 +285,22 @@ class StreamedTable:
         method ran on)``; the excluded rows left out, each batch checked as in memory."""
         spec = METHODS[self.method]
         have = self.pf.schema_arrow.names
-        want = list(dict.fromkeys([*BASE_COLUMNS, *[c for c in spec.columns if c in have]]))
+        want = list(dict.fromkeys(["sample_id", "label",
+                                   *[c for c in spec.columns if c in have]]))
         known = _contract(want, spec.partial)
         generators: dict = {}
+        last_id = None
         for cols in _batches(self.pf, self.path, want, known, self.batch_rows):
-            if not len(cols["sample_id"]):
+            ids = cols["sample_id"]
+            if not len(ids):
                 continue
+            if (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()) or (
+                    last_id is not None and ids[0] <= last_id):
+                raise TableError(f"{self.path} is not sorted by sample_id (or repeats one): "
+                                 "the out-of-core path needs it sorted; write it sorted, or "
+                                 "raise the memory budget")
+            last_id = int(ids[-1])
             check_finite(cols, spec.partial, " in one row group (there may be more)")
-            cols.pop("epoch")
             cols["label"] = small_ints(cols["label"].astype(np.int64) + self.shift)
             if self.excluded is not None:
                 keep = ~np.isin(cols["sample_id"], self.excluded)
@@ -306,38 +382,41 @@ class _FirstPass:
 
 
 def _first_pass(pf, path: str, excluded: np.ndarray | None, batch_rows: int) -> _FirstPass:
-    """Pass 1: rows per class, and the checks that need the whole table."""
+    """Pass 1: rows per class, and the checks that need the whole table. It reads the
+    labels (and the ids, to check an exclusion list); the scoring round comes from the row
+    groups' statistics where the file has them, else from the epoch column."""
     task = table_task(table_metadata(pf.schema_arrow))
     seen_excluded = None if excluded is None else np.zeros(len(excluded), dtype=bool)
-    base = list(BASE_COLUMNS)
+    round_epoch = _round_from_statistics(pf, path)
+    names = ["label"]
+    if excluded is not None:
+        names.append("sample_id")
+    if round_epoch is None:
+        names.append("epoch")
     counts = np.zeros(0, dtype=np.int64)
     kept_counts = np.zeros(0, dtype=np.int64)
-    last_id, round_epoch, lo_label, n = None, None, 0, 0
-    for cols in _batches(pf, path, base, _contract(base, False), batch_rows):
-        ids, labels, ep = cols["sample_id"], cols["label"], cols["epoch"]
-        if not len(ids):
+    lo_label, n = 0, 0
+    for cols in _batches(pf, path, names, _contract(names, False), batch_rows):
+        labels = cols["label"]
+        if not len(labels):
             continue
-        if int(ep.min()) != int(ep.max()) or (round_epoch is not None
-                                              and int(ep[0]) != round_epoch):
-            raise TableError(f"{path} holds more than one scoring round; the out-of-core "
-                             "path reads one (select from several rounds in memory)")
-        round_epoch = int(ep[0])
-        if (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()) or (
-                last_id is not None and ids[0] <= last_id):
-            raise TableError(f"{path} is not sorted by sample_id (or repeats one): the "
-                             "out-of-core path needs it sorted; write it sorted, or raise "
-                             "the memory budget")
-        last_id = int(ids[-1])
+        if "epoch" in cols:
+            ep = cols["epoch"]
+            if int(ep.min()) != int(ep.max()) or (round_epoch is not None
+                                                  and int(ep[0]) != round_epoch):
+                raise _several_rounds(path)
+            round_epoch = int(ep[0])
         lo_label = min(lo_label, int(labels.min()))
         if lo_label < task.min_label:
             raise TableError("labels must be non-negative class indices" + task.label_rule)
         grouped = labels.astype(np.int64) + 1
         counts = _add(counts, np.bincount(grouped))
         if excluded is not None:
+            ids = cols["sample_id"]
             hit = np.isin(ids, excluded)
             seen_excluded |= np.isin(excluded, ids[hit])
             kept_counts = _add(kept_counts, np.bincount(grouped[~hit]))
-        n += len(ids)
+        n += len(labels)
     if n == 0:
         raise TableError("the score tables have no rows")
     if excluded is None:
@@ -345,6 +424,35 @@ def _first_pass(pf, path: str, excluded: np.ndarray | None, batch_rows: int) -> 
     else:  # as long as counts (the excluded may be a class's last rows)
         kept_counts = _add(kept_counts, np.zeros(len(counts), dtype=np.int64))
     return _FirstPass(counts, kept_counts, lo_label, round_epoch, seen_excluded)
+
+
+def _several_rounds(path: str) -> TableError:
+    return TableError(f"{path} holds more than one scoring round; the out-of-core path reads "
+                      "one (select from several rounds in memory)")
+
+
+def _round_from_statistics(pf: pq.ParquetFile, path: str) -> int | None:
+    """The one epoch every row group's statistics give, or None where a row group has none
+    (then pass 1 reads the column)."""
+    meta = pf.metadata
+    if meta.num_rows == 0:
+        return None
+    col = pf.schema_arrow.get_field_index("epoch")
+    lo = hi = None
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        if group.num_rows == 0:
+            continue
+        stats = group.column(col).statistics
+        if stats is None or not stats.has_min_max or stats.null_count:
+            return None
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    if lo is None:
+        return None
+    if lo != hi:
+        raise _several_rounds(path)
+    return int(lo)
 
 
 def _budgets(counts: np.ndarray, kept_counts: np.ndarray, fraction: float, per_class: bool,
@@ -367,24 +475,3 @@ def _add(total: np.ndarray, part: np.ndarray) -> np.ndarray:
     out[: len(total)] += total
     out[: len(part)] += part
     return out
-
-
-def prune(ids, lab, sc, budget, *extra):
-    """The ``budget[c]`` best rows of every class (highest score, then smaller id), in id
-    order, and each class's entry threshold (its k-th best score once it has k rows);
-    ``extra`` arrays (one value a row) are kept alongside, after the threshold."""
-    # rows are in id order: stable sorts by score (descending) then by class keep ids
-    # ascending among equal scores
-    order = np.argsort(-sc, kind="stable")
-    order = order[np.argsort(lab[order], kind="stable")]
-    lab_s = lab[order]
-    per = np.bincount(lab_s, minlength=len(budget))
-    starts = np.cumsum(per) - per
-    rank = np.arange(len(order)) - starts[lab_s]
-    keep = rank < budget[lab_s]
-    thr = np.where(budget > 0, -np.inf, np.inf)
-    full = (per >= budget) & (budget > 0)
-    sc_s = sc[order]
-    thr[full] = sc_s[starts[full] + budget[full] - 1]
-    chosen = np.sort(order[keep])
-    return (ids[chosen], lab[chosen], sc[chosen], thr, *(e[chosen] for e in extra))

@@ -4,7 +4,6 @@ tables (``scores.score_detections``)."""
 
 from __future__ import annotations
 
-from ...data import spread_positions
 from ..base import EpochInputs, Task
 
 __all__ = ["DetectionTask"]
@@ -61,6 +60,7 @@ class DetectionTask(Task):
         return None, None
 
     def calibration_batches(self, train, config, eval_tf, device):
+        from ...data import spread_positions
         from .data import calibration_batches
 
         return calibration_batches(train, spread_positions(len(train),
