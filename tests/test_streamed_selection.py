@@ -151,7 +151,7 @@ def test_topk_keeps_the_best_of_each_group_with_ties_to_the_smaller_id(seed):
     """Many small batches (so the pending rows are merged many times), scores with heavy
     ties and -inf, groups whose budget is 0, 1, their whole size or in between; the result
     is checked against a full sort by (group, -score, id)."""
-    from coreset_curate.selection.streamed import TopK
+    from coreset_curate.selection.topk import TopK
 
     rng = np.random.default_rng(seed)
     n, groups = 5000, 9

@@ -13,7 +13,7 @@ statistics come first, so the table is read four times:
 3. per class: the sum of ``exp((z - z_max) / temperature)`` (skipped at temperature 0);
 4. the keys, each class's noise from a copy of the generator advanced
    (``PCG64.advance``) to where the in-memory draw of that class begins, plus the class's
-   rows already read; the k largest keys of each class are kept (``streamed.TopK``).
+   rows already read; the k largest keys of each class are kept (``topk.TopK``).
 
 The noise is the same, draw for draw; the statistics agree with numpy's up to rounding (the
 sums run in another order), so the ids are the in-memory ones unless two keys of a class lie
@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from .core import Selection, SelectionContext, check_unseen
-from .streamed import BATCH_ROWS, TopK, _Recorder, open_streamed
+from .streamed import BATCH_ROWS, _Recorder, open_streamed
+from .topk import TopK
 
 __all__ = ["SAMPLED", "select_sampled"]
 

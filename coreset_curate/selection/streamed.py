@@ -35,7 +35,7 @@ from ..common.tables import TableError, conform, table_metadata
 from ..tasks import table_task
 from .core import METHODS, Selection, SelectionContext, unknown_exclusions
 from .rounds import BASE_COLUMNS, _column_numpy, _contract, check_finite, small_ints
-from .topk import class_budget
+from .topk import TopK, class_budget
 
 __all__ = ["STREAMABLE", "default_memory_budget", "in_memory_bytes", "parse_memory",
            "select_streamed"]
@@ -164,101 +164,6 @@ def select_streamed(path, method: str, fraction: float, *, epoch: int, epochs: i
                                         schedule=schedule, seed=seed, options=options):
         best.add(ids, group, ctx.recorded)
     return Selection(best.result_ids())
-
-
-class TopK:
-    """The ``budget[g]`` best rows of every group among those added so far: highest score,
-    then the smaller id (rows must come in id order).
-
-    A row that cannot beat its group's current k-th best is dropped at once; the rest wait
-    in a pending list, which is flushed into each group's kept rows whenever it passes
-    ``max(4 batches, half the total budget)`` rows: a group's rows are merged and cut back
-    to k by a linear-time partition (no sort of the whole buffer). Memory is the kept rows
-    (16 bytes each, plus the extras), the pending ones and one group's merge at a time.
-    """
-
-    def __init__(self, budget: np.ndarray, batch_rows: int) -> None:
-        self.budget = np.asarray(budget, dtype=np.int64)
-        # a row enters while its group has fewer than k rows, then only if it beats the k-th
-        self.open = self.budget > 0
-        self.thr = np.full(len(self.budget), np.inf)
-        self.flush_rows = max(4 * int(batch_rows), int(self.budget.sum()) // 2)
-        self.pending: list[list[np.ndarray]] = []
-        self.pending_rows = 0
-        self.kept: dict[int, list[np.ndarray]] = {}  # group -> [ids, scores, *extra]
-        # int16 where it fits: numpy's stable sort of 16-bit integers is a radix sort
-        self.group_type = np.int16 if len(self.budget) <= 2**15 else np.int64
-        self.extras = 0
-
-    def add(self, ids: np.ndarray, group: np.ndarray, score: np.ndarray, *extra) -> None:
-        """Offer rows (``extra``: arrays kept alongside, one value a row)."""
-        self.extras = len(extra)
-        enter = self.open[group] | (score > self.thr[group])
-        count = int(np.count_nonzero(enter))
-        if not count:
-            return
-        self.pending.append([ids[enter], group[enter].astype(self.group_type), score[enter],
-                             *(e[enter] for e in extra)])
-        self.pending_rows += count
-        if self.pending_rows > self.flush_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        parts = [np.concatenate(cols) for cols in zip(*self.pending)]
-        self.pending, self.pending_rows = [], 0
-        group = parts.pop(1)
-        order = np.argsort(group, kind="stable")  # by group, id order kept within one
-        per = np.bincount(group, minlength=len(self.budget))
-        del group
-        stops = np.cumsum(per)
-        for g in np.flatnonzero(per):
-            rows = order[stops[g] - per[g]: stops[g]]
-            new = [a[rows] for a in parts]
-            old = self.kept.get(int(g))
-            merged = new if old is None else [np.concatenate(pair) for pair in zip(old, new)]
-            self.kept[int(g)] = self._cut(int(g), merged)
-
-    def _cut(self, g: int, cols: list[np.ndarray]) -> list[np.ndarray]:
-        """Group ``g``'s best ``budget[g]`` of ``cols`` (in id order), its threshold set once
-        it has that many."""
-        k, score = int(self.budget[g]), cols[1]
-        n = len(score)
-        if n < k:
-            return cols
-        kth = np.partition(score, n - k)[n - k]  # the k-th largest score
-        self.thr[g], self.open[g] = kth, False
-        if n == k:
-            return cols
-        keep = score > kth
-        ties = np.flatnonzero(score == kth)[: k - int(np.count_nonzero(keep))]
-        keep[ties] = True  # the first rows equal to it: the smaller ids
-        return [a[keep] for a in cols]
-
-    def result(self) -> list[np.ndarray]:
-        """``[ids, groups, scores, *extra]`` of the rows kept, in id order."""
-        self._flush()
-        groups = sorted(self.kept)
-        if not groups:
-            return [np.zeros(0, np.int64), np.zeros(0, np.int64),
-                    *(np.zeros(0) for _ in range(1 + self.extras))]
-        cols = [np.concatenate(c) for c in zip(*(self.kept[g] for g in groups))]
-        sizes = [len(self.kept[g][0]) for g in groups]
-        self.kept = {}
-        group = np.repeat(np.asarray(groups, dtype=np.int64), sizes)
-        order = np.argsort(cols[0], kind="stable")
-        ids, score, *extra = (a[order] for a in cols)
-        return [ids, group[order], score, *extra]
-
-    def result_ids(self) -> np.ndarray:
-        """The ids of the rows kept, in order (``result()[0]`` without the other columns)."""
-        self._flush()
-        ids = np.concatenate([self.kept[g][0] for g in sorted(self.kept)] or
-                             [np.zeros(0, np.int64)])
-        self.kept = {}
-        ids.sort()
-        return ids
 
 
 @dataclass
