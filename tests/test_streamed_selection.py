@@ -226,3 +226,8 @@ def test_scoring_round_from_statistics_or_the_column(tmp_path, statistics):
     write(epoch=two)
     with pytest.raises(TableError, match="more than one scoring round"):
         select(str(path), "loss", 0.1, memory_budget=0, epoch=5)
+    # an epoch column of the wrong type is read, and refused as in memory
+    write(epoch=np.full(n, "3"))
+    for budget in (0, None):
+        with pytest.raises(TableError, match="column 'epoch' has type string"):
+            select(str(path), "loss", 0.1, memory_budget=budget, epoch=5)

@@ -340,9 +340,9 @@ def _round_from_statistics(pf: pq.ParquetFile, path: str) -> int | None:
     """The one epoch every row group's statistics give, or None where a row group has none
     (then pass 1 reads the column)."""
     meta = pf.metadata
-    if meta.num_rows == 0:
-        return None
     col = pf.schema_arrow.get_field_index("epoch")
+    if meta.num_rows == 0 or not pa.types.is_integer(pf.schema_arrow.field(col).type):
+        return None  # read (and refused, where its type is wrong) as a column
     lo = hi = None
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
