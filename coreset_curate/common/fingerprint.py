@@ -32,8 +32,8 @@ def fingerprint(labels: np.ndarray, split: str, sample_ids: np.ndarray | None = 
 def check_fingerprint(expected: dict, actual: dict, what: str = "table") -> None:
     """Raise ``FingerprintMismatch`` unless two fingerprints describe the same samples.
 
-    Length, labels and (when both carry them) ids and annotations' hashes must agree; the split name is only informative, since one dataset may be loaded under
-    several names.
+    Length, labels and (when both carry them) ids and annotations' hashes must agree; the
+    split name is only informative, since one dataset may be loaded under several names.
     """
     for key in ("length", "labels_sha256", "ids_sha256", "annotations_sha256"):
         if key in expected and key in actual and expected[key] != actual[key]:

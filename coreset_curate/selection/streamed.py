@@ -208,7 +208,7 @@ class StreamedTable:
             check_finite(cols, spec.partial, " in one row group (there may be more)")
             cols["label"] = small_ints(cols["label"].astype(np.int64) + self.shift)
             if self.excluded is not None:
-                keep = ~np.isin(cols["sample_id"], self.excluded)
+                keep = ~np.isin(ids, self.excluded)
                 cols = {k: v[keep] for k, v in cols.items()}
                 if not len(cols["sample_id"]):
                     continue
