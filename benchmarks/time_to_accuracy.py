@@ -136,22 +136,42 @@ def _label(key: tuple) -> str:
             f"{' (free)' if free else ''}{f' [{options}]' if options else ''}")
 
 
+def _cpu(r: dict) -> str:
+    return r.get("machine", {}).get("capability", "?")
+
+
+def timing_machine(rows: list[dict]) -> str | None:
+    """The CPU kind (torch's capability: the lent machines differ) with the most rows whose
+    wall time counts: neither run beside other jobs nor resumed across sittings."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if not r["cores_oversubscribed"] and not r["resumed"]:
+            counts[_cpu(r)] = counts.get(_cpu(r), 0) + 1
+    return max(sorted(counts), key=counts.get) if counts else None
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per configuration: seeds, top-1 mean and min-max, the paired difference to the
-    budget's best random_epoch configuration (same seeds), wall time and scoring share."""
+    budget's best random_epoch configuration (same seeds), spent sample-steps, and wall
+    time and scoring share over the runs whose wall time compares (on ``timing_machine``,
+    not beside other jobs, not resumed): every seed counts for accuracy, only those for time."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(_key(r), []).append(r)
+    cpu = timing_machine(rows)
     out = []
     for key, runs in groups.items():
         top = [r["top1"] for r in runs]
+        timed = [r for r in runs if _cpu(r) == cpu and not r["cores_oversubscribed"]
+                 and not r["resumed"]]
+        n = len(timed) or None
         out.append({"key": key, "label": _label(key), "budget": key[0], "bits": key[1],
                     "method": key[2], "seeds": sorted(r["seed"] for r in runs),
                     "by_seed": {r["seed"]: r for r in runs}, "mean": sum(top) / len(top),
-                    "min": min(top), "max": max(top),
-                    "wall": sum(r["wall_s"] for r in runs) / len(runs),
-                    "train_wall": sum(r["train_wall_s"] for r in runs) / len(runs),
-                    "scoring_share": sum(r["scoring_s"] / r["wall_s"] for r in runs) / len(runs),
+                    "min": min(top), "max": max(top), "timed": len(timed),
+                    "wall": n and sum(r["wall_s"] for r in timed) / n,
+                    "train_wall": n and sum(r["train_wall_s"] for r in timed) / n,
+                    "scoring_share": n and sum(r["scoring_s"] / r["wall_s"] for r in timed) / n,
                     "spent": sum(r["spent"] for r in runs) / len(runs)})
     for s in out:
         controls = [c for c in out if c["method"] == "random_epoch"
@@ -171,25 +191,32 @@ def summarise(rows: list[dict]) -> list[dict]:
 def render(rows: list[dict]) -> str:
     if not rows:
         return "(no runs yet)"
+    cpu = timing_machine(rows)
     lines = ["| B | W/A | method | seeds | top-1 mean | min-max | paired vs best random_epoch "
-             "(mean, min-max) | spent | wall s (no eval) | scoring share |",
+             "(mean, min-max) | spent | wall s (no eval), timed runs | scoring share |",
              "|" + " --- |" * 10]
     for s in summarise(rows):
         p = s.get("paired")
         paired = (f"{p['mean']:+.2f} ({p['min']:+.2f} to {p['max']:+.2f}), {p['n']} pairs"
                   if p else "control" if s["method"] == "random_epoch" else "-")
+        wall = f"{s['train_wall']:.0f} ({s['timed']})" if s["timed"] else "- (0)"
+        share = f"{100 * s['scoring_share']:.1f}%" if s["timed"] else "-"
         lines.append(f"| {s['budget']} | W{s['bits']}A{s['bits']} | {s['label']} | "
                      f"{','.join(map(str, s['seeds']))} | {s['mean']:.2f} | "
                      f"{s['min']:.2f}-{s['max']:.2f} | {paired} | {s['spent']:.2f} | "
-                     f"{s['train_wall']:.0f} | {100 * s['scoring_share']:.1f}% |")
-    lines += ["", "Every run:", "",
-              "| run | top-1 | best | spent | wall s | eval s | scoring s | cores shared "
-              "| commit |", "|" + " --- |" * 9]
+                     f"{wall} | {share} |")
+    lines += ["", f"Wall times and scoring shares above are the means of the timed runs: those "
+              f"on the {cpu} machine, not beside other jobs and not resumed across sittings "
+              "(the lent 2-core machines differ, and an AVX2 one trains 1.7-2x slower). "
+              "Every run:", "",
+              "| run | top-1 | best | spent | wall s | eval s | scoring s | cpu | cores shared "
+              "| resumed | commit |", "|" + " --- |" * 11]
     for r in sorted(rows, key=lambda r: r["name"]):
         lines.append(f"| {r['name']} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
                      f"{r['spent']:.2f} | {r['wall_s']:.0f} | {r['eval_s']:.0f} | "
-                     f"{r['scoring_s']:.0f} | {'yes' if r['cores_oversubscribed'] else 'no'} "
-                     f"| {r['commit']} |")
+                     f"{r['scoring_s']:.0f} | {_cpu(r)} | "
+                     f"{'yes' if r['cores_oversubscribed'] else 'no'} | "
+                     f"{'yes' if r['resumed'] else 'no'} | {r['commit']} |")
     return "\n".join(lines) + "\n\n![top-1 against wall time](results/time_to_accuracy.png)"
 
 
@@ -199,22 +226,27 @@ COLOURS = {"full": "tab:purple", "random_epoch": "tab:olive", "random_cover": "t
 
 def plot(rows: list[dict], path: Path = PLOT) -> None:
     """Top-1 against wall time (evaluation left out), a point a run, a colour a method
-    (a marker a fraction), the full runs' mean as a line; a panel per budget and bits."""
+    (a marker a fraction; hollow where the wall time does not compare: another machine,
+    beside other jobs or resumed), the full runs' mean as a line; a panel per budget and
+    bits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["budget"], r["w_bits"]) for r in rows}) or [(6, 2)]
+    cpu = timing_machine(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     markers = {0.1: "o", 0.5: "s", 1.0: "*"}
     for ax, (budget, bits) in zip(axes[0], panels):
         runs = [r for r in rows if (r["budget"], r["w_bits"]) == (budget, bits)]
         seen = set()
         for r in runs:
-            m = r["method"]
+            colour = COLOURS.get(r["method"], "tab:gray")
             label = _label(_key(r))
-            ax.scatter(r["train_wall_s"], r["top1"], color=COLOURS.get(m, "tab:gray"),
+            timed = (_cpu(r) == cpu and not r["cores_oversubscribed"] and not r["resumed"])
+            ax.scatter(r["train_wall_s"], r["top1"], edgecolors=colour,
+                       facecolors=colour if timed else "none",
                        marker=markers.get(r["fraction"], "D"), s=50,
                        label=None if label in seen else label)
             seen.add(label)
@@ -223,7 +255,8 @@ def plot(rows: list[dict], path: Path = PLOT) -> None:
             ax.axhline(sum(full) / len(full), color=COLOURS["full"], ls="--", lw=1,
                        label=f"full data, mean of {len(full)}")
         ax.set_title(f"CIFAR-10 ResNet-20 W{bits}A{bits}, budget {budget} epochs")
-        ax.set_xlabel("wall time without evaluation, scoring included (s, 2-core CPU)")
+        ax.set_xlabel(f"wall s, scoring in, evaluation out (2-core {cpu};\n"
+                      "hollow: another machine, shared cores or resumed)")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
         if runs:
