@@ -13,6 +13,11 @@ Paired seeds: seed s gives every run the same initial weights (the teacher's), t
 calibration batches (spread over the split, no randomness) and the same augmentation and
 shuffle generator (seeded by s); only what the method selects differs.
 
+The plan (``--list``), in this order: B = 6 at W2A2 (random_epoch and random_cover at 10% x
+60, rho, full x 6, random_epoch 50% x 12, InfoBatch's rule x 8, ACS R = 10), three seeds;
+B = 12 at W2A2 (full x 12, random_epoch 50% x 24, InfoBatch's rule x 16), three seeds; W4A4
+at B = 6 (full x 6, random_epoch 50% x 12, InfoBatch's rule x 8), seed 0 of each first.
+
 The test split is evaluated at a quarter, half and three quarters of the run and at its
 end (``eval_epochs``), and that time is counted apart: ``wall_s`` is everything the
 trainer did, ``eval_s`` the evaluations in it, and the chart's x axis is ``wall_s -
@@ -53,22 +58,34 @@ RHO = {"temperature": 1.0, "uniform": 0.2, "unseen": "mean"}
 # last (annealing from 0.875 E) on the full data, the 6 between drop prune_ratio of the
 # samples below the mean loss. About 80% of a trained model's losses lie below the mean
 # (the teacher's: 0.88 on the training split), so 0.4 keeps about 68% of those epochs:
-# 2 + 6 x 0.68 = 6.1 units. The row records what it spent (``spent``).
-INFOBATCH_6 = {"prune_ratio": 0.4, "anneal": 0.875}
+# 2 + 6 x 0.68 = 6.1 units (measured: 6.14-6.15). At B = 12 the same rule over 16 epochs:
+# 3 full epochs (the first, and the last two from 0.875 E) + 13 x 0.69 = 12.0 units.
+# The row records what it spent (``spent``).
+INFOBATCH = {"prune_ratio": 0.4, "anneal": 0.875}
 
 
-# (budget, bits, method, fraction, epochs, R, free_scores, options, seeds): B = 6 at W2A2
+# (budget, bits, method, fraction, epochs, R, free_scores, options, seed): B = 6 at W2A2
 # first, the RS2 control and the cheap methods before the costly ones, seed 0 of each
-# before seed 1
+# before seed 1; then B = 12 at W2A2 (full, and the two best of B = 6: infobatch and a
+# random half re-drawn, which is the control), three seeds; then W4A4 at B = 6 (full, the
+# control and the best of W2A2), seed 0 first
 def _plan() -> list[tuple]:
     b6 = [("random_epoch", 0.1, 60, 1, False, {}),
           ("random_cover", 0.1, 60, 1, False, {}),   # RS2 without replacement
           ("rho", 0.1, 60, 1, True, RHO),
           ("full", 1.0, 6, 1, False, {}),
           ("random_epoch", 0.5, 12, 1, False, {}),
-          ("infobatch", 1.0, 8, 1, True, INFOBATCH_6),
+          ("infobatch", 1.0, 8, 1, True, INFOBATCH),
           ("acs", 0.1, 60, 10, False, {})]            # the paper's R = 10
-    return [(6, 2, *row, seed) for seed in (0, 1, 2) for row in b6]
+    b12 = [("full", 1.0, 12, 1, False, {}),
+           ("random_epoch", 0.5, 24, 1, False, {}),
+           ("infobatch", 1.0, 16, 1, True, INFOBATCH)]
+    w4 = [("full", 1.0, 6, 1, False, {}),
+          ("random_epoch", 0.5, 12, 1, False, {}),
+          ("infobatch", 1.0, 8, 1, True, INFOBATCH)]
+    return ([(6, 2, *row, seed) for seed in (0, 1, 2) for row in b6]
+            + [(12, 2, *row, seed) for seed in (0, 1, 2) for row in b12]
+            + [(6, 4, *row, seed) for seed in (0, 1, 2) for row in w4])
 
 
 PLAN = _plan()
