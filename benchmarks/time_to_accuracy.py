@@ -157,12 +157,16 @@ def _cpu(r: dict) -> str:
     return r.get("machine", {}).get("capability", "?")
 
 
+def _timed(r: dict, cpu: str | None) -> bool:
+    return _cpu(r) == cpu and not r["cores_oversubscribed"] and not r["resumed"]
+
+
 def timing_machine(rows: list[dict]) -> str | None:
     """The CPU kind (torch's capability: the lent machines differ) with the most rows whose
     wall time counts: neither run beside other jobs nor resumed across sittings."""
     counts: dict[str, int] = {}
     for r in rows:
-        if not r["cores_oversubscribed"] and not r["resumed"]:
+        if _timed(r, _cpu(r)):
             counts[_cpu(r)] = counts.get(_cpu(r), 0) + 1
     return max(sorted(counts), key=counts.get) if counts else None
 
@@ -179,8 +183,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for key, runs in groups.items():
         top = [r["top1"] for r in runs]
-        timed = [r for r in runs if _cpu(r) == cpu and not r["cores_oversubscribed"]
-                 and not r["resumed"]]
+        timed = [r for r in runs if _timed(r, cpu)]
         n = len(timed) or None
         out.append({"key": key, "label": _label(key), "budget": key[0], "bits": key[1],
                     "method": key[2], "seeds": sorted(r["seed"] for r in runs),
@@ -205,6 +208,77 @@ def summarise(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda s: (s["budget"], -s["bits"], -s["mean"]))
 
 
+def against_full(rows: list[dict], tolerances=(0.2, 0.5)) -> list[dict]:
+    """How much of the full-data run each configuration saves: per bits, the reference is
+    the full-data configuration of the largest budget run; for every other configuration,
+    its top-1 mean less the reference's, its cost (data to training, evaluation left out:
+    the curve's ``cost_s`` at the end) over the reference's, and for each tolerance t the
+    seeds whose curve reached the reference's mean less t at an evaluated point and the
+    mean cost share at that point. Costs come from timed runs only (``timing_machine``)."""
+    cpu = timing_machine(rows)
+    summaries = summarise(rows)
+    out = []
+    for bits in sorted({s["bits"] for s in summaries}, reverse=True):
+        fulls = [s for s in summaries if s["bits"] == bits and s["method"] == "full"]
+        if not fulls:
+            continue
+        ref = max(fulls, key=lambda s: s["budget"])
+        ref_costs = [r["curve"][-1]["cost_s"] for r in ref["by_seed"].values()
+                     if _timed(r, cpu) and r["curve"]]
+        ref_cost = sum(ref_costs) / len(ref_costs) if ref_costs else None
+        for s in summaries:
+            if s["bits"] != bits or s is ref:
+                continue
+            runs = list(s["by_seed"].values())
+            timed = [r["curve"][-1]["cost_s"] for r in runs if _timed(r, cpu) and r["curve"]]
+            row = {"label": s["label"], "budget": s["budget"], "bits": bits,
+                   "reference": ref["label"], "reference_budget": ref["budget"],
+                   "reference_mean": ref["mean"], "delta": s["mean"] - ref["mean"],
+                   "seeds": len(runs),
+                   "cost_ratio": (sum(timed) / len(timed) / ref_cost
+                                  if timed and ref_cost else None), "within": {}}
+            for t in tolerances:
+                goal = ref["mean"] - t
+                reached, shares = 0, []
+                for r in runs:
+                    hit = next((c for c in r["curve"] if c["top1"] >= goal), None)
+                    if hit is None:
+                        continue
+                    reached += 1
+                    if _timed(r, cpu) and ref_cost:
+                        shares.append(hit["cost_s"] / ref_cost)
+                row["within"][t] = {"reached": reached,
+                                    "share": sum(shares) / len(shares) if shares else None}
+            out.append(row)
+    return out
+
+
+def render_against_full(rows: list[dict]) -> list[str]:
+    table = against_full(rows)
+    if not table:
+        return []
+    lines = ["", "Against the full-data run (per bits, the full configuration of the largest "
+             "budget run): top-1 mean less its mean, cost (evaluation left out, timed runs) "
+             "over its cost, and for 0.2 and 0.5 below its mean the seeds that got there at "
+             "an evaluated point (a quarter, half, three quarters, end) and the cost share "
+             "there:", "",
+             "| W/A | B | method | full reference | top-1 vs full | cost vs full | "
+             "within 0.2: seeds, cost | within 0.5: seeds, cost |", "|" + " --- |" * 8]
+
+    def cell(w, n):
+        share = f", {w['share']:.2f}x" if w["share"] is not None else ""
+        return f"{w['reached']} of {n}{share}"
+
+    for r in table:
+        ratio = f"{r['cost_ratio']:.2f}x" if r["cost_ratio"] is not None else "-"
+        lines.append(f"| W{r['bits']}A{r['bits']} | {r['budget']} | {r['label']} | "
+                     f"{r['reference']} (B = {r['reference_budget']}, "
+                     f"{r['reference_mean']:.2f}) | {r['delta']:+.2f} | {ratio} | "
+                     f"{cell(r['within'][0.2], r['seeds'])} | "
+                     f"{cell(r['within'][0.5], r['seeds'])} |")
+    return lines
+
+
 def render(rows: list[dict]) -> str:
     if not rows:
         return "(no runs yet)"
@@ -222,6 +296,7 @@ def render(rows: list[dict]) -> str:
                      f"{','.join(map(str, s['seeds']))} | {s['mean']:.2f} | "
                      f"{s['min']:.2f}-{s['max']:.2f} | {paired} | {s['spent']:.2f} | "
                      f"{wall} | {share} |")
+    lines += render_against_full(rows)
     lines += ["", f"Wall times and scoring shares above are the means of the timed runs: those "
               f"on the {cpu} machine, not beside other jobs and not resumed across sittings "
               "(the lent 2-core machines differ, and an AVX2 one trains 1.7-2x slower). "
@@ -261,7 +336,7 @@ def plot(rows: list[dict], path: Path = PLOT) -> None:
         for r in runs:
             colour = COLOURS.get(r["method"], "tab:gray")
             label = _label(_key(r))
-            timed = (_cpu(r) == cpu and not r["cores_oversubscribed"] and not r["resumed"])
+            timed = _timed(r, cpu)
             ax.scatter(r["train_wall_s"], r["top1"], edgecolors=colour,
                        facecolors=colour if timed else "none",
                        marker=markers.get(r["fraction"], "D"), s=50,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from time_to_accuracy import render, summarise, timing_machine  # noqa: E402
+from time_to_accuracy import against_full, render, summarise, timing_machine  # noqa: E402
 
 
 def row(method, seed, top1, wall, cpu="AVX512", shared=False, resumed=False, scoring=0.0):
@@ -47,3 +47,33 @@ def test_configuration_without_a_comparable_run_shows_no_wall_time():
     control = next(line for line in text.splitlines() if "| random_epoch" in line)
     assert control.endswith("| - (0) | - |")
     assert "| 1100 (1) |" in text and "on the AVX512 machine" in text
+
+
+def curved(method, budget, seed, points, **kw):
+    """A row whose curve is ``points`` [(top1, cost_s), ...]; its top-1 is the last."""
+    r = row(method, seed, points[-1][0], points[-1][1], **kw)
+    r["budget"] = budget
+    r["curve"] = [{"epoch": i + 1, "top1": t, "spent": 0.0, "cost_s": c}
+                  for i, (t, c) in enumerate(points)]
+    return r
+
+
+def test_against_full_takes_the_largest_full_budget_and_counts_seeds_reaching_it():
+    rows = [curved("full", 6, 0, [(85.0, 500.0), (86.0, 1000.0)]),
+            curved("full", 12, 0, [(86.0, 1000.0), (87.0, 2000.0)]),
+            curved("full", 12, 1, [(86.2, 1000.0), (87.4, 2000.0)]),   # mean 87.2
+            curved("infobatch", 12, 0, [(86.8, 600.0), (87.1, 1200.0)]),
+            curved("infobatch", 12, 1, [(86.5, 700.0), (86.9, 1400.0)], shared=True)]
+    got = {(r["label"].split(" ")[0], r["budget"]): r for r in against_full(rows)}
+    assert set(got) == {("full", 6), ("infobatch", 12)}  # the B = 12 full is the reference
+    info = got[("infobatch", 12)]
+    assert info["reference_budget"] == 12 and abs(info["reference_mean"] - 87.2) < 1e-9
+    assert abs(info["delta"] - (87.0 - 87.2)) < 1e-9
+    assert info["cost_ratio"] == 1200.0 / 2000.0   # the shared-cores seed has no cost
+    # within 0.2 (>= 87.0): seed 0 at its end; within 0.5 (>= 86.7): seed 0 at its first
+    # point and seed 1 at its end, the cost from seed 0 only
+    assert info["within"][0.2] == {"reached": 1, "share": 1200.0 / 2000.0}
+    assert info["within"][0.5] == {"reached": 2, "share": 600.0 / 2000.0}
+    assert got[("full", 6)]["within"][0.5]["reached"] == 0
+    text = render(rows)
+    assert "| W2A2 | 12 | infobatch" in text and "| 2 of 2, 0.30x |" in text
