@@ -26,8 +26,9 @@ import shutil
 import time
 from pathlib import Path
 
+from coreset_curate.common.atomic import write_text
 from noise_robust import tag
-from resumable import ROOT, train
+from resumable import KEPT, ROOT, _copy, sha256_of, train
 
 # goals first: 40% symmetric and 20% asymmetric over three seeds, then 20% symmetric
 PIPELINE_SETTINGS = [("symmetric", 0.4, (0, 1, 2)), ("asymmetric", 0.2, (0, 1, 2)),
@@ -76,6 +77,47 @@ def _student_method(run: Path) -> str | None:
     return yaml.safe_load(cfg.read_text()).get("method") if cfg.exists() else None
 
 
+def _kept_teacher(args, noise_type, rate, seed) -> Path | None:
+    """Where the folder's noisy teacher is kept for the next machine (None for smoke runs):
+    run folders do not travel, and the plain noisy run needs that very teacher."""
+    if args.results:
+        return None
+    return KEPT / "noise_robust" / "pipeline" / f"{tag(noise_type, rate)}_s{seed}"
+
+
+def keep_teacher(folder: Path, kept: Path | None) -> None:
+    """Copy the curate folder's teacher (``model.pt``) and its ``curate.json`` entry to
+    ``kept`` (commit them), once; a kept teacher that is not this folder's is refused."""
+    if kept is None or not (folder / "teacher" / "model.pt").exists():
+        return
+    entry = json.loads((folder / "curate.json").read_text())["teacher"]
+    if (kept / "teacher.json").exists():
+        if json.loads((kept / "teacher.json").read_text())["key"] != entry["key"]:
+            raise SystemExit(f"{kept}: the kept teacher is another recipe's than "
+                             f"{folder}'s: remove one of them")
+        return
+    _copy(folder / "teacher" / "model.pt", kept / "model.pt")
+    write_text(kept / "teacher.json", json.dumps(entry, indent=1, sort_keys=True) + "\n")
+
+
+def noisy_teacher(folder: Path, kept: Path | None, name: str) -> tuple[Path, float]:
+    """The pipeline folder's noisy teacher (its ``model.pt``) and its wall time: from the
+    folder, or from the kept copy (its sha256 checked against the stage record) on a new
+    machine."""
+    if (folder / "teacher" / "model.pt").exists():
+        keep_teacher(folder, kept)
+        book = json.loads((folder / "curate.json").read_text())
+        return folder / "teacher" / "model.pt", book["teacher"]["record"]["wall_s"]
+    if kept is not None and (kept / "teacher.json").exists():
+        record = json.loads((kept / "teacher.json").read_text())["record"]
+        if sha256_of(kept / "model.pt") != record["model_sha256"]:
+            raise SystemExit(f"{name}: {kept}/model.pt differs from the sha256 of its "
+                             "record: restore it with git")
+        return kept / "model.pt", record["wall_s"]
+    raise SystemExit(f"{name}: {folder}/teacher is not there: run the setting's pipeline "
+                     "rows first (they train it)")
+
+
 def pipeline_rows(args, results, noise_type, rate, seed) -> None:
     """Every method's row of one (setting, seed), in one curate folder."""
     from coreset_curate.pipeline import curate
@@ -97,6 +139,7 @@ def pipeline_rows(args, results, noise_type, rate, seed) -> None:
         print(f"{name}: curate into {out}", flush=True)
         summary = curate(_curate_config(args, noise_type, rate, seed, method, fraction), out,
                          overwrite=True)
+        keep_teacher(out, _kept_teacher(args, noise_type, rate, seed))
         stages = summary["stages"]
         walls = {k: (v or {}).get("wall_s") for k, v in stages.items()}
         record = {"name": name, "kind": "pipeline", "pipeline": True,
@@ -131,18 +174,15 @@ def plain_row(args, results, noise_type, rate, seed) -> None:
         return
     folder = args.runs_dir_path / "pipeline" / f"{tag(noise_type, rate)}_s{seed}"
     t0 = time.perf_counter()
-    teacher_wall = 0.0
     if noise_type is None:
         fp = load_recipe(ROOT / "recipes" / "cifar10_resnet20_fp.yaml", [
             f"data={args.data}", f"epochs={args.fp_epochs}", f"seed={seed}", *args.common])
         teacher_wall = train(fp, folder / "teacher")["wall_s"]
-    elif not (folder / "teacher" / "model.pt").exists():
-        raise SystemExit(f"{name}: {folder}/teacher is not there: run the setting's "
-                         "pipeline rows first (they train it)")
-    else:  # the pipeline's teacher stage record
-        book = json.loads((folder / "curate.json").read_text())
-        teacher_wall = book["teacher"]["record"]["wall_s"]
-    sets = [f"data={args.data}", f"teacher={folder / 'teacher' / 'model.pt'}",
+        teacher = folder / "teacher" / "model.pt"
+    else:  # the pipeline's teacher, its wall time from the stage record
+        teacher, teacher_wall = noisy_teacher(folder, _kept_teacher(args, noise_type, rate,
+                                                                    seed), name)
+    sets = [f"data={args.data}", f"teacher={teacher}",
             "teacher_sha256=null", f"label_weight={LABEL_WEIGHT}", "method=full",
             "fraction=1.0", f"seed={seed}", *args.common]
     if noise_type is not None:

@@ -3,6 +3,7 @@ run folders are gone while their records stay, so the files come back from the k
 or are built again and must reproduce the record."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -147,3 +148,45 @@ def test_noise_robust_redo_of_a_teacher_takes_what_was_made_from_it(tmp_path, mo
     old = json.loads((tmp_path / "noise_robust_superseded.json").read_text())
     assert {r["name"] for r in old} == set(every20)
     assert all(r["superseded"]["reason"] == "rebuilt teacher differs" for r in old)
+
+
+def test_pipeline_teacher_kept_for_the_plain_noisy_run_on_a_new_machine(tmp_path):
+    """The plain noisy row is distilled from the pipeline folder's own teacher: kept once
+    with its stage record, it comes back (sha256 checked) when the folder is gone."""
+    import noise_pipeline
+
+    folder, kept = tmp_path / "runs" / "sym40_s0", tmp_path / "kept" / "sym40_s0"
+    (folder / "teacher").mkdir(parents=True)
+    (folder / "teacher" / "model.pt").write_bytes(b"teacher weights")
+    entry = {"key": "k1", "record": {"model_sha256": sha256_of(folder / "teacher" / "model.pt"),
+                                     "wall_s": 992.5}}
+    (folder / "curate.json").write_text(json.dumps({"teacher": entry}))
+
+    assert noise_pipeline.noisy_teacher(folder, kept, "plain") == (
+        folder / "teacher" / "model.pt", 992.5)
+    assert (kept / "model.pt").read_bytes() == b"teacher weights"
+    assert json.loads((kept / "teacher.json").read_text()) == entry
+
+    # a new machine: the run folder is gone, the kept copy stands in
+    shutil.rmtree(folder)
+    assert noise_pipeline.noisy_teacher(folder, kept, "plain") == (kept / "model.pt", 992.5)
+    (kept / "model.pt").write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match="differs from the sha256"):
+        noise_pipeline.noisy_teacher(folder, kept, "plain")
+    shutil.rmtree(kept)
+    with pytest.raises(SystemExit, match="is not there"):
+        noise_pipeline.noisy_teacher(folder, kept, "plain")
+
+
+def test_kept_teacher_of_another_recipe_is_refused(tmp_path):
+    import noise_pipeline
+
+    folder, kept = tmp_path / "run", tmp_path / "kept"
+    (folder / "teacher").mkdir(parents=True)
+    (folder / "teacher" / "model.pt").write_bytes(b"w")
+    (folder / "curate.json").write_text(json.dumps({"teacher": {"key": "new", "record": {}}}))
+    kept.mkdir()
+    (kept / "teacher.json").write_text(json.dumps({"key": "old", "record": {}}))
+    with pytest.raises(SystemExit, match="another recipe's"):
+        noise_pipeline.keep_teacher(folder, kept)
+    assert not (kept / "model.pt").exists()
